@@ -1,0 +1,85 @@
+"""Engines and sessions, without any web framework.
+
+Usage::
+
+    engine = make_engine(settings)
+    Session = session_factory(engine)
+    with Session.begin() as session:      # commits on success, rolls back on error
+        session.add(...)
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and foreign keys on. Write
+transactions start with ``BEGIN IMMEDIATE`` so that two writers queue on the busy timeout instead of
+failing with "database is locked" when a read transaction tries to upgrade; read-only work can use
+``readonly_session`` (a deferred transaction that never takes the write lock).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.config import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def make_engine(settings: Settings, **kwargs) -> Engine:
+    """Create the engine for ``settings.sqlalchemy_url`` with the pragmas and pool the backend needs."""
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite"):
+        if url.startswith("sqlite:///") and ":memory:" not in url:
+            os.makedirs(os.path.dirname(os.path.abspath(url.removeprefix("sqlite:///"))), exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            **kwargs,
+        )
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # let SQLAlchemy's "begin" event decide how transactions start
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        if conn.get_execution_options().get("latentlab_readonly"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def readonly_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads only: on SQLite it never takes the write lock (WAL readers never block)."""
+    ro = engine.execution_options(latentlab_readonly=True)
+    with Session(bind=ro, expire_on_commit=False) as session:
+        yield session
+        session.rollback()
+
+
+def dispose_after_fork(engine: Engine) -> None:
+    """Drop pooled connections inherited from a parent process (call in a forked worker child)."""
+    engine.dispose(close=False)

@@ -1,0 +1,127 @@
+"""What the broker needs to know, without importing Celery: configuration, task names, publishing.
+
+``celery_config(settings)`` is the one mapping every Celery app in latentlab is built from (the worker's
+in ``workers.app``, the web's send-only client in ``web.queue``). ``Publisher`` sends a job id to its
+queue through any ``send_task`` callable and keeps a marker per published job in Redis, so the reaper can
+tell a job the broker lost (a flushed or replaced Redis) from one that is merely waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from common.config import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("interactive", "batch", "embed")
+TASK_PREFIX = "latentlab."
+MARKER_PREFIX = "latentlab:published:"
+EVENTS_CHANNEL = "latentlab:job-events"
+
+
+def task_name(kind: str) -> str:
+    """The stable Celery task name of a job kind: ``latentlab.<kind>``."""
+    return TASK_PREFIX + kind
+
+
+def celery_config(settings: Settings, broker_url: str | None = None) -> dict[str, Any]:
+    """The Celery configuration mapping for ``settings`` (JSON only, late acks, prefetch 1, no results)."""
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+        "health_check_interval": 10,
+    }
+    return {
+        "broker_url": broker_url or _broker_or_placeholder(settings),
+        "broker_transport_options": transport,
+        "broker_connection_timeout": 2,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_heartbeat": 0,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        "task_default_queue": "interactive",
+        "task_create_missing_queues": True,
+        "task_publish_retry": False,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_max_memory_per_child": None,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def _broker_or_placeholder(settings: Settings) -> str:
+    try:
+        return settings.broker_url()
+    except ValueError:
+        # importing the app must work with nothing running; any use names the problem in its hostname
+        return "redis://no-broker-configured-set-LATENTLAB_REDIS_URL.invalid:6379/0"
+
+
+class BrokerUnavailable(RuntimeError):
+    """The message could not be handed to Redis; the job row stays queued and the reaper retries."""
+
+
+class Publisher:
+    """Publishes job ids by task name and tracks which jobs the broker holds.
+
+    ``send_task`` is ``celery_app.send_task`` (or anything with that signature); ``redis`` is a
+    ``redis.Redis`` client on the broker.
+    """
+
+    def __init__(self, send_task: Callable[..., Any], redis: Any):
+        self._send_task = send_task
+        self._redis = redis
+
+    def publish(
+        self, job_id: int, kind: str, queue: str, task_id: str, countdown: float | None = None
+    ) -> None:
+        try:
+            self._redis.set(MARKER_PREFIX + str(job_id), task_id)
+            self._send_task(
+                task_name(kind), args=[job_id], queue=queue, task_id=task_id, retry=False, countdown=countdown
+            )
+        except Exception as exc:  # the redis and kombu errors differ; all mean "not handed over"
+            raise BrokerUnavailable(f"could not publish job {job_id}: {exc}") from exc
+
+    def markers_present(self, job_ids: Iterable[int]) -> set[int]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        pipe = self._redis.pipeline()
+        for job_id in ids:
+            pipe.exists(MARKER_PREFIX + str(job_id))
+        return {job_id for job_id, found in zip(ids, pipe.execute(), strict=True) if found}
+
+    def clear_marker(self, job_id: int) -> None:
+        try:
+            self._redis.delete(MARKER_PREFIX + str(job_id))
+        except Exception:  # a missing marker only makes the reaper re-publish; a duplicate is a no-op
+            log.warning("could not clear the publish marker of job %s", job_id)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Broadcast a job event (SSE subscribers); failures only cost liveness, never correctness."""
+        try:
+            import json
+
+            self._redis.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
+        except Exception:
+            log.debug("could not broadcast a job event", exc_info=True)

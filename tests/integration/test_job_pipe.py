@@ -1,0 +1,102 @@
+"""The job pipe end to end: a committed row, a real Redis, a real Celery worker process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from common import jobs
+from common.models import Job
+from tests.support.services import start_worker
+
+
+def wait_status(sessions, job_id, statuses, timeout=60.0):
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            j = s.get(Job, job_id)
+            snap = (j.status, j.progress)
+            if not seen or seen[-1] != snap:
+                seen.append(snap)
+            if j.status in statuses:
+                return j, seen
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not reach {statuses}: {seen}")
+
+
+@pytest.fixture
+def worker(settings, tmp_path):
+    proc = start_worker(settings, tmp_path)
+    yield proc
+    proc.stop()
+
+
+def test_ping_goes_queued_running_succeeded_with_rising_progress(
+    settings, sessions, admin, publisher, worker
+):
+    job = jobs.submit(
+        sessions, publisher, settings, owner=admin, kind="ping", params={"seconds": 1.5, "steps": 5}
+    )
+    assert job.status == "queued" and job.published_at is not None
+    done, seen = wait_status(sessions, job.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    statuses = [s for s, _ in seen]
+    assert "running" in statuses
+    progresses = [p for s, p in seen if s == "running"]
+    assert len(set(progresses)) >= 3 and progresses == sorted(progresses)
+    assert done.result["attempt"] == 1 and done.attempts == 1
+    assert done.finished_at >= done.started_at >= done.created_at
+
+
+def test_cancelled_queued_job_never_runs(settings, sessions, admin, publisher, tmp_path):
+    job = jobs.submit(sessions, publisher, settings, owner=admin, kind="ping", params={"seconds": 0})
+    with sessions.begin() as s:
+        user = s.merge(admin)
+    jobs.cancel(sessions, job.id, user, publisher)
+    proc = start_worker(settings, tmp_path, name="late")
+    try:
+        probe = jobs.submit(sessions, publisher, settings, owner=admin, kind="ping", params={"seconds": 0})
+        wait_status(sessions, probe.id, {"succeeded"})
+        with sessions() as s:
+            j = s.get(Job, job.id)
+            assert j.status == "cancelled" and j.attempts == 0 and j.started_at is None
+    finally:
+        proc.stop()
+
+
+def test_running_job_cancel_stops_it(settings, sessions, admin, publisher, worker):
+    job = jobs.submit(
+        sessions, publisher, settings, owner=admin, kind="ping", params={"seconds": 30, "steps": 30}
+    )
+    wait_status(sessions, job.id, {"running"})
+    with sessions() as s:
+        user = s.merge(admin)
+    t0 = time.monotonic()
+    jobs.cancel(sessions, job.id, user, publisher)
+    done, _ = wait_status(sessions, job.id, {"cancelled", "succeeded", "failed"}, timeout=10)
+    assert done.status == "cancelled"
+    assert time.monotonic() - t0 < 5
+
+
+def test_failing_handler_records_error(settings, sessions, admin, publisher, tmp_path):
+    faulty = settings.with_(fault_injection=True)
+    proc = start_worker(faulty, tmp_path, name="faulty")
+    try:
+        job = jobs.submit(
+            sessions, publisher, faulty, owner=admin, kind="ping", params={"seconds": 0, "fault": "error"}
+        )
+        done, _ = wait_status(sessions, job.id, {"succeeded", "failed"})
+        assert done.status == "failed" and "ping was asked to fail" in done.error
+    finally:
+        proc.stop()
+
+
+def test_fault_injection_is_refused_unless_enabled(settings, sessions, admin, publisher):
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="LATENTLAB_FAULT_INJECTION"):
+        jobs.submit(sessions, publisher, settings, owner=admin, kind="ping", params={"fault": "crash"})
+    with sessions() as s:
+        assert s.query(Job).count() == 0

@@ -1,0 +1,30 @@
+"""Job handlers: ``handler(ctx) -> result dict``. Each is a thin call into ``common``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from common.jobs import JobContext
+
+
+def ping(ctx: JobContext) -> dict:
+    """Sleep ``seconds`` in ``steps`` slices, reporting progress after each (proves the pipe)."""
+    seconds, steps, fault = ctx.params["seconds"], ctx.params["steps"], ctx.params.get("fault", "none")
+    if fault == "crash" and ctx.settings.fault_injection:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "error":
+        raise RuntimeError("ping was asked to fail")
+    started = time.monotonic()
+    for i in range(steps):
+        ctx.check()
+        time.sleep(seconds / steps)
+        if fault == "hang" and ctx.settings.fault_injection:
+            while True:
+                time.sleep(1)
+        ctx.progress((i + 1) / steps, f"slept {i + 1} of {steps} slices")
+    return {"slept": round(time.monotonic() - started, 3), "attempt": ctx.attempt}
+
+
+HANDLERS = {"ping": ping}
