@@ -1,0 +1,389 @@
+"""Friendly layer names, activation capture and activation masks over forward hooks.
+
+Layer names follow the visualizer convention (spec section 6), in forward order:
+
+    encoder_block_0 .. encoder_block_{len(enc)-2}   enc entries 0 .. len(enc)-2 (stem conv, down blocks count)
+    encoder_bottleneck                              the last enc entry
+    midblock                                        the first dec entry
+    decoder_block_1 .. decoder_block_{len(dec)-1}   dec entries 1 .. len(dec)-1
+
+``decoder_block_0`` is not listed but resolves to the midblock module (as the adapter does);
+``encoder_block_{len(enc)-1}`` does not exist (that module is only reachable as ``encoder_bottleneck``).
+
+Each architecture has one mapping table friendly name -> module path, the path being the module's dotted
+name inside ``EDMPrecond`` (the state_dict prefix), e.g. ``encoder_bottleneck -> model.enc.8x8_block2`` at
+ImageNet-64. Stored data records both (``module_path``).
+
+Capture and mask are context managers whose hooks are always removed on exit, exceptions included.
+Mask hooks are registered with ``prepend=True`` so they run before any capture hook on the same module:
+capturing a masked layer returns the mask. A replaced encoder output is also what the encoder pushes onto
+its skip stack (the network appends the hook-returned tensor), as the reference does.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.ml.networks import DhariwalUNet, EDMPrecond
+
+__all__ = [
+    "LAYER_TABLES",
+    "ActivationCapture",
+    "ActivationMask",
+    "active_hook_count",
+    "dhariwal_block_names",
+    "dhariwal_layer_table",
+    "layer_module",
+    "layer_names",
+    "layer_shapes",
+    "layer_table",
+    "layer_table_for_config",
+    "module_path",
+]
+
+DHARIWAL_ARCHITECTURE = "dhariwal-unet"
+
+# ----------------------------------------------------------------------------------------------------------
+# Mapping tables: friendly name -> module path, one builder per architecture.
+
+
+def dhariwal_block_names(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Usage: ``enc, dec = dhariwal_block_names(preset.config)`` -> the ``enc``/``dec`` entry names in order.
+
+    Pure Python (no model is built); follows spec 2.3, e.g. ``["64x64_conv", "64x64_block0", ...]``.
+    """
+    res0 = int(config["img_resolution"])
+    mult = list(config.get("channel_mult", (1, 2, 3, 4)))
+    num_blocks = int(config.get("num_blocks", 3))
+    enc: list[str] = []
+    dec: list[str] = []
+    for level in range(len(mult)):
+        tag = f"{res0 >> level}x{res0 >> level}"
+        enc.append(f"{tag}_conv" if level == 0 else f"{tag}_down")
+        enc.extend(f"{tag}_block{i}" for i in range(num_blocks))
+    for level in reversed(range(len(mult))):
+        tag = f"{res0 >> level}x{res0 >> level}"
+        dec.extend([f"{tag}_in0", f"{tag}_in1"] if level == len(mult) - 1 else [f"{tag}_up"])
+        dec.extend(f"{tag}_block{i}" for i in range(num_blocks + 1))
+    return enc, dec
+
+
+def dhariwal_layer_table(enc_names: list[str], dec_names: list[str]) -> dict[str, str]:
+    """Usage: ``dhariwal_layer_table(enc, dec)`` -> ``{friendly name: "model.enc.<entry>", ...}`` in order."""
+    table = {f"encoder_block_{i}": f"model.enc.{n}" for i, n in enumerate(enc_names[:-1])}
+    table["encoder_bottleneck"] = f"model.enc.{enc_names[-1]}"
+    table["midblock"] = f"model.dec.{dec_names[0]}"
+    table.update({f"decoder_block_{i}": f"model.dec.{n}" for i, n in enumerate(dec_names) if i > 0})
+    return table
+
+
+def _dhariwal_table_from_config(config: Mapping[str, Any]) -> dict[str, str]:
+    return dhariwal_layer_table(*dhariwal_block_names(config))
+
+
+# architecture -> builder(config) -> {friendly name: module path}
+LAYER_TABLES: dict[str, Callable[[Mapping[str, Any]], dict[str, str]]] = {
+    DHARIWAL_ARCHITECTURE: _dhariwal_table_from_config,
+}
+
+# Names that resolve but are not listed by layer_names (spec 6: the adapter resolves decoder_block_0 too).
+_ALIASES = {"decoder_block_0": "midblock"}
+
+
+def layer_table_for_config(
+    config: Mapping[str, Any], architecture: str = DHARIWAL_ARCHITECTURE
+) -> dict[str, str]:
+    """Usage: ``layer_table_for_config(preset.config)`` -> ``{friendly name: module path}`` (no model)."""
+    try:
+        builder = LAYER_TABLES[architecture]
+    except KeyError:
+        raise KeyError(f"unknown architecture {architecture!r}; known: {sorted(LAYER_TABLES)}") from None
+    return builder(config)
+
+
+def _unet(model: nn.Module) -> tuple[DhariwalUNet, str]:
+    """The U-Net inside ``model`` and the prefix to strip from module paths to address it from ``model``."""
+    if isinstance(model, EDMPrecond):
+        return model.model, ""
+    if isinstance(model, DhariwalUNet):
+        return model, "model."
+    raise TypeError(f"expected an EDMPrecond or DhariwalUNet, got {type(model).__name__}")
+
+
+def layer_table(model: nn.Module) -> dict[str, str]:
+    """Usage: ``layer_table(model)`` -> ``{"encoder_block_0": "model.enc.64x64_conv", ...}`` in forward order.
+
+    Built from the model's own ``enc``/``dec`` entries; paths are relative to ``EDMPrecond``.
+    """
+    unet, _ = _unet(model)
+    return dhariwal_layer_table(list(unet.enc.keys()), list(unet.dec.keys()))
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Usage: ``layer_names(model)`` -> ``["encoder_block_0", ..., "encoder_bottleneck", "midblock", ...]``.
+
+    Forward order; ``decoder_block_0`` (an alias of ``midblock``) is not listed.
+    """
+    return list(layer_table(model))
+
+
+def _canonical(model: nn.Module, name: str, table: dict[str, str] | None = None) -> str:
+    table = table if table is not None else layer_table(model)
+    canonical = _ALIASES.get(name, name)
+    if canonical not in table:
+        raise KeyError(f"unknown layer {name!r}; valid layer names: {', '.join(table)}")
+    return canonical
+
+
+def module_path(model: nn.Module, name: str) -> str:
+    """Usage: ``module_path(model, "encoder_bottleneck")`` -> ``"model.enc.8x8_block2"`` (ImageNet-64).
+
+    Raises KeyError listing the valid names for an unknown layer.
+    """
+    table = layer_table(model)
+    return table[_canonical(model, name, table)]
+
+
+def layer_module(model: nn.Module, name: str) -> nn.Module:
+    """Usage: ``layer_module(model, "midblock")`` -> the ``nn.Module`` whose forward output is that layer.
+
+    Raises KeyError listing the valid names for an unknown layer.
+    """
+    unet, strip = _unet(model)
+    path = module_path(model, name)
+    root = model if not strip else unet
+    return root.get_submodule(path.removeprefix(strip))
+
+
+def _resolve(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    table = layer_table(model)
+    out: dict[str, nn.Module] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"layer names are strings, got {name!r}")
+        _canonical(model, name, table)
+        out[name] = layer_module(model, name)
+    return out
+
+
+def _param_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hook bookkeeping.
+
+
+def active_hook_count(model: nn.Module) -> int:
+    """Usage: ``assert active_hook_count(model) == 0`` -> number of module hooks anywhere in ``model``.
+
+    Counts forward, forward-pre, backward and backward-pre hooks of every submodule (global hooks are not
+    counted). A long-lived worker model should report 0 between jobs.
+    """
+    total = 0
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            total += len(getattr(m, attr, {}) or {})
+    return total
+
+
+class _HookContext:
+    """Shared enter/exit logic: register on enter, always remove on exit."""
+
+    def __init__(self) -> None:
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._entered = False
+
+    def _register(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __enter__(self):
+        if self._entered:
+            raise RuntimeError(f"{type(self).__name__} is already active; it cannot be entered twice")
+        self._entered = True
+        try:
+            self._register()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._entered = False
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove()
+
+    def remove(self) -> None:
+        """Usage: ``ctx.remove()`` -> removes the hooks now (what ``__exit__`` does)."""
+        self._remove()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Capture.
+
+
+class ActivationCapture(_HookContext):
+    """Usage: ``with ActivationCapture(model, ["encoder_bottleneck", "midblock"]) as cap: model(x, s, y)``.
+
+    After a forward pass ``cap.activations[name]`` is that layer's output as a detached float32 tensor
+    [B, C, H, W] on the CPU (``to_cpu=False`` keeps it on the model's device). A copy is always made, so
+    the stored tensor never aliases the network's tensors. When the model runs several times inside one
+    context (a multi-step sampler), each layer keeps its **last** output. Unknown names raise KeyError
+    listing the valid names before anything is registered.
+    """
+
+    def __init__(self, model: nn.Module, layers: str | Iterable[str], *, to_cpu: bool = True):
+        super().__init__()
+        layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+        self.model = model
+        self.layers = layers
+        self.to_cpu = to_cpu
+        self.modules = _resolve(model, layers)
+        self.activations: dict[str, torch.Tensor] = {}
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            device = "cpu" if self.to_cpu else output.device
+            self.activations[name] = output.detach().to(device=device, dtype=torch.float32, copy=True)
+
+        return hook
+
+    def _register(self) -> None:
+        self.activations = {}
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Usage: ``cap.numpy()`` -> ``{layer: float32 ndarray [B, C, H, W]}`` (requires ``to_cpu=True``)."""
+        return {k: v.numpy() for k, v in self.activations.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Masks.
+
+# module -> number of active mask hooks, to refuse two masks on one module (the order would be ambiguous).
+_MASKED: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def _as_mask_tensor(name: str, value: Any) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t)
+    if not (t.is_floating_point()):
+        raise ValueError(f"mask for layer {name!r} has dtype {t.dtype}; a floating-point tensor is required")
+    if t.ndim == 3:
+        t = t.unsqueeze(0)  # [C, H, W] -> [1, C, H, W]
+    if t.ndim != 4:
+        raise ValueError(
+            f"mask for layer {name!r} has shape {tuple(t.shape)}; expected (1, C, H, W) or (B, C, H, W)"
+        )
+    return t
+
+
+class ActivationMask(_HookContext):
+    """Usage: ``with ActivationMask(model, {"encoder_bottleneck": mask}): model(x, sigma, y)``.
+
+    Each named layer's output is **replaced** by its mask (a forward hook returning the replacement).
+    A mask is a tensor or ndarray [1, C, H, W] (broadcast over the batch with ``expand``), [B, C, H, W]
+    (one per sample) or [C, H, W]; it is cast to the model's device and float dtype on enter and to the
+    output's dtype at run time. A shape that does not fit the layer raises ValueError naming the layer
+    and both shapes (checked on enter when ``layer_shapes`` is cached for the model, else on the forward
+    pass). Unknown names raise KeyError listing the valid names. Two active masks on one layer are refused.
+    """
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, Any]):
+        super().__init__()
+        self.model = model
+        self._marked: list[nn.Module] = []
+        self.modules = _resolve(model, masks.keys())
+        self.masks = {name: _as_mask_tensor(name, value) for name, value in masks.items()}
+        seen: dict[int, str] = {}
+        for name, module in self.modules.items():
+            if id(module) in seen:
+                raise ValueError(
+                    f"layers {seen[id(module)]!r} and {name!r} are the same module; mask it once"
+                )
+            seen[id(module)] = name
+        cached = _SHAPES.get(model)
+        if cached is not None:
+            for name, mask in self.masks.items():
+                expected = cached.get(_ALIASES.get(name, name))
+                if expected is not None and tuple(mask.shape[1:]) != tuple(expected):
+                    raise ValueError(
+                        f"mask for layer {name!r} has shape {tuple(mask.shape)} but the layer outputs "
+                        f"(B, {', '.join(map(str, expected))}); expected (1, {', '.join(map(str, expected))})"
+                    )
+
+    def _make_hook(self, name: str, mask: torch.Tensor):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            B = output.shape[0]
+            if mask.shape[1:] != output.shape[1:] or mask.shape[0] not in (1, B):
+                raise ValueError(
+                    f"mask for layer {name!r} has shape {tuple(mask.shape)} but the layer outputs "
+                    f"{tuple(output.shape)}; expected (1, {', '.join(map(str, output.shape[1:]))}) "
+                    f"or the full batch shape"
+                )
+            m = mask.to(device=output.device, dtype=output.dtype)
+            return m.expand(B, -1, -1, -1) if m.shape[0] != B else m  # [B, C, H, W]
+
+        return hook
+
+    def _register(self) -> None:
+        device, dtype = _param_device_dtype(self.model)
+        for name, module in self.modules.items():
+            if _MASKED.get(module, 0):
+                raise ValueError(f"layer {name!r} is already masked by another active ActivationMask")
+        for name, module in self.modules.items():
+            mask = self.masks[name].to(device=device, dtype=dtype if dtype.is_floating_point else None)
+            self._handles.append(module.register_forward_hook(self._make_hook(name, mask), prepend=True))
+            _MASKED[module] = _MASKED.get(module, 0) + 1
+            self._marked.append(module)
+
+    def _remove(self) -> None:
+        for module in self._marked:
+            _MASKED[module] = max(0, _MASKED.get(module, 0) - 1)
+        self._marked.clear()
+        super()._remove()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shapes (one dry run per model, cached).
+
+_SHAPES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[int, int, int]]] = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def layer_shapes(model: nn.Module) -> dict[str, tuple[int, int, int]]:
+    """Usage: ``layer_shapes(model)["encoder_bottleneck"]`` -> ``(768, 8, 8)``; every layer's (C, H, W).
+
+    One batch-1 dry run (x = 0, sigma = 80, zero label row) on the model's device, cached per model
+    object (weakly). Keys are ``layer_names(model)`` in forward order. Run it while no mask is active.
+    """
+    cached = _SHAPES.get(model)
+    if cached is not None:
+        return dict(cached)
+    unet, _ = _unet(model)
+    device, _ = _param_device_dtype(model)
+    names = layer_names(model)
+    edm = model if isinstance(model, EDMPrecond) else None
+    channels = edm.img_channels if edm is not None else unet.enc[next(iter(unet.enc))].in_channels
+    x = torch.zeros(1, channels, unet.img_resolution, unet.img_resolution, device=device)
+    with ActivationCapture(model, names, to_cpu=False) as cap:
+        if edm is not None:
+            edm(x, torch.full((1,), 80.0, device=device))
+        else:
+            unet(x, torch.zeros(1, device=device), None)
+    shapes = {name: tuple(int(s) for s in cap.activations[name].shape[1:]) for name in names}
+    _SHAPES[model] = shapes
+    return dict(shapes)
