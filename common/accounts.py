@@ -50,9 +50,7 @@ def validate_password(password: str) -> None:
 
 def create_user(session: Session, username: str, password: str, *, role: str = "member") -> User:
     if not USERNAME_RE.match(username or ""):
-        raise UserError(
-            "A username has 2–64 characters: letters, digits, '_', '.' or '-'.", field="username"
-        )
+        raise UserError("A username has 2–64 characters: letters, digits, '_', '.' or '-'.", field="username")
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}.", field="role")
     validate_password(password)

@@ -83,3 +83,21 @@ def readonly_session(engine: Engine) -> Iterator[Session]:
 def dispose_after_fork(engine: Engine) -> None:
     """Drop pooled connections inherited from a parent process (call in a forked worker child)."""
     engine.dispose(close=False)
+
+
+def insert_ignore(session: Session, table, rows: list[dict]) -> int:
+    """INSERT rows, skipping those that collide with a unique key (a redelivered chunk is a no-op).
+
+    Returns how many rows were new.
+    """
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise NotImplementedError(dialect)
+    result = session.execute(insert(table).on_conflict_do_nothing(), rows)
+    return max(result.rowcount or 0, 0)

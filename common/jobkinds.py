@@ -29,3 +29,7 @@ def _prepare_ping(session, params: PingParams, owner: User, settings: Settings) 
 
 
 register_kind(JobKind("ping", "interactive", PingParams, prepare=_prepare_ping))
+
+
+# the research loop's kinds register themselves on import
+import common.datasets  # noqa: E402,F401

@@ -201,10 +201,12 @@ def _cancel_tree(session: Session, job: Job) -> None:
             target.status = "cancelled"
             target.finished_at = stamp
             target.progress_message = "cancelled before it started"
+            _run_on_failed(session, target)
         elif target.status == "running":
             target.cancel_requested = True
     if job.status == "running" and job.children and all(c.is_final for c in job.children):
         job.status, job.finished_at = "cancelled", stamp
+        _run_on_failed(session, job)
 
 
 # -- claiming and the lease ----------------------------------------------------------------------------
@@ -360,6 +362,7 @@ def claim(
             return Skip(f"job is already {job.status}")
         if job.cancel_requested:
             job.status, job.finished_at = "cancelled", stamp
+            _run_on_failed(session, job)
             if job.parent_id is not None:
                 settle_parent(session, job.parent_id)
             return Skip("cancelled")

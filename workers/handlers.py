@@ -6,7 +6,19 @@ import os
 import signal
 import time
 
+from common import datasets
 from common.jobs import JobContext
+from common.modelcache import ModelCache
+
+
+def model_cache(ctx: JobContext) -> ModelCache:
+    """The worker process's generator cache (created on first use, in the process that uses it)."""
+    cache = ctx.services.get("models")
+    if cache is None:
+        cache = ctx.services["models"] = ModelCache(
+            ctx.settings.model_cache_size, ctx.settings.device or None
+        )
+    return cache
 
 
 def ping(ctx: JobContext) -> dict:
@@ -27,4 +39,16 @@ def ping(ctx: JobContext) -> dict:
     return {"slept": round(time.monotonic() - started, 3), "attempt": ctx.attempt}
 
 
-HANDLERS = {"ping": ping}
+def generate_dataset(ctx: JobContext):
+    return datasets.run_generate_dataset(ctx)
+
+
+def dataset_chunk(ctx: JobContext) -> dict:
+    return datasets.run_chunk(ctx, model_cache(ctx))
+
+
+HANDLERS = {
+    "ping": ping,
+    "generate_dataset": generate_dataset,
+    "dataset_chunk": dataset_chunk,
+}

@@ -30,6 +30,7 @@ class Dataset(Base):
     dtype: Mapped[str] = mapped_column(String(16), default="float32")
     classes: Mapped[list[Any]]  # class indices drawn from, in order
     target_size: Mapped[int]
+    chunk_size: Mapped[int] = mapped_column(default=256)  # samples per chunk (and per shard file)
     status: Mapped[str] = mapped_column(String(16), default="generating")
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     code_version: Mapped[str] = mapped_column(String(64))

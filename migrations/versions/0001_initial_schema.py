@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial_schema
 Revises:
-Create Date: 2026-11-28 11:45:46.561504
+Create Date: 2026-11-28 11:54:10.765894
 """
 
 from alembic import op
@@ -122,6 +122,7 @@ def upgrade() -> None:
         sa.Column("dtype", sa.String(length=16), nullable=False),
         sa.Column("classes", sa.JSON(), nullable=False),
         sa.Column("target_size", sa.Integer(), nullable=False),
+        sa.Column("chunk_size", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("checkpoint_sha256", sa.String(length=64), nullable=False),
         sa.Column("code_version", sa.String(length=64), nullable=False),

@@ -1,0 +1,83 @@
+"""A per-process LRU cache of loaded generators, keyed by model id, checkpoint sha256 and device.
+
+A warm worker runs its second job without reloading the checkpoint (``loads`` counts real loads).
+The cache also checks, after each job, that no forward hook was left on any cached model.
+
+Usage::
+
+    cache = ModelCache(capacity=2)
+    model = cache.get(settings, model_row)      # loads on a miss, verifies the file's sha256
+    cache.assert_no_hooks()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from common.config import Settings
+from common.errors import UserError
+from common.models import GeneratorModel
+from common.registry import checkpoint_file
+
+
+class ModelCache:
+    def __init__(self, capacity: int = 2, device: str | None = None):
+        self.capacity = max(1, capacity)
+        self.device_preference = device or None
+        self._models: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+        self.hits = 0
+
+    def device(self):
+        from common.ml.device import pick_device
+
+        return pick_device(self.device_preference)
+
+    def get(self, settings: Settings, row: GeneratorModel):
+        """The loaded, eval-mode generator for ``row`` (loaded strictly on a miss)."""
+        device = self.device()
+        key = (row.id, row.checkpoint_sha256, str(device))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                self.hits += 1
+                return self._models[key]
+            from common.ml.checkpoints import load_generator
+
+            path = checkpoint_file(settings, row)
+            if not path.exists():
+                raise UserError(f"The checkpoint of model '{row.name}' is missing at {path}.")
+            model, digest = load_generator(path, row.config, device=str(device))
+            if digest != row.checkpoint_sha256:
+                raise UserError(
+                    f"The checkpoint of model '{row.name}' changed on disk (sha256 {digest[:12]}…, "
+                    "registered "
+                    f"{row.checkpoint_sha256[:12]}…); register it again under a new name."
+                )
+            self.loads += 1
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return model
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def assert_no_hooks(self) -> None:
+        from common.ml.hooks import active_hook_count
+
+        for (model_id, _sha, device), model in self._models.items():
+            left = active_hook_count(model)
+            if left:
+                raise RuntimeError(f"{left} hook(s) left on cached model {model_id} ({device}) after a job")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "loads": self.loads,
+            "hits": self.hits,
+            "cached": len(self._models),
+            "capacity": self.capacity,
+        }
