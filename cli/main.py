@@ -221,6 +221,7 @@ def worker(queues: str, concurrency: int | None, pool: str, hostname: str | None
 def web(host: str, port: int, threads: int) -> None:
     """Serve the web app with waitress (a production WSGI server)."""
     from waitress import serve
+
     from web.app import create_app
 
     settings = load_settings()
@@ -342,5 +343,14 @@ def job_show(job_id: int) -> None:
         click.echo(json.dumps(job_to_dict(j), indent=2))
 
 
+def _register_command_modules() -> None:
+    # each feature's commands live in their own module and attach themselves to ``main``
+    import cli.models  # noqa: F401
+
+
 if __name__ == "__main__":
-    main()
+    from cli.main import main as _main  # the importable module, with every command module attached
+
+    _main()
+else:
+    _register_command_modules()

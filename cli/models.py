@@ -1,0 +1,78 @@
+"""``latentlab model …``: register and list generators."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cli.main import _require_schema, _sessions, load_settings, main
+
+
+@main.group()
+def model() -> None:
+    """Registered generators."""
+
+
+@model.command("add")
+@click.argument("name")
+@click.option("--preset", required=True, help="Architecture preset, e.g. dmd2-imagenet64.")
+@click.option(
+    "--checkpoint", required=True, type=click.Path(exists=True, dir_okay=True), help="Weights file."
+)
+@click.option(
+    "--skip-load-check", is_flag=True, help="Do not load the checkpoint strictly before registering."
+)
+def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) -> None:
+    """Register CHECKPOINT as model NAME (loaded strictly once to prove it matches the preset)."""
+    from common.ml.presets import get_preset
+    from common.registry import add_model
+
+    settings = load_settings()
+    _require_schema(settings)
+    try:
+        p = get_preset(preset)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc).strip("'\""), param_hint="--preset") from None
+    if not skip_load_check:
+        from common.ml.checkpoints import load_generator
+
+        click.echo(f"loading {checkpoint} strictly as {preset} …")
+        loaded, _sha = load_generator(checkpoint, p.config, device="cpu")
+        del loaded
+    with _sessions(settings).begin() as session:
+        m = add_model(session, settings, name, checkpoint=checkpoint, preset=preset)
+        click.echo(f"registered model '{m.name}' (id {m.id}, sha256 {m.checkpoint_sha256[:16]}…)")
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def model_list(as_json: bool) -> None:
+    """List registered models."""
+    from sqlalchemy import select
+
+    from common.models import GeneratorModel
+    from common.registry import model_to_dict
+
+    with _sessions(load_settings())() as session:
+        rows = [model_to_dict(m) for m in session.scalars(select(GeneratorModel).order_by(GeneratorModel.id))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for m in rows:
+        h, w, c = m["image_shape"]
+        click.echo(
+            f"{m['id']}\t{m['name']}\t{m['preset'] or '-'}\t{h}x{w}x{c}\t{len(m['label_names'])} classes"
+        )
+
+
+@model.command("register-shipped")
+def model_register_shipped() -> None:
+    """Register the demo models shipped under data/models (``latentlab up`` does this on first run)."""
+    from common.registry import register_shipped_models
+
+    settings = load_settings()
+    _require_schema(settings)
+    with _sessions(settings).begin() as session:
+        added = register_shipped_models(session, settings)
+    click.echo(f"registered: {', '.join(added) or 'nothing new'}")
