@@ -1,0 +1,234 @@
+"""The jobs API (``/api/v1/jobs``): submit, list, inspect and cancel jobs.
+
+Visibility: a member sees and cancels only their own jobs; anything else answers 404, as if the job did
+not exist (a 403 would confirm it does). Admins see and cancel everyone's. In a listing, ``owner=`` is a
+filter on top of that rule, so a member asking for another user's jobs gets an empty list.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from flask import Blueprint, url_for
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+import common.jobkinds  # noqa: F401  (registers every job kind)
+from common import jobs
+from common.errors import Conflict, NotFound, UserError
+from common.models import Job, User
+from common.models.jobs import JOB_STATUSES
+from web.api import api_route
+from web.auth import Principal, get_db, get_publisher, get_sessions, get_settings, principal
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
+
+KIND_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class SubmitJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(
+        max_length=64, pattern=KIND_PATTERN, description="the job kind; see GET /api/v1/jobs/kinds"
+    )
+    # validated per kind by common.jobs (its params schema: components.schemas.JobKindParams)
+    params: Any = Field(
+        default=None, json_schema_extra={"type": "object"}, description="the kind's parameters"
+    )
+
+
+class JobListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str | None = Field(default=None, max_length=64, pattern=KIND_PATTERN)
+    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    owner: str | None = Field(
+        default=None, min_length=1, max_length=200, description="a username (members: only their own)"
+    )
+    limit: int = Field(default=50, ge=1, le=500)
+    before: int | None = Field(default=None, ge=1, description="only jobs with a smaller id (next page)")
+    include_children: bool = Field(default=False, description="also list the chunk jobs of larger jobs")
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    queue: str
+    owner_id: int
+    owner: str | None
+    parent_id: int | None
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    progress: float
+    progress_message: str | None
+    attempts: int
+    cancel_requested: bool
+    position: int | None = Field(description="1-based place in its queue while queued")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    published_at: datetime | None = Field(
+        description="when the broker took it; null: waiting for the broker (the reaper publishes it)"
+    )
+    children: dict[str, int] | None = Field(
+        default=None, description="chunk jobs per status (and total), for a job split into chunks"
+    )
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_before: int | None = Field(description="pass as ?before= for the next page; null on the last")
+
+
+class KindOut(BaseModel):
+    name: str
+    queue: str
+    params_schema: dict[str, Any]
+
+
+class KindList(BaseModel):
+    kinds: list[KindOut]
+
+
+def job_out(job: Job, owner: str | None, position: int | None) -> dict[str, Any]:
+    out = jobs.job_to_dict(job, position=position, owner_name=owner)
+    out["published_at"] = job.published_at.isoformat() if job.published_at else None
+    return out
+
+
+def _visible_job(db: Session, job_id: int, user: Principal) -> tuple[Job, str]:
+    row = db.execute(
+        select(Job, User.username).join(User, Job.owner_id == User.id).where(Job.id == job_id)
+    ).first()
+    if row is None or (row[0].owner_id != user.id and not user.is_admin):
+        raise NotFound(f"No job {job_id} of yours exists.")
+    return row[0], row[1]
+
+
+def _children_summary(db: Session, job_id: int) -> dict[str, int] | None:
+    counts = dict(
+        db.execute(
+            select(Job.status, func.count(Job.id)).where(Job.parent_id == job_id).group_by(Job.status)
+        ).all()
+    )
+    if not counts:
+        return None
+    summary = {status: int(counts.get(status, 0)) for status in JOB_STATUSES}
+    summary["total"] = sum(summary.values())
+    return summary
+
+
+def _detail(db: Session, job_id: int, user: Principal) -> dict[str, Any]:
+    job, owner = _visible_job(db, job_id, user)
+    out = job_out(job, owner, jobs.queue_position(db, job))
+    out["children"] = _children_summary(db, job.id)
+    return out
+
+
+def _positions(db: Session, queued: list[int]) -> dict[int, int]:
+    """Queue positions of many queued jobs in one query (the same numbers as jobs.queue_position)."""
+    if not queued:
+        return {}
+    ranked = (
+        select(Job.id, func.row_number().over(partition_by=Job.queue, order_by=Job.id).label("position"))
+        .where(Job.status == "queued")
+        .subquery()
+    )
+    rows = db.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(queued)))
+    return {job_id: int(position) for job_id, position in rows}
+
+
+@api_route(
+    bp,
+    "/jobs",
+    methods=["POST"],
+    body=SubmitJob,
+    response=JobOut,
+    status=202,
+    summary="Submit a job; it is queued and runs on a worker",
+    description=(
+        "Answers 202 with the queued job once its row is committed. If the broker is unreachable the "
+        "job stays queued with published_at null and is published when the broker is back."
+    ),
+)
+def submit_job(body: SubmitJob):
+    user = principal()
+    spec = jobs.get_kind(body.kind)
+    if spec.internal:
+        public = sorted(k for k, v in jobs.KINDS.items() if not v.internal)
+        raise UserError(
+            f"Job kind '{body.kind}' is started by other jobs only; use one of: {', '.join(public)}.",
+            field="kind",
+        )
+    job = jobs.submit(
+        get_sessions(), get_publisher(), get_settings(), owner=user.id, kind=body.kind, params=body.params
+    )
+    out = _detail(get_db(), job.id, user)
+    return out, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+@api_route(
+    bp,
+    "/jobs",
+    methods=["GET"],
+    query=JobListQuery,
+    response=JobList,
+    summary="List jobs, newest first (members: their own)",
+)
+def list_jobs(query: JobListQuery):
+    user = principal()
+    stmt = select(Job, User.username).join(User, Job.owner_id == User.id)
+    if not user.is_admin:
+        stmt = stmt.where(Job.owner_id == user.id)
+    if query.owner:
+        stmt = stmt.where(User.username == query.owner)
+    if query.kind:
+        stmt = stmt.where(Job.kind == query.kind)
+    if query.status:
+        stmt = stmt.where(Job.status == query.status)
+    if not query.include_children:
+        stmt = stmt.where(Job.parent_id.is_(None))
+    if query.before:
+        stmt = stmt.where(Job.id < query.before)
+    db = get_db()
+    rows = db.execute(stmt.order_by(Job.id.desc()).limit(query.limit)).all()
+    positions = _positions(db, [job.id for job, _ in rows if job.status == "queued"])
+    listed = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
+    next_before = rows[-1][0].id if len(rows) == query.limit else None
+    return {"jobs": listed, "next_before": next_before}
+
+
+@api_route(bp, "/jobs/kinds", methods=["GET"], response=KindList, summary="The job kinds you can submit")
+def list_kinds():
+    kinds = [
+        {"name": k.name, "queue": k.queue, "params_schema": k.params_model.model_json_schema()}
+        for k in sorted(jobs.KINDS.values(), key=lambda k: k.name)
+        if not k.internal
+    ]
+    return {"kinds": kinds}
+
+
+@api_route(bp, "/jobs/<int:job_id>", methods=["GET"], response=JobOut, summary="One job")
+def get_job(job_id: int):
+    return _detail(get_db(), job_id, principal())
+
+
+@api_route(
+    bp,
+    "/jobs/<int:job_id>/cancel",
+    methods=["POST"],
+    response=JobOut,
+    summary="Cancel a job: a queued one never runs, a running one stops at its next check",
+)
+def cancel_job(job_id: int):
+    user = principal()
+    job = jobs.cancel(get_sessions(), job_id, user, get_publisher())
+    if job.status in ("succeeded", "failed"):
+        raise Conflict(f"Job {job_id} already {job.status}; there is nothing to cancel.")
+    return _detail(get_db(), job_id, user)
