@@ -356,15 +356,42 @@ def dataset_to_dict(session: Session, ds: Dataset) -> dict[str, Any]:
     }
 
 
-def sample_activations(settings: Settings, sample: Sample, layers: list[str]) -> dict[str, np.ndarray]:
-    """One sample's activations per layer, flattened (memory-mapped reads; never unpickled)."""
-    from common.storage import load_npy_rows, resolve_inside
+def read_activations(
+    settings: Settings, locations: list[tuple[str, int]], layers: list[str], dtype=np.float32
+) -> np.ndarray:
+    """[n, D] activation vectors for (act_shard, act_row) locations, layers concatenated in sorted
+    order (each flattened C·H·W). Shards are memory-mapped, read once per shard, never unpickled."""
+    from common.storage import resolve_inside
 
-    out = {}
+    layers = sorted(layers)
+    if not locations:
+        return np.zeros((0, 0), dtype=dtype)
+    by_shard: dict[str, list[int]] = {}
+    for pos, (shard, _row) in enumerate(locations):
+        by_shard.setdefault(shard, []).append(pos)
+    parts: list[np.ndarray] = []
+    widths: list[int] = []
     for name in layers:
-        path = resolve_inside(settings.data_root, f"{sample.act_shard}/{name}.npy")
-        out[name] = load_npy_rows(path, [sample.act_row])[0]
-    return out
+        block = None
+        for shard, positions in by_shard.items():
+            arr = np.load(
+                resolve_inside(settings.data_root, f"{shard}/{name}.npy"), mmap_mode="r", allow_pickle=False
+            )
+            if block is None:
+                block = np.empty((len(locations), arr.shape[1]), dtype=dtype)
+            rows = [locations[p][1] for p in positions]
+            block[positions] = arr[rows]
+        parts.append(block)
+        widths.append(block.shape[1])
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def iter_activation_batches(
+    settings: Settings, locations: list[tuple[str, int]], layers: list[str], batch: int = 2048
+):
+    """Yield [m, D] batches of ``read_activations`` in order (bounded memory for big datasets)."""
+    for a in range(0, len(locations), batch):
+        yield read_activations(settings, locations[a : a + batch], layers)
 
 
 jobs.register_kind(

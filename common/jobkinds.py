@@ -33,3 +33,5 @@ register_kind(JobKind("ping", "interactive", PingParams, prepare=_prepare_ping))
 
 # the research loop's kinds register themselves on import
 import common.datasets  # noqa: E402,F401
+import common.embeddings  # noqa: E402,F401
+import common.generations  # noqa: E402,F401

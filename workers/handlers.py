@@ -6,7 +6,8 @@ import os
 import signal
 import time
 
-from common import datasets
+from common import datasets, embeddings, generations
+from common.embeddings import ReducerCache
 from common.jobs import JobContext
 from common.modelcache import ModelCache
 
@@ -18,6 +19,13 @@ def model_cache(ctx: JobContext) -> ModelCache:
         cache = ctx.services["models"] = ModelCache(
             ctx.settings.model_cache_size, ctx.settings.device or None
         )
+    return cache
+
+
+def reducer_cache(ctx: JobContext) -> ReducerCache:
+    cache = ctx.services.get("reducers")
+    if cache is None:
+        cache = ctx.services["reducers"] = ReducerCache()
     return cache
 
 
@@ -47,8 +55,23 @@ def dataset_chunk(ctx: JobContext) -> dict:
     return datasets.run_chunk(ctx, model_cache(ctx))
 
 
+def fit_embedding(ctx: JobContext) -> dict:
+    return embeddings.run_fit_embedding(ctx)
+
+
+def reproject(ctx: JobContext) -> dict:
+    return embeddings.run_reproject(ctx, reducer_cache(ctx))
+
+
+def generate_from_neighbors(ctx: JobContext) -> dict:
+    return generations.run_generate_from_neighbors(ctx, model_cache(ctx), reducer_cache(ctx))
+
+
 HANDLERS = {
     "ping": ping,
     "generate_dataset": generate_dataset,
     "dataset_chunk": dataset_chunk,
+    "fit_embedding": fit_embedding,
+    "reproject": reproject,
+    "generate_from_neighbors": generate_from_neighbors,
 }

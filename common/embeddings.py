@@ -1,0 +1,375 @@
+"""Embeddings as jobs: ``fit_embedding`` (queue ``embed``) and ``reproject``, plus reading the map.
+
+Usage (a worker)::
+
+    result = run_fit_embedding(ctx)
+    reducer = reducers.get(settings, session, embedding)     # verified, cached per process
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common import jobs
+from common.config import Settings
+from common.datasets import iter_activation_batches, read_activations
+from common.db import insert_ignore
+from common.errors import NotFound, UserError
+from common.models import Dataset, Embedding, EmbeddingPoint, Job, Sample, User
+from common.reducer import FitParams, Reducer, default_pca_dims, fit_reducer, library_versions, load_reducer
+from common.reducer import save_reducer as _save
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
+
+
+def embedding_dir(embedding_id: int) -> str:
+    return f"embeddings/{embedding_id}"
+
+
+def get_dataset(session: Session, ref: str | int) -> Dataset:
+    ds = None
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        ds = session.get(Dataset, int(ref))
+    if ds is None and isinstance(ref, str):
+        ds = session.scalar(select(Dataset).where(Dataset.name == ref))
+    if ds is None:
+        raise NotFound(f"No dataset '{ref}'.", field="dataset")
+    return ds
+
+
+def get_embedding(session: Session, embedding_id: int) -> Embedding:
+    emb = session.get(Embedding, int(embedding_id))
+    if emb is None:
+        raise NotFound(f"No embedding {embedding_id}.", field="embedding")
+    return emb
+
+
+# -- fit_embedding ------------------------------------------------------------------------------------
+
+
+class FitEmbeddingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1, max_length=100, description="dataset name or id")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    layers: list[str] | None = Field(default=None, max_length=64, description="default: all captured layers")
+    scaler: Literal["standard", "none"] = "standard"
+    pca_dims: int | None = Field(
+        default=None, ge=2, le=4096, description="default: none below 20,000 samples"
+    )
+    n_neighbors: int = Field(default=15, ge=2, le=200)
+    min_dist: float = Field(default=0.1, ge=0.0, le=0.99)
+    metric: Literal["euclidean", "cosine", "manhattan", "correlation"] = "euclidean"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    max_samples: int | None = Field(default=None, ge=3, le=2_000_000)
+
+
+def _training_rows(session: Session, ds: Dataset, max_samples: int | None, seed: int) -> list[tuple]:
+    rows = session.execute(
+        select(Sample.id, Sample.act_shard, Sample.act_row)
+        .where(Sample.dataset_id == ds.id, Sample.origin == "dataset")
+        .order_by(Sample.index)
+    ).all()
+    if max_samples and len(rows) > max_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_samples, replace=False))
+        rows = [rows[i] for i in keep]
+    return rows
+
+
+def prepare_fit_embedding(
+    session: Session, params: FitEmbeddingParams, owner: User, settings: Settings
+) -> dict:
+    ds = get_dataset(session, params.dataset)
+    if ds.status != "ready":
+        raise UserError(
+            f"Dataset '{ds.name}' is {ds.status}; an embedding needs a finished dataset "
+            "(wait for its job, or resubmit it to finish the missing chunks).",
+            field="params.dataset",
+        )
+    layers = sorted(set(params.layers or ds.layers))
+    unknown = [name for name in layers if name not in ds.layers]
+    if unknown:
+        raise UserError(
+            f"Layer(s) {', '.join(unknown)} were not captured in dataset '{ds.name}'; it has "
+            f"{', '.join(ds.layers)}.",
+            field="params.layers",
+        )
+    n = session.scalar(
+        select(func.count(Sample.id)).where(Sample.dataset_id == ds.id, Sample.origin == "dataset")
+    )
+    n = min(n, params.max_samples or n)
+    if n <= params.n_neighbors:
+        raise UserError(
+            f"{n} samples is too few for n_neighbors={params.n_neighbors}; "
+            "lower n_neighbors or grow the dataset.",
+            field="params.n_neighbors",
+        )
+    dim = sum(int(np.prod(ds.layer_shapes[name])) for name in layers)
+    pca_dims = params.pca_dims if params.pca_dims is not None else default_pca_dims(n)
+    if pca_dims is not None and pca_dims > min(n, dim):
+        raise UserError(
+            f"pca_dims={pca_dims} is larger than the data allows "
+            f"(at most min(samples, dims) = {min(n, dim)}).",
+            field="params.pca_dims",
+        )
+    emb = Embedding(
+        dataset_id=ds.id,
+        name=params.name or f"{ds.name} · {'+'.join(layers)}",
+        layers=layers,
+        params={**params.model_dump(mode="json"), "layers": layers, "pca_dims": pca_dims, "samples": n},
+        status="fitting",
+        owner_id=owner.id,
+    )
+    session.add(emb)
+    session.flush()
+    out = params.model_dump(mode="json")
+    out.update(layers=layers, pca_dims=pca_dims, embedding_id=emb.id, dataset=ds.name)
+    return out
+
+
+def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
+    p = ctx.params
+    settings = ctx.settings
+    with ctx.session_factory() as session:
+        emb = get_embedding(session, p["embedding_id"])
+        ds = emb.dataset
+        rows = _training_rows(session, ds, p.get("max_samples"), p["seed"])
+        dim = sum(int(np.prod(ds.layer_shapes[name])) for name in emb.layers)
+        layers = list(emb.layers)
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    locations = [(r[1], r[2]) for r in rows]
+    ctx.progress(0.01, f"reading {len(rows)} × {dim} activations")
+
+    def batches():
+        for xb in iter_activation_batches(settings, locations, layers):
+            ctx.check()
+            yield xb
+
+    params = FitParams(
+        layers, p["scaler"], p["pca_dims"], p["n_neighbors"], p["min_dist"], p["metric"], p["seed"]
+    )
+    reducer, xy = fit_reducer(batches, len(rows), dim, params, progress=lambda f, m: ctx.progress(f, m))
+    ctx.progress(0.9, "saving the reducer")
+    input_hash = hashlib.sha256(ids.tobytes() + repr(params).encode()).hexdigest()
+    folder = settings.data_root / embedding_dir(p["embedding_id"])
+    manifest_sha = _save(reducer, folder, settings.resolved_signing_key(), ids)
+    ctx.check()
+    points = [
+        {
+            "embedding_id": p["embedding_id"],
+            "sample_id": int(i),
+            "x": float(a),
+            "y": float(b),
+            "projected": False,
+        }
+        for i, (a, b) in zip(ids, xy, strict=True)
+    ]
+    with ctx.session_factory.begin() as session:
+        ctx.lease.fence(session)
+        insert_ignore(session, EmbeddingPoint.__table__, points)
+        emb = session.get(Embedding, p["embedding_id"])
+        emb.status = "ready"
+        emb.backend = reducer.backend
+        emb.reducer_path = embedding_dir(emb.id)
+        emb.reducer_sha256 = manifest_sha
+        emb.versions = library_versions()
+        emb.input_hash = input_hash
+        emb.fit_seconds = round(reducer.info.get("fit_seconds", 0.0), 3)
+        emb.num_points = len(points)
+        emb.job_id = ctx.job_id
+    return {"embedding_id": p["embedding_id"], "points": len(points), "fit_seconds": emb.fit_seconds}
+
+
+def on_fit_failed(session: Session, job: Job) -> None:
+    emb = session.get(Embedding, job.params.get("embedding_id", -1))
+    if emb is not None and emb.status == "fitting":
+        emb.status = "failed"
+
+
+# -- loading reducers (cached per process) -------------------------------------------------------------
+
+
+class ReducerCache:
+    """Verified reducers per process, keyed by (embedding id, manifest sha256); LRU of ``capacity``."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, Reducer] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, settings: Settings, session: Session, emb: Embedding) -> Reducer:
+        if emb.status != "ready" or not emb.reducer_sha256:
+            raise UserError(
+                f"Embedding {emb.id} is {emb.status}; wait for its fit to finish.", field="embedding"
+            )
+        key = (emb.id, emb.reducer_sha256)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        from common.storage import resolve_inside
+
+        folder = resolve_inside(settings.data_root, emb.reducer_path)
+        locations_of = _locations_loader(session)
+
+        def z_loader(train_ids: np.ndarray, partial: Reducer) -> np.ndarray:
+            locs = locations_of(train_ids)
+            return np.concatenate(
+                [partial.to_z(xb) for xb in iter_activation_batches(settings, locs, partial.layers)]
+            )
+
+        reducer = load_reducer(folder, emb.reducer_sha256, settings.resolved_signing_key(), z_loader)
+        with self._lock:
+            self.loads += 1
+            self._items[key] = reducer
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return reducer
+
+
+def _locations_loader(session: Session):
+    def locations(ids: np.ndarray) -> list[tuple[str, int]]:
+        found: dict[int, tuple[str, int]] = {}
+        id_list = [int(i) for i in ids]
+        for a in range(0, len(id_list), 5000):
+            part = id_list[a : a + 5000]
+            for sid, shard, row in session.execute(
+                select(Sample.id, Sample.act_shard, Sample.act_row).where(Sample.id.in_(part))
+            ):
+                found[sid] = (shard, row)
+        missing = [i for i in id_list if i not in found]
+        if missing:
+            raise UserError(f"{len(missing)} training samples of this embedding no longer exist; refit it.")
+        return [found[i] for i in id_list]
+
+    return locations
+
+
+# -- reproject ----------------------------------------------------------------------------------------
+
+
+class ReprojectParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    embedding: int = Field(ge=1)
+    samples: list[int] | None = Field(default=None, max_length=100_000, description="default: all unplaced")
+
+
+def prepare_reproject(session: Session, params: ReprojectParams, owner: User, settings: Settings) -> None:
+    emb = get_embedding(session, params.embedding)
+    if emb.status != "ready":
+        raise UserError(
+            f"Embedding {emb.id} is {emb.status}; wait for its fit to finish.", field="params.embedding"
+        )
+
+
+def unplaced_samples(session: Session, emb: Embedding) -> list[int]:
+    placed = select(EmbeddingPoint.sample_id).where(EmbeddingPoint.embedding_id == emb.id)
+    return list(
+        session.scalars(
+            select(Sample.id)
+            .where(Sample.dataset_id == emb.dataset_id, Sample.id.not_in(placed))
+            .order_by(Sample.id)
+        )
+    )
+
+
+def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any]:
+    """Place samples added after the fit (generated ones, dataset growth) with ``transform``; existing
+    points never move."""
+    p = ctx.params
+    with ctx.session_factory() as session:
+        emb = get_embedding(session, p["embedding"])
+        wanted = p.get("samples") or unplaced_samples(session, emb)
+        rows = session.execute(
+            select(Sample.id, Sample.act_shard, Sample.act_row).where(
+                Sample.id.in_(wanted), Sample.dataset_id == emb.dataset_id
+            )
+        ).all()
+        reducer = reducers.get(ctx.settings, session, emb)
+        emb_id = emb.id
+    placed = 0
+    for a in range(0, len(rows), 1024):
+        part = rows[a : a + 1024]
+        x = read_activations(ctx.settings, [(r[1], r[2]) for r in part], reducer.layers)
+        xy = reducer.transform(x)
+        points = [
+            {"embedding_id": emb_id, "sample_id": r[0], "x": float(q[0]), "y": float(q[1]), "projected": True}
+            for r, q in zip(part, xy, strict=True)
+        ]
+        with ctx.session_factory.begin() as session:
+            ctx.lease.fence(session)
+            placed += insert_ignore(session, EmbeddingPoint.__table__, points)
+            session.get(Embedding, emb_id).num_points = session.scalar(
+                select(func.count()).where(EmbeddingPoint.embedding_id == emb_id)
+            )
+        ctx.progress(min(1.0, (a + len(part)) / max(1, len(rows))), f"placed {a + len(part)} of {len(rows)}")
+    return {"embedding_id": emb_id, "placed": placed, "requested": len(rows)}
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+def embedding_to_dict(emb: Embedding) -> dict[str, Any]:
+    return {
+        "id": emb.id,
+        "name": emb.name,
+        "dataset_id": emb.dataset_id,
+        "layers": emb.layers,
+        "params": emb.params,
+        "status": emb.status,
+        "backend": emb.backend,
+        "reducer_sha256": emb.reducer_sha256,
+        "versions": emb.versions,
+        "input_hash": emb.input_hash,
+        "fit_seconds": emb.fit_seconds,
+        "num_points": emb.num_points,
+        "owner_id": emb.owner_id,
+        "job_id": emb.job_id,
+        "created_at": emb.created_at.isoformat(),
+    }
+
+
+def points_columns(session: Session, emb: Embedding) -> dict[str, np.ndarray]:
+    """The map as typed columns: sample id (int64), x, y (float32), class (int16, -1 = none), origin
+    (uint8: 0 dataset, 1 generated), projected (uint8)."""
+    rows = session.execute(
+        select(
+            EmbeddingPoint.sample_id,
+            EmbeddingPoint.x,
+            EmbeddingPoint.y,
+            Sample.class_label,
+            Sample.origin,
+            EmbeddingPoint.projected,
+        )
+        .join(Sample, Sample.id == EmbeddingPoint.sample_id)
+        .where(EmbeddingPoint.embedding_id == emb.id)
+        .order_by(EmbeddingPoint.sample_id)
+    ).all()
+    n = len(rows)
+    cols = {
+        "id": np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+        "x": np.fromiter((r[1] for r in rows), dtype=np.float32, count=n),
+        "y": np.fromiter((r[2] for r in rows), dtype=np.float32, count=n),
+        "class": np.fromiter((-1 if r[3] is None else r[3] for r in rows), dtype=np.int16, count=n),
+        "origin": np.fromiter((1 if r[4] == "generated" else 0 for r in rows), dtype=np.uint8, count=n),
+        "projected": np.fromiter((1 if r[5] else 0 for r in rows), dtype=np.uint8, count=n),
+    }
+    return cols
+
+
+jobs.register_kind(
+    jobs.JobKind(
+        "fit_embedding", "embed", FitEmbeddingParams, prepare=prepare_fit_embedding, on_failed=on_fit_failed
+    )
+)
+jobs.register_kind(jobs.JobKind("reproject", "embed", ReprojectParams, prepare=prepare_reproject))

@@ -1,0 +1,440 @@
+"""Generate from neighbours: combine the chosen samples' activations, clamp them into the generator with
+forward hooks, make new images, and record each one with its full recipe and lineage.
+
+Modes (DESIGN.md "Combining neighbours"):
+
+* ``activation_mean`` (default): the mean of the neighbours' real activations, full dimension;
+* ``umap_inverse``: the mean of the neighbours' 2-D points through the map's inverse (UMAP, PCA and
+  scaler undone), split per layer in sorted order;
+* ``weighted``: user weights over the neighbours (interpolation).
+
+After generating, the image's actual activations are captured and projected with the map's reducer, so
+each generation stores where it was meant to land and where it landed.
+
+Usage (a worker)::
+
+    result = run_generate_from_neighbors(ctx, model_cache, reducers)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import jobs
+from common.config import Settings
+from common.datasets import CODE_VERSION, noise_seed, read_activations
+from common.db import insert_ignore
+from common.embeddings import ReducerCache, get_embedding
+from common.errors import UserError
+from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
+from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
+
+MODES = ("activation_mean", "umap_inverse", "weighted")
+CLASS_MODES = ("selected", "neighbor_majority", "blend", "uniform", "none")
+
+
+class GenerateFromNeighborsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    embedding: int = Field(ge=1)
+    selected: int = Field(ge=1, description="the sample clicked on the map")
+    neighbors: list[int] = Field(
+        min_length=1, max_length=256, description="sample ids whose activations combine"
+    )
+    mode: Literal["activation_mean", "umap_inverse", "weighted"] = "activation_mean"
+    weights: list[float] | None = Field(default=None, description="for mode 'weighted': one per neighbour")
+    layers: list[str] | None = Field(
+        default=None, max_length=64, description="layers to mask (default: the map's)"
+    )
+    class_mode: Literal["selected", "neighbor_majority", "blend", "uniform", "none"] | int = Field(
+        default="selected", alias="class", description="conditioning: a mode or an explicit class index"
+    )
+    steps: int | None = Field(default=None, ge=1, le=256)
+    mask_steps: int | None = Field(default=None, ge=0, le=256, description="mask only the first k steps")
+    variations: int = Field(default=1, ge=1, le=64)
+    seed: int | None = Field(default=None, ge=0, le=2**62)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.mode == "weighted":
+            if self.weights is None or len(self.weights) != len(self.neighbors):
+                raise ValueError("mode 'weighted' needs 'weights' with one value per neighbour")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be non-negative with a positive sum")
+        elif self.weights is not None:
+            raise ValueError("'weights' is only used with mode 'weighted'")
+        if len(set(self.neighbors)) != len(self.neighbors):
+            raise ValueError("'neighbors' lists a sample twice")
+        if isinstance(self.class_mode, int) and self.class_mode < 0:
+            raise ValueError("an explicit class must be a non-negative class index")
+        return self
+
+
+def prepare_generate_from_neighbors(
+    session: Session, params: GenerateFromNeighborsParams, owner: User, settings: Settings
+) -> dict[str, Any]:
+    emb = get_embedding(session, params.embedding)
+    if emb.status != "ready":
+        raise UserError(
+            f"Embedding {emb.id} is still {emb.status}; wait for its fit to finish.", field="params.embedding"
+        )
+    ds = emb.dataset
+    wanted = [params.selected, *params.neighbors]
+    on_map = set(
+        session.scalars(
+            select(EmbeddingPoint.sample_id).where(
+                EmbeddingPoint.embedding_id == emb.id, EmbeddingPoint.sample_id.in_(wanted)
+            )
+        )
+    )
+    off = [sid for sid in wanted if sid not in on_map]
+    if off:
+        raise UserError(
+            f"Sample(s) {', '.join(map(str, off))} are not on embedding {emb.id} (they belong to another "
+            "dataset or embedding, or were never placed); choose samples shown on this map.",
+            field="params.selected" if params.selected in off else "params.neighbors",
+        )
+    layers = sorted(set(params.layers or emb.layers))
+    allowed = emb.layers if params.mode == "umap_inverse" else ds.layers
+    bad = [name for name in layers if name not in allowed]
+    if bad:
+        where = "the map's layers" if params.mode == "umap_inverse" else f"the layers captured in '{ds.name}'"
+        raise UserError(
+            f"Cannot mask {', '.join(bad)}: use {where} ({', '.join(allowed)}).", field="params.layers"
+        )
+    model = ds.model
+    label_dim = int(model.config["label_dim"])
+    if isinstance(params.class_mode, int) and params.class_mode >= label_dim:
+        raise UserError(
+            f"class {params.class_mode} is out of range (0–{label_dim - 1}).", field="params.class"
+        )
+    steps = params.steps or model.default_steps
+    if params.mask_steps is not None and params.mask_steps > steps:
+        raise UserError(
+            f"mask_steps ({params.mask_steps}) cannot exceed steps ({steps}).", field="params.mask_steps"
+        )
+    out = params.model_dump(mode="json", by_alias=True)
+    out.update(
+        layers=layers, steps=steps, seed=params.seed if params.seed is not None else secrets.randbits(31)
+    )
+    return out
+
+
+# -- the recipe ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """Everything that determines a generation's images (recomputable from the database and shards)."""
+
+    masks: dict[str, np.ndarray]  # layer -> [1, C, H, W] float32
+    center: np.ndarray  # [2] intended point on the map
+    weights: np.ndarray  # [k] over the neighbours
+    labels: Any  # per-sample class labels for common.ml.generation.generate
+    label_mode: str
+    class_label: int | None
+    label_weights: dict[str, float] | None
+    roundtrip_error: float | None
+    diagnostics: dict[str, Any]
+
+
+def build_recipe(
+    settings: Settings, session: Session, emb: Embedding, p: dict[str, Any], reducers: ReducerCache
+) -> Recipe:
+    ds: Dataset = emb.dataset
+    neighbors = [int(s) for s in p["neighbors"]]
+    samples = {
+        s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_([p["selected"], *neighbors])))
+    }
+    points = {
+        pt.sample_id: (pt.x, pt.y)
+        for pt in session.scalars(
+            select(EmbeddingPoint).where(
+                EmbeddingPoint.embedding_id == emb.id, EmbeddingPoint.sample_id.in_(list(samples))
+            )
+        )
+    }
+    k = len(neighbors)
+    if p["mode"] == "weighted":
+        w = np.asarray(p["weights"], dtype=np.float64)
+        w = w / w.sum()
+    else:
+        w = np.full(k, 1.0 / k)
+    nb_xy = np.array([points[s] for s in neighbors], dtype=np.float64)  # [k, 2]
+    center = (w[:, None] * nb_xy).sum(axis=0)  # [2]
+    layers = list(p["layers"])
+    shapes = {name: tuple(ds.layer_shapes[name]) for name in ds.layers}
+    roundtrip = None
+    diagnostics: dict[str, Any] = {"neighbors": k}
+    if p["mode"] == "umap_inverse":
+        reducer = reducers.get(settings, session, emb)
+        flat = reducer.inverse(center[None, :])  # [1, D_map]
+        back = reducer.transform(flat)[0]
+        roundtrip = float(np.linalg.norm(back - center))
+        parts, at = {}, 0
+        for name in reducer.layers:  # sorted, as the map concatenated them
+            size = int(np.prod(shapes[name]))
+            parts[name] = flat[0, at : at + size]
+            at += size
+        targets = {name: parts[name] for name in layers}
+        diagnostics["inverse_reprojected"] = [float(back[0]), float(back[1])]
+    else:
+        locs = [(samples[s].act_shard, samples[s].act_row) for s in neighbors]
+        x = read_activations(settings, locs, layers).astype(np.float64)  # [k, D_masked]
+        combined = (w[:, None] * x).sum(axis=0)
+        targets, at = {}, 0
+        for name in sorted(layers):
+            size = int(np.prod(shapes[name]))
+            targets[name] = combined[at : at + size]
+            at += size
+    masks = {name: targets[name].astype(np.float32).reshape(1, *shapes[name]) for name in layers}
+
+    label_dim = int(ds.model.config["label_dim"])
+    cm = p["class"]
+    nb_classes = [samples[s].class_label for s in neighbors if samples[s].class_label is not None]
+    class_label, label_weights, label_mode = None, None, "onehot"
+    if cm == "selected":
+        class_label = samples[p["selected"]].class_label
+        if class_label is None:
+            cm = "neighbor_majority"
+    if cm == "neighbor_majority":
+        if not nb_classes:
+            raise UserError("None of the neighbours has a single class; pick 'blend', 'uniform' or a class.")
+        counts = Counter(nb_classes)
+        top = max(counts.values())
+        class_label = min(c for c, n in counts.items() if n == top)
+    elif cm == "blend":
+        acc: dict[int, float] = {}
+        for s, weight in zip(neighbors, w, strict=True):
+            c = samples[s].class_label
+            if c is not None:
+                acc[c] = acc.get(c, 0.0) + float(weight)
+        total = sum(acc.values()) or 1.0
+        label_weights = {str(c): v / total for c, v in sorted(acc.items())}
+        label_mode = "blend"
+    elif cm == "uniform":
+        label_mode = "uniform"
+    elif cm == "none":
+        label_mode = "null"
+    elif isinstance(cm, int):
+        class_label = cm
+    if label_mode == "onehot" and not 0 <= int(class_label) < label_dim:
+        raise UserError(f"class {class_label} is out of range for this model.")
+    return Recipe(
+        masks, center, w, class_label, label_mode, class_label, label_weights, roundtrip, diagnostics
+    )
+
+
+def _labels_for(recipe: Recipe, n: int) -> tuple[Any, str]:
+    if recipe.label_mode == "onehot":
+        return [int(recipe.class_label)] * n, "onehot"
+    if recipe.label_mode == "blend":
+        row = {int(c): v for c, v in recipe.label_weights.items()}
+        return [row] * n, "blend"
+    return None, recipe.label_mode
+
+
+def render(
+    model,
+    recipe: Recipe,
+    seeds: list[int],
+    steps: int,
+    sigma_max: float,
+    mask_steps: int | None,
+    capture: list[str],
+):
+    """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult."""
+    from common.ml.generation import generate
+
+    labels, mode = _labels_for(recipe, len(seeds))
+    return generate(
+        model,
+        labels,
+        seeds,
+        steps=steps,
+        sigma_max=sigma_max,
+        masks=recipe.masks,
+        mask_steps=mask_steps,
+        capture=capture,
+        label_mode=mode,
+    )
+
+
+def generated_dir(dataset_id: int, job_id: int) -> str:
+    return f"datasets/{dataset_id}/generated/job-{job_id:08d}"
+
+
+def variation_seeds(seed: int, variations: int) -> list[int]:
+    return [noise_seed(seed, v) for v in range(variations)]
+
+
+# -- the job ---------------------------------------------------------------------------------------------
+
+
+def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict[str, Any]:
+    p = ctx.params
+    settings = ctx.settings
+    with ctx.session_factory() as session:
+        emb = get_embedding(session, p["embedding"])
+        ds = emb.dataset
+        model_row = ds.model
+        recipe = build_recipe(settings, session, emb, p, reducers)
+        reducer = reducers.get(settings, session, emb)
+        model = model_cache.get(settings, model_row)
+        ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
+        sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
+    ctx.progress(0.2, f"generating {p['variations']} variation(s)")
+    seeds = variation_seeds(int(p["seed"]), int(p["variations"]))
+    res = render(model, recipe, seeds, int(p["steps"]), sigma_max, p.get("mask_steps"), ds_layers)
+    model_cache.assert_no_hooks()
+    ctx.check()
+    n = len(seeds)
+    actual_x = np.concatenate([res.activations[name].reshape(n, -1) for name in reducer.layers], axis=1)
+    actual = reducer.transform(actual_x)  # [n, 2]
+    ctx.progress(0.8, "saving images and activations")
+
+    folder = generated_dir(ds_id, ctx.job_id)
+    root = settings.data_root
+    for v in range(n):
+        atomic_write_bytes(root / folder / f"{v:03d}.png", png_bytes(res.images[v]))
+    for name in ds_layers:
+        atomic_save_npy(
+            root / folder / f"{name}.npy", res.activations[name].reshape(n, -1).astype(np.float32)
+        )
+    for name, mask in recipe.masks.items():
+        atomic_save_npy(root / folder / f"mask-{name}.npy", mask)
+
+    now = jobs.now()
+    with ctx.session_factory.begin() as session:
+        ctx.lease.fence(session)
+        insert_ignore(
+            session,
+            Sample.__table__,
+            [
+                {
+                    "dataset_id": ds_id,
+                    "index": None,
+                    "class_label": recipe.class_label,
+                    "label_weights": recipe.label_weights,
+                    "noise_seed": seeds[v],
+                    "image_path": f"{folder}/{v:03d}.png",
+                    "act_shard": folder,
+                    "act_row": v,
+                    "origin": "generated",
+                    "job_id": ctx.job_id,
+                    "variation": v,
+                    "created_by_id": ctx.owner_id,
+                    "created_at": now,
+                }
+                for v in range(n)
+            ],
+        )
+        ids = dict(
+            session.execute(
+                select(Sample.variation, Sample.id).where(
+                    Sample.job_id == ctx.job_id, Sample.origin == "generated"
+                )
+            ).all()
+        )
+        gens, lineage, points = [], [], []
+        for v in range(n):
+            sid = ids[v]
+            ax, ay = float(actual[v, 0]), float(actual[v, 1])
+            gens.append(
+                {
+                    "sample_id": sid,
+                    "embedding_id": emb_id,
+                    "selected_sample_id": int(p["selected"]),
+                    "job_id": ctx.job_id,
+                    "mode": p["mode"],
+                    "center_x": float(recipe.center[0]),
+                    "center_y": float(recipe.center[1]),
+                    "layers": list(recipe.masks),
+                    "steps": int(p["steps"]),
+                    "mask_steps": p.get("mask_steps"),
+                    "noise_seed": seeds[v],
+                    "class_mode": str(p["class"]),
+                    "class_label": recipe.class_label,
+                    "label_weights": recipe.label_weights,
+                    "actual_x": ax,
+                    "actual_y": ay,
+                    "roundtrip_error": recipe.roundtrip_error,
+                    "distance_to_intended": float(np.hypot(ax - recipe.center[0], ay - recipe.center[1])),
+                    "diagnostics": {**recipe.diagnostics, "variation": v, "recipe_seed": int(p["seed"])},
+                    "checkpoint_sha256": sha,
+                    "code_version": CODE_VERSION,
+                    "created_by_id": ctx.owner_id,
+                    "created_at": now,
+                }
+            )
+            lineage.append(
+                {"child_id": sid, "parent_id": int(p["selected"]), "role": "selected", "weight": 0.0}
+            )
+            lineage += [
+                {"child_id": sid, "parent_id": int(nb), "role": "neighbor", "weight": float(wt)}
+                for nb, wt in zip(p["neighbors"], recipe.weights, strict=True)
+            ]
+            points.append({"embedding_id": emb_id, "sample_id": sid, "x": ax, "y": ay, "projected": True})
+        insert_ignore(session, Generation.__table__, gens)
+        insert_ignore(session, Lineage.__table__, lineage)
+        insert_ignore(session, EmbeddingPoint.__table__, points)
+        emb = session.get(Embedding, emb_id)
+        emb.num_points = emb.num_points + len(points)
+    return {
+        "embedding_id": emb_id,
+        "samples": [ids[v] for v in range(n)],
+        "center": [float(recipe.center[0]), float(recipe.center[1])],
+        "actual": actual.round(6).tolist(),
+        "roundtrip_error": recipe.roundtrip_error,
+        "model_cache": model_cache.stats(),
+    }
+
+
+def replay(settings: Settings, session: Session, sample_id: int, model_cache, reducers: ReducerCache):
+    """Regenerate a generated sample from its recorded recipe; returns (uint8 image, stored PNG bytes)."""
+    gen = session.scalar(select(Generation).where(Generation.sample_id == sample_id))
+    if gen is None:
+        raise UserError(f"Sample {sample_id} was not generated from neighbours; nothing to replay.")
+    parents = session.execute(
+        select(Lineage.parent_id, Lineage.role, Lineage.weight).where(Lineage.child_id == sample_id)
+    ).all()
+    neighbors = [pid for pid, role, _ in parents if role == "neighbor"]
+    weights = {pid: wt for pid, role, wt in parents if role == "neighbor"}
+    emb = get_embedding(session, gen.embedding_id)
+    # lineage rows come back unordered; the job's params keep the neighbours' order
+    job = session.get(Job, gen.job_id) if gen.job_id else None
+    if job is not None:
+        neighbors = [int(s) for s in job.params["neighbors"]]
+    params = {
+        "selected": gen.selected_sample_id,
+        "neighbors": neighbors,
+        "mode": gen.mode,
+        "weights": [weights[s] for s in neighbors] if gen.mode == "weighted" else None,
+        "layers": list(gen.layers),
+        "class": int(gen.class_mode) if gen.class_mode.isdigit() else gen.class_mode,
+    }
+    recipe = build_recipe(settings, session, emb, params, reducers)
+    model = model_cache.get(settings, emb.dataset.model)
+    res = render(
+        model, recipe, [gen.noise_seed], gen.steps, emb.dataset.model.default_sigma_max, gen.mask_steps, []
+    )
+    sample = session.get(Sample, sample_id)
+    return res.images[0], resolve_inside(settings.data_root, sample.image_path).read_bytes()
+
+
+jobs.register_kind(
+    jobs.JobKind(
+        "generate_from_neighbors",
+        "interactive",
+        GenerateFromNeighborsParams,
+        prepare=prepare_generate_from_neighbors,
+    )
+)
