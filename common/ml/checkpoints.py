@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 ACCELERATE_FILES = ("model.safetensors", "pytorch_model.bin")
 _MAX_LISTED = 10
+# globals that a plain tensor dict also pickles; anything else is what weights_only refused
+_PLAIN_PICKLE_GLOBALS = ("torch._utils.", "torch._tensor.", "collections.", "__builtin__.", "builtins.")
 
 
 class CheckpointError(ValueError):
@@ -104,7 +106,7 @@ def _pickle_globals(path: Path, limit: int = 8) -> list[str]:
                 ref = f"{strings[-2]}.{strings[-1]}"
             if (
                 ref
-                and not ref.startswith(("torch._utils.", "collections.", "torch._tensor."))
+                and not ref.startswith(_PLAIN_PICKLE_GLOBALS)
                 and not ref.endswith("Storage")
                 and ref not in found
             ):
