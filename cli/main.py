@@ -243,6 +243,21 @@ def up(host: str, port: int, n_workers: int) -> None:
     sys.exit(run_up(load_settings(), host=host, port=port, n_workers=n_workers))
 
 
+@main.command()
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address Flower binds.")
+@click.option("--port", default=5555, show_default=True, type=int)
+def flower(address: str, port: int) -> None:
+    """Serve Flower, Celery's monitoring UI, for the broker (FLOWER_* variables configure it further)."""
+    import importlib.util
+
+    if importlib.util.find_spec("flower") is None:
+        raise click.ClickException("Flower is not installed; pip install 'latentlab[flower]'.")
+    load_settings().broker_url()  # fails early with a clear message when there is no Redis
+    from workers.app import celery_app
+
+    celery_app.start(["flower", f"--address={address}", f"--port={port}"])
+
+
 # -- jobs ---------------------------------------------------------------------------------------------
 
 
@@ -346,6 +361,7 @@ def job_show(job_id: int) -> None:
 def _register_command_modules() -> None:
     # each feature's commands live in their own module and attach themselves to ``main``
     import cli.models  # noqa: F401
+    import cli.research  # noqa: F401
 
 
 if __name__ == "__main__":

@@ -1,0 +1,296 @@
+"""``latentlab dataset|embed|generate|reproject|neighbors|history|replay``: the research loop from a shell.
+Each job command enqueues through the same path as the API; ``--wait`` shows a progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cli.main import _owner, _publisher, _require_schema, _sessions, load_settings, main, wait_for_job
+
+
+def _csv_ints(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers") from None
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _submit(kind: str, params: dict, username: str | None, wait: bool) -> None:
+    from common import jobs
+
+    settings = load_settings()
+    _require_schema(settings)
+    sessions = _sessions(settings)
+    params = {k: v for k, v in params.items() if v is not None}
+    job = jobs.submit(
+        sessions, _publisher(settings), settings, owner=_owner(sessions, username), kind=kind, params=params
+    )
+    note = "" if job.published_at else " (broker unreachable: it will be published when Redis is back)"
+    click.echo(f"job {job.id} ({kind}) {job.status}{note}")
+    if wait:
+        sys.exit(wait_for_job(sessions, job.id))
+
+
+wait_option = click.option("--wait/--no-wait", default=False, help="Wait for the job with a progress bar.")
+as_option = click.option(
+    "--as", "username", default=None, help="Owner of the job (default: the first admin)."
+)
+
+
+@main.group()
+def dataset() -> None:
+    """Datasets of generated images with captured activations."""
+
+
+@dataset.command("create")
+@click.option("--model", required=True, help="Model name or id (see `latentlab model list`).")
+@click.option("--name", required=True, help="Dataset name; an existing name grows that dataset.")
+@click.option("--num-samples", "-n", required=True, type=int)
+@click.option("--classes", default="all", show_default=True, help="'all' or comma-separated class indices.")
+@click.option("--layers", default=None, help="Comma-separated layers (default encoder_bottleneck,midblock).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", default=None, type=int, help="Sampler steps (default: the model's).")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@as_option
+@wait_option
+def dataset_create(model, name, num_samples, classes, layers, seed, steps, batch_size, dtype, username, wait):
+    """Enqueue a generate_dataset job."""
+    params = {
+        "model": model,
+        "name": name,
+        "num_samples": num_samples,
+        "classes": "all" if classes == "all" else _csv_ints(classes),
+        "layers": _csv(layers),
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "dtype": dtype,
+    }
+    _submit("generate_dataset", params, username, wait)
+
+
+@dataset.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def dataset_list(as_json: bool) -> None:
+    """List datasets."""
+    from sqlalchemy import select
+
+    from common.datasets import dataset_to_dict
+    from common.models import Dataset
+
+    with _sessions(load_settings())() as session:
+        rows = [dataset_to_dict(session, d) for d in session.scalars(select(Dataset).order_by(Dataset.id))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for d in rows:
+        click.echo(
+            f"{d['id']}\t{d['name']}\t{d['model']}\t{d['status']}\t{d['num_samples']}/{d['target_size']}"
+            f"\t{','.join(d['layers'])}"
+        )
+
+
+@main.command()
+@click.option("--dataset", required=True, help="Dataset name or id.")
+@click.option("--name", default=None)
+@click.option("--layers", default=None, help="Comma-separated subset of the captured layers.")
+@click.option("--scaler", type=click.Choice(["standard", "none"]), default="standard", show_default=True)
+@click.option("--pca-dims", default=None, type=int, help="Default: none below 20,000 samples, 256 above.")
+@click.option("--n-neighbors", default=15, show_default=True, type=int)
+@click.option("--min-dist", default=0.1, show_default=True, type=float)
+@click.option(
+    "--metric",
+    type=click.Choice(["euclidean", "cosine", "manhattan", "correlation"]),
+    default="euclidean",
+    show_default=True,
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-samples", default=None, type=int)
+@as_option
+@wait_option
+def embed(
+    dataset, name, layers, scaler, pca_dims, n_neighbors, min_dist, metric, seed, max_samples, username, wait
+):
+    """Enqueue a fit_embedding job (scaler → PCA → UMAP)."""
+    params = {
+        "dataset": dataset,
+        "name": name,
+        "layers": _csv(layers),
+        "scaler": scaler,
+        "pca_dims": pca_dims,
+        "n_neighbors": n_neighbors,
+        "min_dist": min_dist,
+        "metric": metric,
+        "seed": seed,
+        "max_samples": max_samples,
+    }
+    _submit("fit_embedding", params, username, wait)
+
+
+@main.command()
+@click.option("--embedding", required=True, type=int)
+@click.option("--samples", default=None, help="Comma-separated sample ids (default: all not yet placed).")
+@as_option
+@wait_option
+def reproject(embedding, samples, username, wait):
+    """Enqueue a reproject job: place samples added after the fit, without moving existing points."""
+    _submit("reproject", {"embedding": embedding, "samples": _csv_ints(samples)}, username, wait)
+
+
+@main.command()
+@click.option("--embedding", required=True, type=int)
+@click.option("--selected", required=True, type=int, help="The selected sample id.")
+@click.option("--neighbors", required=True, help="Comma-separated neighbour sample ids.")
+@click.option(
+    "--mode",
+    type=click.Choice(["activation_mean", "umap_inverse", "weighted"]),
+    default="activation_mean",
+    show_default=True,
+)
+@click.option("--weights", default=None, help="For --mode weighted: comma-separated, one per neighbour.")
+@click.option("--layers", default=None, help="Layers to mask (default: the embedding's).")
+@click.option(
+    "--class",
+    "class_",
+    default="selected",
+    show_default=True,
+    help="selected | neighbor_majority | blend | uniform | none | a class index",
+)
+@click.option("--steps", default=None, type=int)
+@click.option("--mask-steps", default=None, type=int)
+@click.option("--variations", default=1, show_default=True, type=int)
+@click.option("--seed", default=None, type=int)
+@as_option
+@wait_option
+def generate(
+    embedding,
+    selected,
+    neighbors,
+    mode,
+    weights,
+    layers,
+    class_,
+    steps,
+    mask_steps,
+    variations,
+    seed,
+    username,
+    wait,
+):
+    """Enqueue a generate_from_neighbors job."""
+    try:
+        weight_list = None if weights is None else [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{weights}' is not a comma-separated list of numbers") from None
+    params = {
+        "embedding": embedding,
+        "selected": selected,
+        "neighbors": _csv_ints(neighbors),
+        "mode": mode,
+        "weights": weight_list,
+        "layers": _csv(layers),
+        "class": int(class_) if class_.isdigit() else class_,
+        "steps": steps,
+        "mask_steps": mask_steps,
+        "variations": variations,
+        "seed": seed,
+    }
+    _submit("generate_from_neighbors", params, username, wait)
+
+
+@main.command()
+@click.option("--embedding", required=True, type=int)
+@click.option("--sample", required=True, type=int)
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, 500))
+@click.option("--space", type=click.Choice(["2d", "full"]), default="2d", show_default=True)
+def neighbors(embedding, sample, k, space):
+    """Print a sample's nearest neighbours on a map."""
+    from common.embeddings import get_embedding
+    from common.neighbors import find_neighbors
+
+    settings = load_settings()
+    with _sessions(settings)() as session:
+        hits = find_neighbors(settings, session, get_embedding(session, embedding), sample, k, space)
+    for h in hits:
+        click.echo(f"{h['sample_id']}\t{h['distance']:.6f}")
+
+
+@main.command()
+@click.option("--user", default=None)
+@click.option("--dataset", default=None)
+@click.option("--class", "class_label", default=None, type=int)
+@click.option("--parent", default=None, type=int)
+@click.option("--mode", type=click.Choice(["activation_mean", "umap_inverse", "weighted"]), default=None)
+@click.option("--since", default=None, help="ISO date or datetime.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+def history(user, dataset, class_label, parent, mode, since, limit, as_json):
+    """Generated samples, newest first, with their recipes."""
+    from pydantic import ValidationError
+
+    from common.errors import UserError, pydantic_message
+    from common.history import HistoryQuery
+    from common.history import history as read_history
+
+    try:
+        q = HistoryQuery(
+            user=user,
+            dataset=dataset,
+            class_label=class_label,
+            parent=parent,
+            mode=mode,
+            since=since,
+            limit=limit,
+        )
+    except ValidationError as exc:
+        raise UserError(pydantic_message(exc)[0]) from None
+    with _sessions(load_settings())() as session:
+        rows = read_history(session, q)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['sample_id']}\t{r['created_at'][:19]}\t{r['created_by'] or '-'}\t{r['mode']}\t"
+            f"class={r['class_label']}\tembedding={r['embedding_id']}\t"
+            f"miss={r['distance_to_intended']:.3f}"
+        )
+
+
+@main.command()
+@click.argument("sample", type=int)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="Also write the replayed PNG here."
+)
+def replay(sample: int, out: str | None) -> None:
+    """Regenerate generated SAMPLE from its recorded recipe and compare with the stored image."""
+    from common.embeddings import ReducerCache
+    from common.generations import replay as do_replay
+    from common.modelcache import ModelCache
+    from common.storage import atomic_write_bytes, png_bytes
+
+    settings = load_settings()
+    with _sessions(settings)() as session:
+        image, stored = do_replay(
+            settings, session, sample, ModelCache(settings.model_cache_size), ReducerCache()
+        )
+    data = png_bytes(image)
+    if out:
+        from pathlib import Path
+
+        atomic_write_bytes(Path(out), data)
+    if data == stored:
+        click.echo(f"sample {sample}: replayed image is byte-identical to the stored one")
+        return
+    click.echo(f"sample {sample}: replayed image DIFFERS from the stored one", err=True)
+    sys.exit(1)
