@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test suite, as `make test` and CI run it:
+#   1. everything (unit, integration, e2e) on SQLite;
+#   2. the integration tier again on PostgreSQL (--db=postgres) when LATENTLAB_TEST_POSTGRES_URL is set,
+#      so every integration test runs on both backends. LATENTLAB_REQUIRE_POSTGRES=1 (CI) makes a missing
+#      URL an error instead of a silently skipped second pass.
+# Extra arguments go to both pytest runs (e.g. scripts/test.sh -x -k up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+
+if [[ -z "${LATENTLAB_TEST_POSTGRES_URL:-}" && "${LATENTLAB_REQUIRE_POSTGRES:-0}" == 1 ]]; then
+  echo "LATENTLAB_REQUIRE_POSTGRES=1 but LATENTLAB_TEST_POSTGRES_URL is not set" >&2
+  exit 1
+fi
+
+echo "== tests on SQLite"
+"$PY" -m pytest "$@"
+
+if [[ -n "${LATENTLAB_TEST_POSTGRES_URL:-}" ]]; then
+  echo "== integration tests on PostgreSQL"
+  "$PY" -m pytest --db=postgres tests/integration "$@"
+else
+  echo "== PostgreSQL pass skipped: set LATENTLAB_TEST_POSTGRES_URL to run the integration tests on it"
+fi
