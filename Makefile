@@ -7,7 +7,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && { echo $$p; break; }; done)
+# the first of these that runs and is 3.11 or newer (a pyenv shim of an absent version does not run)
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+  $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV ?= .venv
 # torch goes in first and on its own: a bare `pip install torch` on Linux pulls the multi-GB CUDA build.
 # For a CPU-only torch from PyTorch's own index: make up TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -31,7 +33,7 @@ help:
 setup: $(STAMP)
 
 $(STAMP):
-	@test -n "$(PYTHON)" || { echo "No python3 found; install Python 3.11 or newer." >&2; exit 1; }
+	@test -n "$(PYTHON)" || { echo "No Python 3.11 or newer found; install one (or make PYTHON=/path/to/python)." >&2; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "$(PYTHON) is $$($(PYTHON) -V 2>&1); latentlab needs Python 3.11 or newer (make PYTHON=python3.12)." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
