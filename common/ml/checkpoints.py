@@ -50,7 +50,10 @@ _PLAIN_PICKLE_GLOBALS = ("torch._utils.", "torch._tensor.", "collections.", "__b
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as the requested generator; the message says what to change."""
+    """Usage: ``except CheckpointError as e: return {"error": str(e)}``; the message says what to change.
+
+    Raised for a checkpoint that cannot be loaded as the requested generator (a ValueError).
+    """
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ LABEL_MODES = ("onehot", "blend", "uniform", "null")
 
 @dataclass
 class GenerationResult:
-    """Output of ``generate``.
+    """Usage: ``res = generate(...); Image.fromarray(res.images[0])``; the output of ``generate``.
 
     images: uint8 [B, H, W, C]. activations: ``{layer: float32 [B, C, H, W]}`` from the last model
     evaluation, or None. images_float: float32 [B, C, H, W] raw output (about [-1, 1]) when asked for.

@@ -52,7 +52,7 @@ def _uniform_init(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
 
 
 class Linear(nn.Module):
-    """Linear layer ``y = x W^T + b``; W is stored (out_features, in_features)."""
+    """Usage: ``Linear(E, 2 * o)(emb [B, E])`` -> [B, 2o]; ``y = x W^T + b``, W stored (out, in)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init_zero: bool = False):
         super().__init__()
@@ -68,7 +68,9 @@ class Linear(nn.Module):
 
 
 class Conv2d(nn.Module):
-    """Conv2d (cross-correlation, zero padding k//2) with optional box-filter resampling.
+    """Usage: ``Conv2d(i, o, 3, down=True)(x [B, i, H, W])`` -> [B, o, H/2, W/2]; conv with box resampling.
+
+    Cross-correlation with zero padding k//2, as PyTorch's conv2d.
 
     ``up``/``down`` resample *before* the convolution: down = depthwise stride-2 conv with the 2x2 filter
     of 0.25s (2x2 average pooling); up = depthwise stride-2 transposed conv with the filter times 4
@@ -123,7 +125,7 @@ class Conv2d(nn.Module):
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm with ``min(32, C // 4)`` groups (at least 4 channels per group) and eps 1e-5."""
+    """Usage: ``GroupNorm(C)(x [B, C, H, W])`` -> same shape; ``min(32, C // 4)`` groups, eps 1e-5."""
 
     def __init__(self, num_channels: int, num_groups: int = 32, min_channels_per_group: int = 4, eps=1e-5):
         super().__init__()
@@ -141,7 +143,7 @@ class GroupNorm(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Sinusoidal embedding of one scalar per sample, cosines first; width ``num_channels``."""
+    """Usage: ``PositionalEmbedding(N)(t [B])`` -> [B, N]; sinusoidal embedding, cosines first."""
 
     def __init__(self, num_channels: int, max_positions: int = 10000):
         super().__init__()
@@ -161,7 +163,9 @@ class PositionalEmbedding(nn.Module):
 
 
 class UNetBlock(nn.Module):
-    """Residual block ``(x [B, in, H, W], emb [B, E]) -> [B, out, H', W']`` with optional attention.
+    """Usage: ``UNetBlock(i, o, E, attention=True)(x [B, i, H, W], emb [B, E])`` -> [B, o, H', W'].
+
+    Adaptive-GroupNorm residual block with optional multi-head self-attention.
 
     Attention exists iff requested and ``out_channels // channels_per_head > 0`` (spec pitfall 1).
     """
@@ -243,9 +247,9 @@ class UNetBlock(nn.Module):
 
 
 class DhariwalUNet(nn.Module):
-    """ADM U-Net ``(x [B, Cin, R, R], noise_labels [B], class_labels [B|1, L] | None) -> [B, Cout, R, R]``.
+    """Usage: ``DhariwalUNet(64, 3, 3, label_dim=1000)(x [B, 3, 64, 64], c_noise [B], y [B|1, 1000])``.
 
-    Usage: ``unet = DhariwalUNet(img_resolution=64, in_channels=3, out_channels=3, label_dim=1000)``.
+    The ADM U-Net: ``(x [B, Cin, R, R], noise_labels [B], class_labels [B|1, L] | None) -> [B, Cout, R, R]``.
 
     ``enc``/``dec`` are ordered ``ModuleDict``s named ``{res}x{res}_conv|_down|_block{i}`` and
     ``{res}x{res}_in0|_in1|_up|_block{i}`` (spec 2.3). ``map_augment`` is always ``None``, as in DMD2,
@@ -344,7 +348,7 @@ class DhariwalUNet(nn.Module):
         class_labels: torch.Tensor | None,
         augment_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        emb = self.embed(noise_labels, class_labels).to(x.dtype)  # [B, E]
+        emb = self.embed(noise_labels, class_labels)  # [B, E] float32; blocks cast affine(emb) to x.dtype
 
         # Encoder: push every (possibly hook-replaced) module output, stem conv and down blocks included.
         skips = []
@@ -370,9 +374,9 @@ def parse_sigma(value: float | int | str) -> float:
 
 
 class EDMPrecond(nn.Module):
-    """EDM preconditioned denoiser ``model(x [B, C, R, R], sigma [B] | scalar, class_labels [B, L] | None)``.
+    """Usage: ``model = EDMPrecond(**preset.config); D = model(x, sigma, one_hot)`` -> float32 [B, C, R, R].
 
-    Usage: ``model = EDMPrecond(**preset.config); D = model(x, sigma, one_hot)`` -> float32 [B, C, R, R].
+    EDM's preconditioned denoiser ``model(x [B, C, R, R], sigma [B] | scalar, class_labels [B, L] | None)``.
 
     The U-Net is the only child, under ``model`` (every state_dict key starts with ``model.``).
     ``use_fp16`` runs the U-Net in ``fp16_dtype`` (bfloat16 by default, as DMD2 does) on CUDA only; on

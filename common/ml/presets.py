@@ -15,7 +15,7 @@ __all__ = ["PRESETS", "Preset", "get_preset", "imagenet_class_names", "preset_na
 
 @dataclass(frozen=True)
 class Preset:
-    """A generator preset: ``EDMPrecond(**preset.config)`` builds it; ``label_names[i]`` names class i."""
+    """Usage: ``EDMPrecond(**get_preset("tiny16").config)``; ``label_names[i]`` names class i."""
 
     name: str
     architecture: str

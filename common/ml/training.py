@@ -386,9 +386,7 @@ def distill_one_step(
                 bar.set_postfix(mse=f"{np.mean(losses[-log_every:]):.4f}")
     bar.close()
     student.eval().requires_grad_(False)
-    return TrainResult(
-        ema=ema, model=student, losses=losses, seconds=time.perf_counter() - t0, config=cfg
-    )
+    return TrainResult(ema=ema, model=student, losses=losses, seconds=time.perf_counter() - t0, config=cfg)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
