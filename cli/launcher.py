@@ -234,7 +234,6 @@ class Child:
     started_at: float = 0.0
     backoff: float = 1.0
     restart_at: float | None = None
-    exits: int = 0
     pump: threading.Thread | None = None
     log_path: Path | None = None
 
@@ -263,6 +262,8 @@ class Launcher:
         self.redis_url = settings.redis_url
         self.children: list[Child] = []
         self.exit_code = 0
+        # the first admin's one-time password until it has been printed; "" when the user chose it
+        self.admin_password: str | None = None
         self._preexec = _parent_death_signal()
 
     # -- signals ------------------------------------------------------------------------------------
@@ -283,27 +284,32 @@ class Launcher:
     def run(self) -> int:
         t0 = time.monotonic()
         previous = self.install_signal_handlers()
+        refusal = None
         try:
-            admin_password = None
-            try:
-                self.prepare()
-                if not self.stopping:
-                    self.start_children()
-                    # while the children boot (seconds of imports), not before: it halves the start time
-                    admin_password = self.ensure_admin()
-                    self.register_shipped_models()
-                    self.wait_for_web()
-            except Refusal as exc:
-                self.console.line(f"Error: {exc}", err=True)
-                return 1
+            self.prepare()
             if not self.stopping:
-                self.announce(admin_password, time.monotonic() - t0)
+                self.start_children()
+                # while the children boot (seconds of imports), not before: it halves the start time
+                self.admin_password = self.ensure_admin()
+                self.register_shipped_models()
+                self.wait_for_web()
+            if not self.stopping:
+                self.announce(time.monotonic() - t0)
                 self.supervise()
-            return self.exit_code
+        except Refusal as exc:
+            refusal = str(exc)
+            self.exit_code = 1
         finally:
             self.shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if self.admin_password:  # created, but the URL was never announced: the password must not be lost
+            self.console.line(
+                f"the admin account was created: username admin, password {self.admin_password}"
+            )
+        if refusal:
+            self.console.line(f"Error: {refusal}", err=True)
+        return self.exit_code
 
     def prepare(self) -> None:
         """Everything the children need: the checks, the lock, the migrated schema and Redis."""
@@ -326,9 +332,9 @@ class Launcher:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import OperationalError
 
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
         from common import migrate
 
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
         try:
             migrate.upgrade(self.settings)
         except OperationalError as exc:
@@ -520,24 +526,23 @@ class Launcher:
                 )
             time.sleep(0.1)
 
-    def announce(self, admin_password: str | None, elapsed: float) -> None:
+    def announce(self, elapsed: float) -> None:
         bound = "" if connect_host(self.host) == self.host else f" (listening on {self.host})"
         lines = [f"latentlab is running at {url_for(self.host, self.port)}{bound}"]
-        if admin_password:
+        if self.admin_password:
             lines += [
                 "first run: created the admin account",
                 "    username: admin",
-                f"    password: {admin_password}",
+                f"    password: {self.admin_password}",
                 "this password is shown only once; change it with `latentlab user passwd admin`.",
             ]
-        elif admin_password == "":
+        elif self.admin_password == "":
             lines.append("first run: created the admin account 'admin' with LATENTLAB_ADMIN_PASSWORD")
-        lines += [
-            f"logs: {self.settings.data_root / 'logs'}/ ; started in {elapsed:.1f} s; press Ctrl-C to stop",
-        ]
-        with self.console._lock:
-            self.console.stream.write("\n".join(lines) + "\n")
-            self.console.stream.flush()
+        lines.append(
+            f"logs: {self.settings.data_root / 'logs'}/ ; started in {elapsed:.1f} s; press Ctrl-C to stop"
+        )
+        self.admin_password = None
+        self.console.line("\n".join(lines))
 
     # -- supervision and shutdown -----------------------------------------------------------------
 
@@ -554,7 +559,6 @@ class Launcher:
                 code = child.popen.poll()
                 if code is None:
                     continue
-                child.exits += 1
                 if not child.restart:
                     self.console.say(f"{child.name} exited with status {code}; stopping latentlab")
                     self.exit_code = 1
