@@ -106,7 +106,7 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path, ref_state_di
     assert "preset 'tiny16'" in msg and '"model_channels": 8' in msg
 
 
-def test_imagenet_checkpoint_for_the_wrong_config_lists_at_most_ten_of_each(tmp_path, dmd2_file):
+def test_checkpoint_of_another_config_lists_at_most_ten_keys_of_each_kind(tmp_path, dmd2_file):
     with pytest.raises(CheckpointError) as info:
         load_generator(dmd2_file, "digits16")
     msg = str(info.value)
