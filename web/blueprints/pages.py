@@ -1,15 +1,23 @@
-"""The page shell: sign-in form, sign-out, the home page and the jobs page. Pages are HTML rendered from
-``web/templates``; their data comes from the JSON API through ``web/static/js`` modules."""
+"""The page shell: sign-in form, sign-out, and the portal pages (home, datasets, a dataset, the explorer,
+jobs, history). Pages are HTML shells rendered from ``web/templates``; their data comes from the JSON API
+through one small ``web/static/js`` module per page. Plotly.js is served from the installed ``plotly``
+Python package (never a CDN) at ``/static/vendor/plotly.min.js``."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.metadata
+import importlib.resources
+import threading
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, redirect, render_template, request
+from flask import Blueprint, Response, abort, current_app, make_response, redirect, render_template, request
 from flask_login import current_user, login_required
 
 from common.errors import UserError
 from web import csrf
+from web.app import CONTENT_SECURITY_POLICY
 from web.auth import authenticate, end_all_sessions, principal, start_session
 
 bp = Blueprint("pages", __name__)
@@ -42,6 +50,102 @@ def index():
 @login_required
 def jobs_page():
     return render_template("jobs.html")
+
+
+@bp.get("/datasets")
+@login_required
+def datasets_page():
+    return render_template("datasets.html")
+
+
+@bp.get("/datasets/<int:dataset_id>")
+@login_required
+def dataset_page(dataset_id: int):
+    return render_template("dataset.html", dataset_id=dataset_id)
+
+
+@bp.get("/history")
+@login_required
+def history_page():
+    return render_template("history.html")
+
+
+# Plotly's WebGL traces (scattergl) compile their shaders with regl, which builds its draw functions with
+# ``Function(...)``; under ``script-src 'self'`` they fail ("WebGL is not supported"). The one page that
+# loads Plotly gets 'unsafe-eval' on top of the app's policy: still no inline scripts or styles, and no
+# other origin.
+EXPLORER_CSP = CONTENT_SECURITY_POLICY.replace("script-src 'self'", "script-src 'self' 'unsafe-eval'")
+
+
+@bp.get("/explorer")
+@login_required
+def explorer_page():
+    response = make_response(render_template("explorer.html", plotly_version=plotly_bundle().version))
+    response.headers["Content-Security-Policy"] = EXPLORER_CSP
+    return response
+
+
+# -- Plotly.js from the installed plotly package ---------------------------------------------------------
+
+
+class PlotlyBundle:
+    """``plotly/package_data/plotly.min.js`` read once per process, with its gzip form and an ETag."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._body: bytes | None = None
+        self._gzipped: bytes | None = None
+        self.version = importlib.metadata.version("plotly")
+
+    def body(self) -> bytes:
+        with self._lock:
+            if self._body is None:
+                resource = importlib.resources.files("plotly") / "package_data" / "plotly.min.js"
+                self._body = resource.read_bytes()
+            return self._body
+
+    def gzipped(self) -> bytes:
+        body = self.body()
+        with self._lock:
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(body, compresslevel=6, mtime=0)
+            return self._gzipped
+
+    @property
+    def etag(self) -> str:
+        return hashlib.sha256(f"plotly-{self.version}".encode()).hexdigest()[:32]
+
+
+_plotly: PlotlyBundle | None = None
+
+
+def plotly_bundle() -> PlotlyBundle:
+    global _plotly
+    if _plotly is None:
+        _plotly = PlotlyBundle()
+    return _plotly
+
+
+@bp.get("/static/vendor/plotly.min.js")
+def plotly_js():
+    bundle = plotly_bundle()
+    if request.if_none_match.contains(bundle.etag):
+        response = Response(status=304)
+    else:
+        try:
+            body = bundle.body()
+        except FileNotFoundError:
+            abort(404)
+        if request.accept_encodings["gzip"] > 0:
+            response = Response(bundle.gzipped(), mimetype="text/javascript")
+            response.headers["Content-Encoding"] = "gzip"
+        else:
+            response = Response(body, mimetype="text/javascript")
+    response.set_etag(bundle.etag)
+    response.headers["Vary"] = "Accept-Encoding"
+    # the page asks for ?v=<plotly version>, so a new version is a new URL
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
 
 
 @bp.get("/login")

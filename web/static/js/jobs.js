@@ -50,12 +50,19 @@ function row(job, refresh) {
     button.type = "button";
     button.className = "secondary";
     button.textContent = "Cancel";
+    button.setAttribute("aria-label", `Cancel job ${job.id}`);
     button.addEventListener("click", async () => {
       button.disabled = true;
       try {
         await api(`/api/v1/jobs/${job.id}/cancel`, { method: "POST" });
       } catch (err) {
-        alert(err.message);
+        const note = document.createElement("div");
+        note.className = "job-error";
+        note.setAttribute("role", "alert");
+        note.textContent = err.message;
+        actions.append(note);
+        button.disabled = false;
+        return;
       }
       refresh();
     });
@@ -67,10 +74,11 @@ function row(job, refresh) {
 
 function table(jobs, refresh) {
   const t = document.createElement("table");
-  t.className = "jobs";
+  t.className = "jobs data";
   const head = document.createElement("tr");
   for (const name of ["#", "Kind", "Status", "Progress", "Owner", "Created", ""]) {
     const th = document.createElement("th");
+    th.scope = "col";
     th.textContent = name;
     head.append(th);
   }
