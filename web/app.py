@@ -87,9 +87,9 @@ def init_extensions(app: Flask, settings: Settings) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from web.blueprints import auth as auth_bp
-    from web.blueprints import docs, health, jobs, pages
+    from web.blueprints import datasets, docs, embeddings, events, health, jobs, pages, queues, samples
 
-    for module in (health, auth_bp, jobs, docs, pages):
+    for module in (health, auth_bp, jobs, datasets, embeddings, samples, queues, events, docs, pages):
         app.register_blueprint(module.bp)
 
 

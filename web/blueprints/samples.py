@@ -1,0 +1,152 @@
+"""Samples and what was made from them: generate from neighbours (a ``generate_from_neighbors`` job), a
+sample's record (recipe, parents, children, places on every map), its image, its lineage graph, and the
+generation history with filters.
+
+Images: the path comes from the database, never from the request; it is still resolved inside the data
+root (``common.storage.resolve_inside``: symlinks followed before the containment check) and opened
+with ``O_NOFOLLOW``, so a tampered row or a planted symlink answers 404 instead of serving another file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import stat
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, send_file
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+
+from common.errors import NotFound
+from common.generations import GenerateFromNeighborsParams
+from common.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
+from common.models import EmbeddingPoint
+from common.storage import UnsafePath, resolve_inside
+from web.api import api_route
+from web.auth import get_db, get_settings
+from web.blueprints.jobs import JobOut
+from web.submit import submit_kind
+
+log = logging.getLogger("latentlab.web")
+
+bp = Blueprint("samples", __name__, url_prefix="/api/v1")
+
+IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
+class LineageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    depth: int = Field(default=6, ge=1, le=20, description="generations to follow up and down")
+
+
+class HistoryParams(HistoryQuery):
+    limit: int = Field(default=100, ge=1, le=500)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # a time without an offset means UTC (the database stores UTC)
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class HistoryPage(BaseModel):
+    generations: list[dict[str, Any]]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
+
+
+@api_route(
+    bp,
+    "/generations",
+    methods=["POST"],
+    body=GenerateFromNeighborsParams,
+    response=JobOut,
+    status=202,
+    summary="Generate new images from a sample's neighbours (a generate_from_neighbors job)",
+)
+def create_generation(body: GenerateFromNeighborsParams):
+    return submit_kind("generate_from_neighbors", body)
+
+
+@api_route(
+    bp,
+    "/samples/<int:sample_id>",
+    methods=["GET"],
+    summary="A sample: its recipe, parents, children and its point on every map of its dataset",
+)
+def get_sample_detail(sample_id: int):
+    db = get_db()
+    sample = get_sample(db, sample_id)
+    out = sample_detail(db, sample)
+    rows = db.execute(
+        select(EmbeddingPoint.embedding_id, EmbeddingPoint.x, EmbeddingPoint.y)
+        .where(EmbeddingPoint.sample_id == sample.id)
+        .order_by(EmbeddingPoint.embedding_id)
+    )
+    out["points"] = {str(emb_id): [x, y] for emb_id, x, y in rows}
+    return out
+
+
+@api_route(bp, "/samples/<int:sample_id>/image", methods=["GET"], summary="A sample's image (PNG)")
+def get_image(sample_id: int):
+    sample = get_sample(get_db(), sample_id)
+    data, mtime = _read_image(sample.id, sample.image_path)
+    response = send_file(
+        io.BytesIO(data),
+        mimetype="image/png",
+        etag=f"sample-{sample.id}-{len(data)}-{int(mtime)}",
+        last_modified=mtime,
+        conditional=True,
+    )
+    response.headers["Cache-Control"] = IMAGE_CACHE_CONTROL
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _read_image(sample_id: int, stored: str) -> tuple[bytes, float]:
+    missing = NotFound(f"The image of sample {sample_id} is not available.")
+    try:
+        path = resolve_inside(get_settings().data_root, stored)
+    except UnsafePath:
+        log.warning("sample %s: refusing image path %r outside the data root", sample_id, stored)
+        raise missing from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise missing from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+            raise missing
+        return fh.read(), info.st_mtime
+
+
+@api_route(
+    bp,
+    "/samples/<int:sample_id>/lineage",
+    methods=["GET"],
+    query=LineageQuery,
+    summary="A sample's ancestors and descendants as a graph (nodes by level, parent → child edges)",
+)
+def get_lineage(sample_id: int, query: LineageQuery):
+    return lineage_graph(get_db(), sample_id, depth=query.depth)
+
+
+@api_route(
+    bp,
+    "/history",
+    methods=["GET"],
+    query=HistoryParams,
+    response=HistoryPage,
+    summary="Generations, newest first, filtered by creator, dataset, class, parent, mode, map and time",
+)
+def get_history(query: HistoryParams):
+    rows = history(get_db(), query)
+    next_offset = query.offset + query.limit if len(rows) == query.limit else None
+    return {"generations": rows, "next_offset": next_offset}
