@@ -1,0 +1,427 @@
+"""The research-loop API's read side and its rules (auth, CSRF, validation, points encoding and caching,
+images, history filters, overlays), through Flask's test client against a real migrated database and a
+real redis-server, with lab data written straight into the database (no worker runs)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from common.accounts import create_user, issue_token
+from common.models import Embedding, Job, Sample
+from tests.support.lab import add_generation, ago, build_lab
+from web.app import create_app
+from web.blueprints import embeddings as embeddings_bp
+
+DTYPES = {"int32": np.int32, "float32": np.float32, "int16": np.int16, "uint8": np.uint8}
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    app.extensions["latentlab"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def bearer(sessions, user) -> dict[str, str]:
+    with sessions.begin() as s:
+        return {"Authorization": f"Bearer {issue_token(s, s.merge(user))}"}
+
+
+@pytest.fixture
+def alice(sessions, member):
+    return bearer(sessions, member)
+
+
+@pytest.fixture
+def bob_user(sessions):
+    with sessions.begin() as s:
+        return create_user(s, "bob", "bob-password")
+
+
+@pytest.fixture
+def lab(sessions, settings, member, bob_user):
+    lab = build_lab(sessions, settings, owner_id=member.id, n=30)
+    ids = lab.sample_ids
+    add_generation(
+        sessions,
+        settings,
+        lab,
+        owner_id=member.id,
+        selected=ids[0],
+        neighbors=ids[1:4],
+        class_label=1,
+        created_at=ago(days=3),
+    )
+    add_generation(
+        sessions,
+        settings,
+        lab,
+        owner_id=bob_user.id,
+        selected=ids[5],
+        neighbors=ids[6:8],
+        mode="umap_inverse",
+        class_label=2,
+        created_at=ago(hours=1),
+    )
+    return lab
+
+
+def decode(points: dict) -> dict[str, np.ndarray]:
+    return {
+        name: np.frombuffer(base64.b64decode(col["data"]), dtype=DTYPES[col["dtype"]])
+        for name, col in points["columns"].items()
+    }
+
+
+def count(sessions, model) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+RESEARCH_GETS = [
+    "/api/v1/models",
+    "/api/v1/datasets",
+    "/api/v1/datasets/1",
+    "/api/v1/datasets/1/samples",
+    "/api/v1/embeddings",
+    "/api/v1/embeddings/1",
+    "/api/v1/embeddings/1/points",
+    "/api/v1/embeddings/1/neighbors?sample=1",
+    "/api/v1/embeddings/1/generations",
+    "/api/v1/samples/1",
+    "/api/v1/samples/1/image",
+    "/api/v1/samples/1/lineage",
+    "/api/v1/history",
+    "/api/v1/queues",
+    "/api/v1/events",
+]
+
+
+@pytest.mark.parametrize("path", RESEARCH_GETS)
+def test_every_research_read_needs_a_signed_in_user(client, path):
+    res = client.get(path)
+    assert res.status_code == 401 and "sign in" in res.json["error"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/datasets", "/api/v1/embeddings", "/api/v1/generations"])
+def test_every_research_submit_needs_a_signed_in_user_and_writes_nothing(client, sessions, lab, path):
+    res = client.post(path, json={})
+    assert res.status_code == 401
+    assert count(sessions, Job) == 0
+
+
+def test_cookie_session_generation_needs_the_csrf_token(client, sessions, member, lab):
+    signed = client.post("/api/v1/auth/login", json={"username": "alice", "password": "alice-password"})
+    body = {"embedding": lab.embedding_id, "selected": lab.sample_ids[0], "neighbors": lab.sample_ids[1:3]}
+    res = client.post("/api/v1/generations", json=body)
+    assert res.status_code == 400 and "CSRF" in res.json["error"]
+    assert count(sessions, Job) == 0
+    res = client.post("/api/v1/generations", json=body, headers={"X-CSRFToken": signed.json["csrf_token"]})
+    assert res.status_code == 202, res.json
+    assert res.json["kind"] == "generate_from_neighbors" and res.json["owner"] == "alice"
+    assert res.headers["Location"] == f"/api/v1/jobs/{res.json['id']}"
+    assert res.json["status"] == "queued" and res.json["position"] == 1
+    assert (
+        res.json["params"]["neighbors"] == lab.sample_ids[1:3] and res.json["params"]["class"] == "selected"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"neighbors": []}, "neighbors", "at least 1"),
+        ({"variations": 65}, "variations", "64"),
+        ({"layers": ["nope"]}, "layers", "Cannot mask"),
+        ({"class": 7}, "class", "out of range"),
+        ({"embedding": 999}, "embedding", "No embedding"),
+        ({"selected": 10**6}, "selected", "not on embedding"),
+        ({"mode": "weighted"}, None, "weights"),
+        ({"surprise": 1}, "surprise", "not a known field"),
+    ],
+)
+def test_bad_generation_bodies_answer_400_naming_the_field_and_write_nothing(
+    client, sessions, alice, lab, body, field, words
+):
+    base = {"embedding": lab.embedding_id, "selected": lab.sample_ids[0], "neighbors": lab.sample_ids[1:3]}
+    res = client.post("/api/v1/generations", json={**base, **body}, headers=alice)
+    assert res.status_code in (400, 404), res.json
+    assert words in res.json["error"]
+    assert res.json.get("field") == field
+    assert count(sessions, Job) == 0
+
+
+def test_bad_dataset_and_embedding_bodies_name_the_body_field(client, sessions, alice, lab):
+    res = client.post(
+        "/api/v1/datasets", json={"model": "model-fake", "name": "x", "num_samples": 0}, headers=alice
+    )
+    assert res.status_code == 400 and res.json["field"] == "num_samples"
+    res = client.post(
+        "/api/v1/datasets",
+        json={"model": "model-fake", "name": "new", "num_samples": 5, "layers": ["nope"]},
+        headers=alice,
+    )
+    assert res.status_code == 400 and res.json["field"] == "layers"
+    assert "unknown layer(s) nope; valid layers:" in res.json["error"]
+    res = client.post("/api/v1/embeddings", json={"dataset": "fake", "pca_dims": 4000}, headers=alice)
+    assert res.status_code == 400 and res.json["field"] == "pca_dims", res.json
+    assert count(sessions, Job) == 0 and count(sessions, Embedding) == 1
+
+
+def test_models_datasets_and_class_counts(client, alice, lab):
+    models = client.get("/api/v1/models", headers=alice).json["models"]
+    assert [m["name"] for m in models] == ["model-fake"] and models[0]["label_names"][0] == "class-0"
+    layers = {layer["name"]: layer for layer in models[0]["layers"]}
+    assert {"encoder_bottleneck", "midblock"} <= set(layers) and len(layers["midblock"]["shape"]) == 3
+    datasets = client.get("/api/v1/datasets", headers=alice).json["datasets"]
+    assert [d["name"] for d in datasets] == ["fake"]
+    assert datasets[0]["num_samples"] == 30 and datasets[0]["num_generated"] == 2
+    one = client.get(f"/api/v1/datasets/{lab.dataset_id}", headers=alice).json
+    assert one["class_counts"] == {"0": 10, "1": 10, "2": 10}
+    missing = client.get("/api/v1/datasets/999", headers=alice)
+    assert missing.status_code == 404 and "No dataset" in missing.json["error"]
+
+
+def test_dataset_samples_page_and_filter(client, alice, lab):
+    url = f"/api/v1/datasets/{lab.dataset_id}/samples"
+    page = client.get(f"{url}?limit=4&offset=2", headers=alice).json
+    assert page["total"] == 32 and [s["id"] for s in page["samples"]] == lab.sample_ids[2:6]
+    assert page["samples"][0]["image_url"] == f"/api/v1/samples/{lab.sample_ids[2]}/image"
+    generated = client.get(f"{url}?origin=generated", headers=alice).json
+    assert generated["total"] == 2 and {s["id"] for s in generated["samples"]} == set(lab.generated_ids)
+    classed = client.get(f"{url}?class=1&origin=dataset", headers=alice).json
+    assert classed["total"] == 10 and all(s["class_label"] == 1 for s in classed["samples"])
+    for query, field in (
+        ("limit=501", "limit"),
+        ("limit=0", "limit"),
+        ("origin=x", "origin"),
+        ("class=a", "class"),
+    ):
+        res = client.get(f"{url}?{query}", headers=alice)
+        assert res.status_code == 400 and res.json["field"] == field, (query, res.json)
+
+
+def test_embeddings_list_filter_and_detail(client, alice, lab, sessions, settings, member):
+    other = build_lab(sessions, settings, owner_id=member.id, n=5, name="other", images=False)
+    listed = client.get("/api/v1/embeddings", headers=alice).json["embeddings"]
+    assert [e["id"] for e in listed] == [other.embedding_id, lab.embedding_id]
+    only = client.get(f"/api/v1/embeddings?dataset={lab.dataset_id}", headers=alice).json["embeddings"]
+    assert [e["id"] for e in only] == [lab.embedding_id]
+    one = client.get(f"/api/v1/embeddings/{lab.embedding_id}", headers=alice).json
+    assert one["label_names"] == ["class-0", "class-1", "class-2"] and one["dataset_name"] == "fake"
+    assert client.get("/api/v1/embeddings/999", headers=alice).status_code == 404
+
+
+def test_points_decode_to_the_map_with_generated_points_marked(client, alice, lab):
+    res = client.get(f"/api/v1/embeddings/{lab.embedding_id}/points", headers=alice)
+    assert res.status_code == 200 and res.mimetype == "application/json"
+    assert res.headers["Cache-Control"] == "private, no-cache"
+    body = res.json
+    cols = decode(body)
+    assert body["n"] == 32 and all(len(c) == 32 for c in cols.values())
+    assert body["etag"] and res.headers["ETag"] == f'"{body["etag"]}"'
+    assert body["label_names"] == ["class-0", "class-1", "class-2"]
+    assert list(cols["id"]) == sorted(lab.sample_ids + lab.generated_ids)
+    by_id = dict(zip(cols["id"].tolist(), range(32), strict=True))
+    for i, sid in enumerate(lab.sample_ids):
+        row = by_id[sid]
+        assert (cols["x"][row], cols["y"][row]) == (np.float32(i), np.float32(i % 7))
+        assert cols["class"][row] == i % 3 and cols["origin"][row] == 0 and cols["projected"][row] == 0
+    for sid in lab.generated_ids:
+        assert cols["origin"][by_id[sid]] == 1 and cols["projected"][by_id[sid]] == 1
+    assert body["bounds"] == [0.0, 29.0, 0.0, 6.0]
+
+
+def test_points_answer_304_while_unchanged_and_a_new_etag_after_a_point_is_added(
+    client, alice, lab, sessions, settings, member
+):
+    url = f"/api/v1/embeddings/{lab.embedding_id}/points"
+    first = client.get(url, headers=alice)
+    etag = first.headers["ETag"]
+    builds = embeddings_bp.points_cache.builds
+    again = client.get(url, headers={**alice, "If-None-Match": etag})
+    assert again.status_code == 304 and again.headers["ETag"] == etag and again.data == b""
+    assert client.get(url, headers={**alice, "If-None-Match": f"W/{etag}"}).status_code == 304
+    cached = client.get(url, headers=alice)
+    assert cached.data == first.data and embeddings_bp.points_cache.builds == builds
+    add_generation(
+        sessions, settings, lab, owner_id=member.id, selected=lab.sample_ids[0], neighbors=lab.sample_ids[1:2]
+    )
+    changed = client.get(url, headers={**alice, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag and changed.json["n"] == 33
+
+
+def test_points_are_gzipped_when_the_client_accepts_it(client, alice, lab):
+    url = f"/api/v1/embeddings/{lab.embedding_id}/points"
+    plain = client.get(url, headers=alice)
+    zipped = client.get(url, headers={**alice, "Accept-Encoding": "gzip, deflate"})
+    assert zipped.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in zipped.headers["Vary"]
+    assert gzip.decompress(zipped.data) == plain.data
+    refused = client.get(url, headers={**alice, "Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+
+
+def test_an_empty_map_has_no_bounds(client, alice, lab, sessions):
+    with sessions.begin() as s:
+        emb = Embedding(
+            dataset_id=lab.dataset_id,
+            name="fitting",
+            layers=["midblock"],
+            params={},
+            status="fitting",
+            owner_id=1,
+        )
+        s.add(emb)
+        s.flush()
+        emb_id = emb.id
+    body = client.get(f"/api/v1/embeddings/{emb_id}/points", headers=alice).json
+    assert body["n"] == 0 and body["bounds"] is None
+    res = client.get(f"/api/v1/embeddings/{emb_id}/neighbors?sample={lab.sample_ids[0]}", headers=alice)
+    assert res.status_code == 400 and res.json["field"] == "embedding" and "fitting" in res.json["error"]
+
+
+def test_neighbors_on_the_map_nearest_first(client, alice, lab):
+    ids = lab.sample_ids
+    url = f"/api/v1/embeddings/{lab.embedding_id}/neighbors"
+    res = client.get(f"{url}?sample={ids[10]}&k=2", headers=alice).json
+    assert res["sample"] == ids[10] and res["k"] == 2 and res["space"] == "2d"
+    got = res["neighbors"]
+    assert len(got) == 2 and got[0]["distance"] <= got[1]["distance"]
+    assert ids[10] not in [n["sample_id"] for n in got]
+    for query, field in (("k=201", "k"), ("k=0", "k"), ("space=3d", "space"), ("", "sample")):
+        bad = client.get(f"{url}?sample={ids[0]}&{query}" if query != "" else url, headers=alice)
+        assert bad.status_code == 400 and bad.json["field"] == field, (query, bad.json)
+    off = client.get(f"{url}?sample=999999", headers=alice)
+    assert off.status_code == 400 and off.json["field"] == "sample"
+
+
+def test_overlays_list_generations_newest_first_with_parents(client, alice, lab):
+    url = f"/api/v1/embeddings/{lab.embedding_id}/generations"
+    rows = client.get(url, headers=alice).json
+    ids = lab.sample_ids
+    assert [r["sample_id"] for r in rows] == lab.generated_ids[::-1]
+    newest = rows[0]
+    assert newest["mode"] == "umap_inverse" and newest["selected"] == ids[5]
+    assert newest["parents"] == ids[6:8]
+    assert newest["center"] == [1.5, 1.5] and newest["actual"] == [1.75, 1.25]
+    assert len(client.get(f"{url}?limit=1", headers=alice).json) == 1
+    assert client.get(f"{url}?limit=501", headers=alice).json["field"] == "limit"
+
+
+def test_sample_detail_has_recipe_parents_children_and_points(client, alice, lab):
+    ids = lab.sample_ids
+    child = lab.generated_ids[0]
+    detail = client.get(f"/api/v1/samples/{child}", headers=alice).json
+    assert detail["origin"] == "generated" and detail["generation"]["mode"] == "activation_mean"
+    assert {p["sample_id"] for p in detail["parents"]} == {ids[0], *ids[1:4]}
+    assert detail["points"] == {str(lab.embedding_id): [0.75, 1.25]}
+    parent = client.get(f"/api/v1/samples/{ids[1]}", headers=alice).json
+    assert [c["sample_id"] for c in parent["children"]] == [child]
+    assert parent["points"] == {str(lab.embedding_id): [1.0, 1.0]}
+    assert client.get("/api/v1/samples/999999", headers=alice).status_code == 404
+
+
+def test_lineage_graph_and_depth_bounds(client, alice, lab):
+    child = lab.generated_ids[0]
+    graph = client.get(f"/api/v1/samples/{child}/lineage?depth=2", headers=alice).json
+    assert graph["root"] == child
+    assert {n["sample_id"]: n["level"] for n in graph["nodes"]}[lab.sample_ids[0]] == -1
+    assert {(e["parent"], e["role"]) for e in graph["edges"]} >= {(lab.sample_ids[0], "selected")}
+    for depth in (0, 21, "x"):
+        bad = client.get(f"/api/v1/samples/{child}/lineage?depth={depth}", headers=alice)
+        assert bad.status_code == 400 and bad.json["field"] == "depth"
+
+
+def test_history_filters_narrow(client, alice, lab):
+    ids = lab.sample_ids
+    alices, bobs = lab.generated_ids
+
+    def found(query: str) -> list[int]:
+        res = client.get(f"/api/v1/history?{query}", headers=alice)
+        assert res.status_code == 200, res.json
+        return [g["sample_id"] for g in res.json["generations"]]
+
+    assert found("") == [bobs, alices]
+    assert found("user=alice") == [alices] and found("user=bob") == [bobs] and found("user=nobody") == []
+    assert found(f"dataset={lab.dataset_id}") == [bobs, alices] and found("dataset=fake") == [bobs, alices]
+    assert found("dataset=elsewhere") == []
+    assert found("class=1") == [alices] and found("class=2") == [bobs]
+    assert found(f"parent={ids[1]}") == [alices] and found(f"parent={ids[6]}") == [bobs]
+    assert found("mode=umap_inverse") == [bobs]
+    assert found(f"embedding={lab.embedding_id}") == [bobs, alices] and found("embedding=999") == []
+    yesterday = ago(days=1).replace(tzinfo=None).isoformat()
+    assert found(f"since={yesterday}") == [bobs] and found(f"until={yesterday}") == [alices]
+    page = client.get("/api/v1/history?limit=1", headers=alice).json
+    assert len(page["generations"]) == 1 and page["next_offset"] == 1
+    assert client.get("/api/v1/history?limit=1&offset=1", headers=alice).json["next_offset"] == 2
+    for query, field in (("limit=501", "limit"), ("mode=x", "mode"), ("since=yesterday", "since")):
+        bad = client.get(f"/api/v1/history?{query}", headers=alice)
+        assert bad.status_code == 400 and bad.json["field"] == field, (query, bad.json)
+
+
+def test_image_is_served_as_a_cacheable_png(client, alice, lab, settings):
+    sid = lab.sample_ids[3]
+    res = client.get(f"/api/v1/samples/{sid}/image", headers=alice)
+    assert res.status_code == 200 and res.mimetype == "image/png"
+    assert res.data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert res.headers["Cache-Control"] == "private, max-age=86400, immutable"
+    assert res.headers["X-Content-Type-Options"] == "nosniff"
+    again = client.get(
+        f"/api/v1/samples/{sid}/image", headers={**alice, "If-None-Match": res.headers["ETag"]}
+    )
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize(
+    "stored", ["../../etc/passwd", "/etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "link.png"]
+)
+def test_image_paths_leaving_the_data_root_answer_404(client, alice, lab, sessions, settings, stored):
+    link = settings.data_root / "link.png"
+    if not link.is_symlink():
+        os.symlink("/etc/passwd", link)
+    sid = lab.sample_ids[4]
+    with sessions.begin() as s:
+        s.get(Sample, sid).image_path = stored
+    res = client.get(f"/api/v1/samples/{sid}/image", headers=alice)
+    assert res.status_code == 404 and res.json["error"] == f"The image of sample {sid} is not available."
+    assert b"root:" not in res.data
+
+
+def test_a_missing_image_file_answers_404(client, alice, lab, sessions, settings):
+    sid = lab.sample_ids[5]
+    with sessions() as s:
+        (settings.data_root / s.get(Sample, sid).image_path).unlink()
+    assert client.get(f"/api/v1/samples/{sid}/image", headers=alice).status_code == 404
+
+
+def test_openapi_documents_the_research_endpoints(client):
+    doc = client.get("/api/openapi.json").json
+    paths = doc["paths"]
+    for path in (
+        "/api/v1/embeddings/{embedding_id}/points",
+        "/api/v1/queues",
+        "/api/v1/events",
+        "/api/v1/history",
+        "/api/v1/samples/{sample_id}/lineage",
+    ):
+        assert "get" in paths[path], path
+    gen = paths["/api/v1/generations"]["post"]
+    assert gen["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/GenerateFromNeighborsParams"
+    )
+    neighbors = {
+        p["name"]: p for p in paths["/api/v1/embeddings/{embedding_id}/neighbors"]["get"]["parameters"]
+    }
+    assert neighbors["k"]["schema"]["maximum"] == 200 and neighbors["sample"]["required"]
+    history = {p["name"] for p in paths["/api/v1/history"]["get"]["parameters"]}
+    assert {"user", "dataset", "class", "parent", "mode", "since", "until", "limit"} <= history
