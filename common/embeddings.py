@@ -339,10 +339,11 @@ def embedding_to_dict(emb: Embedding) -> dict[str, Any]:
     }
 
 
-def points_columns(session: Session, emb: Embedding) -> dict[str, np.ndarray]:
-    """The map as typed columns: sample id (int64), x, y (float32), class (int16, -1 = none), origin
-    (uint8: 0 dataset, 1 generated), projected (uint8)."""
-    rows = session.execute(
+def points_columns(session: Session, emb: Embedding, after: int | None = None) -> dict[str, np.ndarray]:
+    """The map as typed columns in sample id order: sample id (int64), x, y (float32), class (int16,
+    -1 = none), origin (uint8: 0 dataset, 1 generated), projected (uint8). ``after``: only the points
+    of samples with a larger id (what was added to a map since it was last read)."""
+    stmt = (
         select(
             EmbeddingPoint.sample_id,
             EmbeddingPoint.x,
@@ -354,7 +355,10 @@ def points_columns(session: Session, emb: Embedding) -> dict[str, np.ndarray]:
         .join(Sample, Sample.id == EmbeddingPoint.sample_id)
         .where(EmbeddingPoint.embedding_id == emb.id)
         .order_by(EmbeddingPoint.sample_id)
-    ).all()
+    )
+    if after is not None:
+        stmt = stmt.where(EmbeddingPoint.sample_id > after)
+    rows = session.execute(stmt).all()
     n = len(rows)
     cols = {
         "id": np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),

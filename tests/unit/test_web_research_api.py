@@ -245,20 +245,41 @@ def test_points_decode_to_the_map_with_generated_points_marked(client, alice, la
 def test_points_answer_304_while_unchanged_and_a_new_etag_after_a_point_is_added(
     client, alice, lab, sessions, settings, member
 ):
+    cache = embeddings_bp.points_cache
     url = f"/api/v1/embeddings/{lab.embedding_id}/points"
     first = client.get(url, headers=alice)
     etag = first.headers["ETag"]
-    builds = embeddings_bp.points_cache.builds
+    reads = (cache.full_reads, cache.tail_reads)
     again = client.get(url, headers={**alice, "If-None-Match": etag})
     assert again.status_code == 304 and again.headers["ETag"] == etag and again.data == b""
     assert client.get(url, headers={**alice, "If-None-Match": f"W/{etag}"}).status_code == 304
     cached = client.get(url, headers=alice)
-    assert cached.data == first.data and embeddings_bp.points_cache.builds == builds
+    assert cached.data == first.data and (cache.full_reads, cache.tail_reads) == reads
     add_generation(
         sessions, settings, lab, owner_id=member.id, selected=lab.sample_ids[0], neighbors=lab.sample_ids[1:2]
     )
     changed = client.get(url, headers={**alice, "If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["ETag"] != etag and changed.json["n"] == 33
+    # only the new point was read, and the answer is what a fresh read of the whole map gives
+    assert (cache.full_reads, cache.tail_reads) == (reads[0], reads[1] + 1)
+    embeddings_bp.points_cache = embeddings_bp.PointsCache()
+    try:
+        fresh = client.get(url, headers=alice)
+    finally:
+        embeddings_bp.points_cache = cache
+    assert fresh.data == changed.data and fresh.headers["ETag"] == changed.headers["ETag"]
+
+
+def test_points_after_a_removal_are_read_whole_and_get_a_new_etag(client, alice, lab, sessions):
+    cache = embeddings_bp.points_cache
+    url = f"/api/v1/embeddings/{lab.embedding_id}/points"
+    before = client.get(url, headers=alice)
+    with sessions.begin() as s:
+        s.delete(s.get(Sample, lab.sample_ids[7]))  # its point goes with it (ON DELETE CASCADE)
+    full = cache.full_reads
+    after = client.get(url, headers={**alice, "If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200 and after.json["n"] == 31 and cache.full_reads == full + 1
+    assert lab.sample_ids[7] not in decode(after.json)["id"].tolist()
 
 
 def test_points_are_gzipped_when_the_client_accepts_it(client, alice, lab):

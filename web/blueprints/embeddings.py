@@ -2,10 +2,11 @@
 find a sample's neighbours, and list the generations drawn over it.
 
 The points answer is the whole map as base64 typed columns (docs/API.md "Points format"). Its ETag
-hashes (embedding, num_points, reducer, max sample id, point count): points never move once placed
-(reprojection only adds), so a map changes exactly when points are added or removed. The encoded body
-(and its gzip form) is cached per process by ETag, bounded by ``PointsCache.max_bytes``, so reloading a
-100k-point map costs one small aggregate query.
+hashes (embedding, num_points, reducer, and the count, largest and sum of the sample ids on it): points
+never move once placed (reprojection only adds), so a map changes exactly when points are added or
+removed. The encoded body (and its gzip form) is cached per process by ETag, bounded by
+``PointsCache.max_bytes``, so reloading a 100k-point map costs one aggregate query; after a generation
+adds points, only the new rows are read (``PointsCache.columns``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from web.submit import submit_kind
 bp = Blueprint("embeddings", __name__, url_prefix="/api/v1")
 
 POINTS_FORMAT = "points-v1"
-GZIP_LEVEL = 5
+GZIP_LEVEL = 1  # 100k points: 2.1 MB → 1.03 MB; level 5 saves 3% more at 1.3× the time
 COLUMN_TYPES = {
     "id": "<i4",
     "x": "<f4",
@@ -104,52 +105,122 @@ class OverlayList(RootModel[list[Overlay]]):
 
 
 @dataclass(frozen=True)
+class MapStats:
+    """What one aggregate query says about a map's points now."""
+
+    count: int
+    max_id: int | None
+    id_sum: int
+
+
 class EncodedPoints:
-    body: bytes
-    gzipped: bytes
+    """One encoded points body; its gzip form is made on first request and kept."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self._gzipped: bytes | None = None
+        self._lock = threading.Lock()
+
+    def gzipped(self) -> bytes:
+        with self._lock:
+            if self._gzipped is None:
+                self._gzipped = gzip.compress(self.body, compresslevel=GZIP_LEVEL, mtime=0)
+            return self._gzipped
 
     @property
     def size(self) -> int:
-        return len(self.body) + len(self.gzipped)
+        return len(self.body) + len(self._gzipped or b"")
+
+
+@dataclass(frozen=True)
+class KnownMap:
+    """The decoded columns of a map as last read, so that a read after additions fetches only the tail."""
+
+    reducer: str | None
+    stats: MapStats
+    cols: dict[str, np.ndarray]
 
 
 class PointsCache:
-    """Encoded point maps by ETag; least recently used first out once ``max_bytes`` is exceeded."""
+    """Encoded bodies by ETag (least recently used out beyond ``max_bytes``) and the last columns read of
+    up to ``max_maps`` maps. Points are only ever added with new sample ids (generations, reprojection
+    of a grown dataset), so when a map grew and its count and id sum agree with the known columns plus
+    the rows after the known largest id, only those rows are read; anything else reads the whole map."""
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, max_maps: int = 8):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, EncodedPoints] = OrderedDict()
-        self._bytes = 0
+        self.max_maps = max_maps
+        self._bodies: OrderedDict[str, EncodedPoints] = OrderedDict()
+        self._maps: OrderedDict[int, KnownMap] = OrderedDict()
         self._lock = threading.Lock()
-        self.builds = 0
+        self.full_reads = 0
+        self.tail_reads = 0
 
-    def get(self, etag: str) -> EncodedPoints | None:
+    def body(self, etag: str) -> EncodedPoints | None:
         with self._lock:
-            found = self._items.get(etag)
+            found = self._bodies.get(etag)
             if found is not None:
-                self._items.move_to_end(etag)
+                self._bodies.move_to_end(etag)
             return found
 
-    def put(self, etag: str, encoded: EncodedPoints) -> None:
+    def put_body(self, etag: str, encoded: EncodedPoints) -> None:
         with self._lock:
-            self.builds += 1
-            if etag in self._items or encoded.size > self.max_bytes:
+            if etag in self._bodies or encoded.size > self.max_bytes:
                 return
-            self._items[etag] = encoded
-            self._bytes += encoded.size
-            while self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.size
+            self._bodies[etag] = encoded
+            while sum(e.size for e in self._bodies.values()) > self.max_bytes:
+                self._bodies.popitem(last=False)
+
+    def columns(self, db, emb: Embedding, stats: MapStats) -> dict[str, np.ndarray]:
+        with self._lock:
+            known = self._maps.get(emb.id)
+        cols = None
+        if known is not None and known.reducer == emb.reducer_sha256 and known.stats.max_id is not None:
+            if known.stats == stats:
+                cols = known.cols
+            elif (
+                stats.max_id is not None
+                and stats.max_id > known.stats.max_id
+                and stats.count > known.stats.count
+            ):
+                tail = points_columns(db, emb, after=known.stats.max_id)
+                self.tail_reads += 1
+                grown = MapStats(
+                    known.stats.count + len(tail["id"]),
+                    int(tail["id"][-1]) if len(tail["id"]) else known.stats.max_id,
+                    known.stats.id_sum + int(tail["id"].sum()),
+                )
+                if grown == stats:
+                    cols = {name: np.concatenate([known.cols[name], tail[name]]) for name in known.cols}
+        if cols is None:
+            cols = points_columns(db, emb)
+            self.full_reads += 1
+        ids = cols["id"]
+        read = MapStats(len(ids), int(ids[-1]) if len(ids) else None, int(ids.sum()))
+        with self._lock:
+            self._maps[emb.id] = KnownMap(emb.reducer_sha256, read, cols)
+            self._maps.move_to_end(emb.id)
+            while len(self._maps) > self.max_maps:
+                self._maps.popitem(last=False)
+        return cols
 
 
 points_cache = PointsCache()
 
 
-def points_etag(db, emb: Embedding) -> str:
-    count, max_id = db.execute(
-        select(func.count(), func.max(EmbeddingPoint.sample_id)).where(EmbeddingPoint.embedding_id == emb.id)
+def map_stats(db, emb: Embedding) -> MapStats:
+    point = EmbeddingPoint.sample_id
+    count, max_id, id_sum = db.execute(
+        select(func.count(), func.max(point), func.sum(point)).where(EmbeddingPoint.embedding_id == emb.id)
     ).one()
-    key = f"{POINTS_FORMAT}:{emb.id}:{emb.num_points}:{emb.reducer_sha256}:{max_id}:{count}"
+    return MapStats(int(count), None if max_id is None else int(max_id), int(id_sum or 0))
+
+
+def points_etag(emb: Embedding, stats: MapStats) -> str:
+    key = (
+        f"{POINTS_FORMAT}:{emb.id}:{emb.num_points}:{emb.reducer_sha256}:"
+        f"{stats.max_id}:{stats.count}:{stats.id_sum}"
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -228,17 +299,19 @@ def get_embedding_detail(embedding_id: int):
 def get_points(embedding_id: int):
     db = get_db()
     emb = get_embedding(db, embedding_id)
-    etag = points_etag(db, emb)
+    stats = map_stats(db, emb)
+    etag = points_etag(emb, stats)
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
     else:
-        encoded = points_cache.get(etag)
+        encoded = points_cache.body(etag)
         if encoded is None:
-            body = encode_points(emb, emb.dataset.model.label_names, etag, points_columns(db, emb))
-            encoded = EncodedPoints(body, gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0))
-            points_cache.put(etag, encoded)
+            cols = points_cache.columns(db, emb, stats)
+            encoded = EncodedPoints(encode_points(emb, emb.dataset.model.label_names, etag, cols))
+            if len(cols["id"]) == stats.count:  # else points arrived in between: serve, do not keep
+                points_cache.put_body(etag, encoded)
         if request.accept_encodings["gzip"] > 0:
-            response = Response(encoded.gzipped, mimetype="application/json")
+            response = Response(encoded.gzipped(), mimetype="application/json")
             response.headers["Content-Encoding"] = "gzip"
         else:
             response = Response(encoded.body, mimetype="application/json")
