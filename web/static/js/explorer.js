@@ -966,10 +966,14 @@ T.explorer = {
     const p = state.map && state.map.get(id);
     return p ? overlay.clientPoint(p.x, p.y) : null;
   },
+  // ids on the map: origin 0 (dataset), 1 (generated) or null (all, with those added in this page)
   sampleIds: (limit = 10, origin = 0) => {
     const out = [];
     const m = state.map;
-    for (let i = 0; m && i < m.n && out.length < limit; i++) if (m.origin[i] === origin) out.push(m.ids[i]);
+    for (let i = 0; m && i < m.n && out.length < limit; i++) {
+      if (origin === null || m.origin[i] === origin) out.push(m.ids[i]);
+    }
+    if (m && origin !== 0) for (const id of m.extra.keys()) if (out.length < limit) out.push(id);
     return out;
   },
   select: (id) => {

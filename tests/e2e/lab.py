@@ -1,0 +1,189 @@
+"""A real lab for browser tests: migrated SQLite database, redis-server, a worker and the web server
+started through the CLI, users, a model (the shipped digits demo model when present, else a tiny random
+one), and a demo dataset with a fitted map made through the real job pipe.
+
+Usage::
+
+    with running_lab(tmp_path, redis_url) as lab:
+        lab.url, lab.users["alice"], lab.embedding_id, lab.sample_ids
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from common import jobs, migrate
+from common.config import Settings
+from common.db import make_engine, session_factory
+from common.models import Job, Sample
+from tests.support.services import start_web, start_worker
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORDS = {"admin": "admin-password-1", "alice": "alice-password-1", "bob": "bob-password-1"}
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(root: Path, redis_url: str, **overrides) -> Settings:
+    env = {
+        "LATENTLAB_DATA": str(root / "data"),
+        "LATENTLAB_DATABASE_URL": f"sqlite:///{root / 'data' / 'latentlab.db'}",
+        "LATENTLAB_REDIS_URL": redis_url,
+        "LATENTLAB_SECRET_KEY": "e2e-secret-key",
+        "LATENTLAB_SIGNING_KEY_FILE": str(root / "keys" / "signing.key"),
+    }
+    return Settings.from_env(env, **overrides)
+
+
+def register_model(sessions, settings: Settings) -> str:
+    """The shipped digits demo model if this checkout has it, else a tiny random-weight model."""
+    from common.registry import register_shipped_models, shipped_cards
+
+    if shipped_cards():
+        with sessions.begin() as s:
+            register_shipped_models(s, settings)
+        return shipped_cards()[0]["name"]
+    from tests.support.models import register_tiny_model
+
+    register_tiny_model(sessions, settings, name="tiny")
+    return "tiny"
+
+
+def wait_job(sessions, job_id: int, timeout: float = 600.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            if job.status in FINAL:
+                s.expunge(job)
+                return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+@dataclass
+class Lab:
+    url: str
+    settings: Settings
+    sessions: object
+    model: str
+    users: dict[str, int] = field(default_factory=dict)
+    dataset_id: int = 0
+    embedding_id: int = 0
+    sample_ids: list[int] = field(default_factory=list)
+    log_dir: Path | None = None
+
+
+@contextmanager
+def running_lab(root: Path, redis_url: str, *, samples: int = 60, port: int | None = None):
+    import redis
+
+    from common.accounts import create_user
+    from common.queue import Publisher
+    from workers.app import make_celery
+
+    root.mkdir(parents=True, exist_ok=True)
+    settings = make_settings(root, redis_url, chunk_size=32)
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    users = {}
+    with sessions.begin() as s:
+        for name, password in PASSWORDS.items():
+            users[name] = create_user(s, name, password, role="admin" if name == "admin" else "member").id
+    model = register_model(sessions, settings)
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    worker = start_worker(settings, logs, name="e2e", concurrency=2)
+    port = port or free_port()
+    web = start_web(settings, logs, port, extra_env={"LATENTLAB_LOGIN_ATTEMPTS_PER_MINUTE": "1000"})
+    celery_app = make_celery(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    publisher = Publisher(celery_app.send_task, client)
+    try:
+        ds_job = jobs.submit(
+            sessions,
+            publisher,
+            settings,
+            owner=users["alice"],
+            kind="generate_dataset",
+            params={"model": model, "name": "demo", "num_samples": samples, "seed": 5},
+        )
+        done = wait_job(sessions, ds_job.id)
+        assert done.status == "succeeded", f"dataset job: {done.error}"
+        emb_job = jobs.submit(
+            sessions,
+            publisher,
+            settings,
+            owner=users["alice"],
+            kind="fit_embedding",
+            params={"dataset": "demo", "n_neighbors": 8, "seed": 1},
+        )
+        done = wait_job(sessions, emb_job.id)
+        assert done.status == "succeeded", f"fit job: {done.error}"
+        dataset_id = ds_job.params["dataset_id"] if "dataset_id" in ds_job.params else None
+        with sessions() as s:
+            ids = list(s.scalars(select(Sample.id).where(Sample.origin == "dataset").order_by(Sample.index)))
+            if dataset_id is None:
+                dataset_id = s.get(Sample, ids[0]).dataset_id
+        yield Lab(
+            url=f"http://127.0.0.1:{port}",
+            settings=settings,
+            sessions=sessions,
+            model=model,
+            users=users,
+            dataset_id=dataset_id,
+            embedding_id=done.result["embedding_id"],
+            sample_ids=ids,
+            log_dir=logs,
+        )
+    finally:
+        web.stop()
+        worker.stop()
+        client.close()
+        engine.dispose()
+
+
+def chromium_or_skip():
+    """The browser path; a missing browser fails when LATENTLAB_REQUIRE_BROWSER=1, else skips."""
+    import pytest
+
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    reason = f"{CHROMIUM} is missing (apt-get install chromium); the e2e tests drive it through Playwright"
+    if os.environ.get("LATENTLAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"LATENTLAB_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def artifacts_dir() -> Path:
+    path = Path(__file__).resolve().parents[2] / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def copy_logs(lab: Lab, name: str) -> None:
+    if lab.log_dir and lab.log_dir.exists():
+        shutil.copytree(lab.log_dir, artifacts_dir() / f"{name}-logs", dirs_exist_ok=True)
