@@ -2,7 +2,8 @@
 #   make up      set up .venv (once; again only when pyproject.toml changes) and run everything here
 #   make test    the test suite (SQLite; again on PostgreSQL when LATENTLAB_TEST_POSTGRES_URL is set)
 #   make lint    ruff and the import contracts
-# Knobs: make up PORT=8080 HOST=0.0.0.0 WORKERS=2 · TORCH_SPEC=… TORCH_INDEX_URL=… · PYTHON=python3.12
+# Knobs: make up PORT=8080 HOST=0.0.0.0 WORKERS=2 · make test PYTEST_ARGS='-x -k up'
+#        TORCH_SPEC=… TORCH_INDEX_URL=… PYTHON=python3.12
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -47,7 +48,7 @@ up: setup
 	$(BIN)/latentlab up --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: setup
-	scripts/test.sh
+	scripts/test.sh $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
