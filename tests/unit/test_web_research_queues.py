@@ -245,3 +245,16 @@ def test_event_stream_answers_503_at_once_when_the_broker_is_down(settings, peop
         assert events_bp.slots.live == 0
     finally:
         app.extensions["latentlab"].close()
+
+
+def test_a_stream_ends_by_itself_after_its_lifetime_and_frees_its_slot(
+    client, people, redis_url, monkeypatch
+):
+    monkeypatch.setattr(events_bp, "STREAM_SECONDS", 1.5)
+    res = client.get("/api/v1/events", headers=people["alice"][1], buffered=False)
+    t0 = time.monotonic()
+    frames = b"".join(res.response)  # the iterator runs out when the stream's lifetime is over
+    assert 1.5 <= time.monotonic() - t0 < 10
+    assert frames.startswith(b"retry: 3000\n\nevent: queues\n")
+    res.close()
+    assert events_bp.slots.live == 0 and subscribers(redis_url) == 0
