@@ -446,3 +446,47 @@ def test_openapi_documents_the_research_endpoints(client):
     assert neighbors["k"]["schema"]["maximum"] == 200 and neighbors["sample"]["required"]
     history = {p["name"] for p in paths["/api/v1/history"]["get"]["parameters"]}
     assert {"user", "dataset", "class", "parent", "mode", "since", "until", "limit"} <= history
+
+
+HUGE = 10**20  # beyond any 64-bit id: SQLite cannot even bind it
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/api/v1/samples/{HUGE}",
+        f"/api/v1/samples/{HUGE}/image",
+        f"/api/v1/datasets/{HUGE}",
+        f"/api/v1/embeddings/{HUGE}/points",
+    ],
+)
+def test_ids_beyond_64_bits_in_a_path_are_not_found(client, alice, path):
+    res = client.get(path, headers=alice)
+    assert res.status_code == 404 and res.json["error"].startswith("No ")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("history?parent={}", "parent"),
+        ("history?dataset={}", "dataset"),
+        ("embeddings?dataset={}", "dataset"),
+    ],
+)
+def test_ids_beyond_64_bits_in_a_query_answer_400(client, alice, query, field):
+    res = client.get("/api/v1/" + query.format(HUGE), headers=alice)
+    assert res.status_code == 400 and res.json["field"] == field
+
+
+def test_ids_beyond_64_bits_in_a_body_answer_400_naming_the_field(client, alice, lab, sessions):
+    base = {"embedding": lab.embedding_id, "selected": lab.sample_ids[0], "neighbors": lab.sample_ids[1:3]}
+    for body, field in (
+        ({**base, "selected": HUGE}, "selected"),
+        ({**base, "embedding": HUGE}, "embedding"),
+        ({**base, "neighbors": [lab.sample_ids[1], HUGE]}, "neighbors.1"),
+    ):
+        res = client.post("/api/v1/generations", json=body, headers=alice)
+        assert res.status_code == 400 and res.json["field"] == field, res.json
+    neighbors = client.get(f"/api/v1/embeddings/{lab.embedding_id}/neighbors?sample={HUGE}", headers=alice)
+    assert neighbors.status_code == 400 and neighbors.json["field"] == "sample"
+    assert count(sessions, Job) == 0

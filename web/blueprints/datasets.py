@@ -18,9 +18,10 @@ from common.registry import model_to_dict
 from web.api import api_route
 from web.auth import get_db
 from web.blueprints.jobs import JobOut
-from web.submit import submit_kind
+from web.research import bound_ids, submit_kind
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1")
+bp.url_value_preprocessor(bound_ids)
 
 
 class ModelList(BaseModel):

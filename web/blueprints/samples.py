@@ -28,11 +28,12 @@ from common.storage import UnsafePath, resolve_inside
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
-from web.submit import submit_kind
+from web.research import MAX_INT, bound_ids, submit_kind
 
 log = logging.getLogger("latentlab.web")
 
 bp = Blueprint("samples", __name__, url_prefix="/api/v1")
+bp.url_value_preprocessor(bound_ids)
 
 IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
@@ -46,6 +47,15 @@ class LineageQuery(BaseModel):
 
 class HistoryParams(HistoryQuery):
     limit: int = Field(default=100, ge=1, le=500)
+    parent: int | None = Field(default=None, ge=1, le=MAX_INT, description="only children of this sample")
+    embedding: int | None = Field(default=None, ge=1, le=MAX_INT)
+
+    @field_validator("dataset")
+    @classmethod
+    def _id_in_range(cls, value: str | None) -> str | None:
+        if value is not None and value.isdigit() and int(value) > MAX_INT:
+            raise ValueError("no dataset has this id")
+        return value
 
     @field_validator("since", "until")
     @classmethod
