@@ -394,3 +394,20 @@ def test_pages_work_from_the_keyboard(lab, signed_in):
     assert outline != "none"
     page.keyboard.press("Enter")
     page.wait_for_function("() => window.__latentlab.explorer.state().neighbours.length > 0")
+
+
+def test_plotly_is_served_by_the_app_and_only_the_explorer_allows_eval(lab, signed_in):
+    alice = signed_in("alice")
+    page = open_explorer(alice, f"?embedding={lab.embedding_id}")
+    src = page.eval_on_selector("script[src*='plotly']", "el => el.getAttribute('src')")
+    assert src.startswith("/static/vendor/plotly.min.js?v=")
+    answer = page.request.get(f"{lab.url}{src}", headers={"Accept-Encoding": "gzip"})
+    assert answer.ok and answer.headers["content-type"].startswith("text/javascript")
+    assert answer.headers["content-encoding"] == "gzip"
+    assert "immutable" in answer.headers["cache-control"] and answer.headers["etag"]
+    assert b"plotly.js v" in answer.body()[:200]
+    explorer_csp = page.request.get(f"{lab.url}/explorer").headers["content-security-policy"]
+    assert "script-src 'self' 'unsafe-eval'" in explorer_csp and "style-src 'self';" in explorer_csp
+    for path in ("/datasets", "/jobs", "/history", f"/datasets/{lab.dataset_id}"):
+        csp = page.request.get(f"{lab.url}{path}").headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "unsafe" not in csp
