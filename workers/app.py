@@ -28,37 +28,53 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class WorkerState:
-    """Per-process resources: created lazily in the process that uses them (never before fork)."""
+    """Per-process resources, created lazily in the process that uses them: the engine, the Redis client,
+    the publisher, the model caches and the worker identity. Every attribute access checks the pid, so a
+    pool child never uses what its parent built, even when forked after the main process built its own
+    (the reaper thread uses them there)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._pid: int | None = None
+        self._local: dict | None = None
         self._lock = threading.Lock()
 
-    def _ensure(self) -> None:
-        if self._pid == os.getpid():
-            return
+    def _ensure(self) -> dict:
+        if self._pid == os.getpid() and self._local is not None:
+            return self._local
         with self._lock:
-            if self._pid == os.getpid():
-                return
-            inherited = self.__dict__.get("engine")
+            if self._pid == os.getpid() and self._local is not None:
+                return self._local
+            inherited = self._local
             if inherited is not None:
-                inherited.dispose(close=False)  # never close the parent's connections from a child
-            self.engine = make_engine(self.settings)
-            self.session_factory = session_factory(self.engine)
-            self.redis = redis.Redis.from_url(
+                inherited["engine"].dispose(close=False)  # never close the parent's connections from a child
+            engine = make_engine(self.settings)
+            client = redis.Redis.from_url(
                 self.settings.broker_url(), socket_connect_timeout=2, socket_timeout=10
             )
-            self.publisher = Publisher(celery_app.send_task, self.redis)
-            self.services: dict = {}
-            self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+            self._local = {
+                "engine": engine,
+                "session_factory": session_factory(engine),
+                "redis": client,
+                "publisher": Publisher(celery_app.send_task, client),
+                "services": {},
+                "worker_id": f"{socket.gethostname()}:{os.getpid()}",
+            }
             self._pid = os.getpid()
+            return self._local
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held the parent's at the fork)."""
+        self._lock = threading.Lock()
+        self._pid = None
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name == "settings":
             raise AttributeError(name)
-        self._ensure()
-        return self.__dict__[name]
+        try:
+            return self._ensure()[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 settings = Settings.from_env()
@@ -69,7 +85,7 @@ state = WorkerState(settings)
 @signals.worker_process_init.connect
 def _reset_after_fork(**_kwargs) -> None:
     # a pool child starts clean: its own engine, redis client and model cache (built on first use)
-    state._pid = None
+    state.after_fork()
 
 
 @signals.worker_ready.connect
