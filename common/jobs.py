@@ -38,7 +38,7 @@ from common.config import Settings
 from common.errors import NotFound, QuotaExceeded, UserError, pydantic_message
 from common.models import Job, User
 from common.models.jobs import ACTIVE_STATUSES, FINAL_STATUSES
-from common.queue import BrokerUnavailable, Publisher
+from common.queue import BrokerUnavailable, Publisher, worker_node
 
 log = logging.getLogger(__name__)
 
@@ -582,12 +582,17 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
       Redis) are published;
     * running jobs whose heartbeat is older than ``stale_after`` are re-queued, or failed at the attempt
       limit (a late write of the old attempt is refused by its fence);
+    * so are running jobs silent for ``takeover_after`` whose worker's main process is gone (its liveness
+      key expired: the whole worker died, and nothing else would re-deliver its unacked message before
+      the visibility timeout); a live main process keeps its key, so a job whose heartbeat only lags
+      (a slow database) waits for ``stale_after``;
     * parents whose children all ended are settled.
     """
     report = ReapReport()
     stamp = now()
     grace = stamp - timedelta(seconds=5)
     stale = stamp - timedelta(seconds=settings.stale_after)
+    silent = stamp - timedelta(seconds=settings.takeover_after)
     with session_factory() as session:
         queued = session.execute(
             select(Job.id, Job.published_at).where(
@@ -600,6 +605,11 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
                 (Job.heartbeat_at < stale) | Job.heartbeat_at.is_(None),
             )
         ).all()
+        quiet = session.execute(
+            select(Job.id, Job.worker).where(
+                Job.status == "running", Job.heartbeat_at < silent, Job.heartbeat_at >= stale
+            )
+        ).all()
         parents = session.scalars(
             select(Job.id).where(Job.status == "running", Job.id.in_(select(Job.parent_id).distinct()))
         ).all()
@@ -609,10 +619,14 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
         if when is None or jid not in present:
             if publish(session_factory, publisher, jid):
                 report.published.append(jid)
-    for jid in dead:
+    nodes = {jid: worker_node(worker) for jid, worker in quiet}
+    alive = publisher.nodes_alive(n for n in nodes.values() if n)
+    orphaned = {jid for jid, node in nodes.items() if node and node not in alive}
+    for jid in [*dead, *sorted(orphaned)]:
+        limit = silent if jid in orphaned else stale
         with session_factory.begin() as session:
             job = session.execute(select(Job).where(Job.id == jid).with_for_update()).scalar_one()
-            if job.status != "running" or (job.heartbeat_at and job.heartbeat_at >= stale) or job.children:
+            if job.status != "running" or (job.heartbeat_at and job.heartbeat_at >= limit) or job.children:
                 continue
             if job.attempts >= settings.max_attempts:
                 job.status, job.finished_at = "failed", stamp
@@ -628,6 +642,13 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
             job.status = "queued"
             job.published_at = None
             job.progress_message = f"re-queued: attempt {job.attempts} stopped reporting"
+            log.warning(
+                "reaper: job %s attempt %s on %s went silent (%s); re-queued",
+                jid,
+                job.attempts,
+                job.worker,
+                "its worker is gone" if jid in orphaned else f"over {settings.stale_after}s",
+            )
         publish(session_factory, publisher, jid)  # if Redis is down, the next pass publishes it
         report.requeued.append(jid)
     for pid in parents:

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 QUEUES = ("interactive", "batch", "embed")
 TASK_PREFIX = "latentlab."
 MARKER_PREFIX = "latentlab:published:"
+# a worker's main process keeps ``<prefix><node>`` alive (short TTL) while it runs; see ``worker_node``
+ALIVE_PREFIX = "latentlab:worker-alive:"
 EVENTS_CHANNEL = "latentlab:job-events"
 
 
@@ -76,6 +78,19 @@ def _broker_or_placeholder(settings: Settings) -> str:
         return "redis://no-broker-configured-set-LATENTLAB_REDIS_URL.invalid:6379/0"
 
 
+def worker_identity(host: str, main_pid: int, pid: int) -> str:
+    """What a job's ``worker`` column holds: ``host:main-pid/pid``, the node (the worker's main process,
+    which keeps its liveness key) and the process that runs the job (a pool child, or the main one)."""
+    return f"{host}:{main_pid}/{pid}"
+
+
+def worker_node(worker: str | None) -> str | None:
+    """The node (``host:main-pid``) of a job's ``worker``; None for an identity without one."""
+    if not worker or "/" not in worker:
+        return None
+    return worker.split("/", 1)[0]
+
+
 class BrokerUnavailable(RuntimeError):
     """The message could not be handed to Redis; the job row stays queued and the reaper retries."""
 
@@ -116,6 +131,20 @@ class Publisher:
             self._redis.delete(MARKER_PREFIX + str(job_id))
         except Exception:  # a missing marker only makes the reaper re-publish; a duplicate is a no-op
             log.warning("could not clear the publish marker of job %s", job_id)
+
+    def mark_alive(self, node: str, ttl: float) -> None:
+        """Say that worker ``node``'s main process is alive for the next ``ttl`` seconds."""
+        self._redis.set(ALIVE_PREFIX + node, "1", px=max(1, int(ttl * 1000)))
+
+    def nodes_alive(self, nodes: Iterable[str]) -> set[str]:
+        """Which of ``nodes`` have a live main process (their key has not expired)."""
+        names = sorted(set(nodes))
+        if not names:
+            return set()
+        pipe = self._redis.pipeline()
+        for node in names:
+            pipe.exists(ALIVE_PREFIX + node)
+        return {node for node, found in zip(names, pipe.execute(), strict=True) if found}
 
     def emit(self, event: dict[str, Any]) -> None:
         """Broadcast a job event (SSE subscribers); failures only cost liveness, never correctness."""

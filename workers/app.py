@@ -15,9 +15,11 @@ from celery import Celery, signals
 
 from common.config import Settings
 from common.db import make_engine, session_factory
-from common.queue import Publisher, celery_config
+from common.queue import Publisher, celery_config, worker_identity
 
 log = logging.getLogger("latentlab.worker")
+# the worker's main process imports this module before its pool forks, so pool children inherit its pid
+MAIN_PID = os.getpid()
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -31,7 +33,7 @@ class WorkerState:
     """Per-process resources, created lazily in the process that uses them: the engine, the Redis client,
     the publisher, the model caches and the worker identity. Every attribute access checks the pid, so a
     pool child never uses what its parent built, even when forked after the main process built its own
-    (the reaper thread uses them there)."""
+    (the reaper and liveness threads use them there)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -58,7 +60,8 @@ class WorkerState:
                 "redis": client,
                 "publisher": Publisher(celery_app.send_task, client),
                 "services": {},
-                "worker_id": f"{socket.gethostname()}:{os.getpid()}",
+                "node_id": f"{socket.gethostname()}:{MAIN_PID}",
+                "worker_id": worker_identity(socket.gethostname(), MAIN_PID, os.getpid()),
             }
             self._pid = os.getpid()
             return self._local
@@ -80,6 +83,14 @@ class WorkerState:
 settings = Settings.from_env()
 celery_app = make_celery(settings)
 state = WorkerState(settings)
+
+
+@signals.worker_init.connect
+def _start_liveness(**_kwargs) -> None:
+    # before any task is claimed: the reaper takes a silent job's worker for dead once this key expires
+    from workers.reaper import start_liveness_thread
+
+    start_liveness_thread(state)
 
 
 @signals.worker_process_init.connect

@@ -1,6 +1,7 @@
-"""The reaper thread of a worker's main process: publishes jobs the broker lost, re-queues dead ones.
+"""The threads of a worker's main process: the reaper (publishes jobs the broker lost, re-queues dead
+ones) and the liveness key that tells the reaper this worker is alive.
 
-Several workers may run it; a Redis lock makes one pass happen per interval across all of them.
+Several workers may run the reaper; a Redis lock makes one pass happen per interval across all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,32 @@ def reap_once(state) -> None:
             report.failed,
             report.settled,
         )
+
+
+def start_liveness_thread(state) -> threading.Thread:
+    """Keep this worker's liveness key (``node_id``, TTL ``takeover_after``) alive every heartbeat.
+
+    The reaper re-queues a running job silent for ``takeover_after`` once its worker's key is gone, so a
+    worker killed whole (every process of it) has its jobs recovered in seconds, not after the visibility
+    timeout or ``stale_after``. The first mark is made before this returns, before any job is claimed.
+    """
+    settings = state.settings
+    stop = threading.Event()
+
+    def mark() -> None:
+        try:
+            state.publisher.mark_alive(state.node_id, settings.takeover_after)
+        except Exception:  # Redis is down: the reaper cannot run either; mark again next beat
+            log.debug("could not refresh the liveness key", exc_info=True)
+
+    def loop() -> None:
+        while not stop.wait(settings.heartbeat_seconds):
+            mark()
+
+    mark()
+    thread = threading.Thread(target=loop, name="latentlab-liveness", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_reaper_thread(state) -> threading.Thread:
