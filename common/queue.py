@@ -33,6 +33,10 @@ def celery_config(settings: Settings, broker_url: str | None = None) -> dict[str
     """The Celery configuration mapping for ``settings`` (JSON only, late acks, prefetch 1, no results)."""
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps unacked messages every interval × throttle seconds (10 × 10 by default), so a message
+        # of a dead worker would come back up to 100 s after its visibility timeout; sweep at a tenth of it
+        "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
         "socket_keepalive": True,
@@ -57,7 +61,7 @@ def celery_config(settings: Settings, broker_url: str | None = None) -> dict[str
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": settings.task_time_limit,
-        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        "task_soft_time_limit": soft_time_limit(settings.task_time_limit),
         "task_default_queue": "interactive",
         "task_create_missing_queues": True,
         "task_publish_retry": False,
@@ -68,6 +72,12 @@ def celery_config(settings: Settings, broker_url: str | None = None) -> dict[str
         "timezone": "UTC",
         "enable_utc": True,
     }
+
+
+def soft_time_limit(hard: int) -> int:
+    """The soft limit that warns a task before the hard one kills it: 30 s earlier, or a tenth of a short
+    limit (``hard - 30`` alone would leave 1 s for a 20 s limit)."""
+    return max(1, hard - min(30, max(1, hard // 10)))
 
 
 def _broker_or_placeholder(settings: Settings) -> str:
