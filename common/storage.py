@@ -74,8 +74,12 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         fh.close()
         os.replace(tmp, path)
     except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
+        try:
+            fh.close()  # may raise again (flushing onto a full disk); the file is closed all the same
+        except OSError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -97,7 +101,14 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     if array.dtype == object:
         raise TypeError("object arrays would need pickle; refusing to save them")
     with atomic_writer(path) as fh:
-        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        # through a plain write() method: given a real file, numpy writes with fwrite and reports a full
+        # disk as "N requested and M written" without an errno, which no caller can tell from any other error
+        np.save(_Writes(fh), np.ascontiguousarray(array), allow_pickle=False)
+
+
+class _Writes:
+    def __init__(self, fh: BinaryIO):
+        self.write = fh.write
 
 
 def png_bytes(image: np.ndarray) -> bytes:
