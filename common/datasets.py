@@ -37,7 +37,7 @@ from common.db import insert_ignore
 from common.errors import Conflict, NotFound, QuotaExceeded, UserError
 from common.models import Dataset, Job, Sample, User
 from common.registry import get_model
-from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes
+from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
 
 CODE_VERSION = "latentlab-0.1"
 DEFAULT_LAYERS = ["encoder_bottleneck", "midblock"]
@@ -282,6 +282,9 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         model = model_cache.get(ctx.settings, model_row)
     root: Path = ctx.settings.data_root
     n = stop - start
+    # an earlier attempt killed mid-write left its temporary files; its process is gone, so drop them
+    for folder in chunk_folders(dataset_id, k):
+        sweep_temp_files(root / folder)
     acts = {name: np.empty((n, int(np.prod(shapes[name]))), dtype=dtype) for name in layers}
     rows: list[dict[str, Any]] = []
     batch = max(1, int(p.get("batch_size", 64)))
@@ -292,9 +295,10 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         labels = [class_for(classes, i) for i in idx]
         seeds = [noise_seed(seed, i) for i in idx]
         res = generate(model, labels, seeds, steps=steps, sigma_max=sigma_max, capture=layers)
+        ctx.check(fresh=True)  # files are not fenced by a transaction: a cancelled or lost attempt stops here
+        write_chunk_images(root, dataset_id, k, idx, res.images)
         for j, i in enumerate(idx):
             rel = image_rel(dataset_id, k, i)
-            atomic_write_bytes(root / rel, png_bytes(res.images[j]))
             rows.append(
                 {
                     "dataset_id": dataset_id,
@@ -313,9 +317,8 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         for name in layers:
             acts[name][a - start : b - start] = res.activations[name].reshape(b - a, -1)  # [n, C*H*W]
         ctx.progress((b - start) / n, f"chunk {k}: {b - start} of {n} samples")
-    ctx.check()
-    for name in layers:
-        atomic_save_npy(root / shard_rel(dataset_id, k) / f"{name}.npy", acts[name])
+    ctx.check(fresh=True)
+    write_chunk_shards(root, dataset_id, k, acts)
     with ctx.session_factory.begin() as session:
         ctx.lease.fence(session)
         new = insert_ignore(session, Sample.__table__, rows)
@@ -327,6 +330,23 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         "new_rows": new,
         "checkpoint_sha256": model_sha,
     }
+
+
+def chunk_folders(dataset_id: int, chunk: int) -> list[str]:
+    """The folders a chunk writes into (its images, its activation shards)."""
+    return [f"datasets/{dataset_id}/images/{chunk_dir(dataset_id, chunk)}", shard_rel(dataset_id, chunk)]
+
+
+def write_chunk_images(root: Path, dataset_id: int, chunk: int, indices: list[int], images) -> None:
+    """Write sample ``indices[j]``'s image ``images[j]`` (uint8 [H, W, C]) as a PNG, each atomically."""
+    for j, i in enumerate(indices):
+        atomic_write_bytes(root / image_rel(dataset_id, chunk, i), png_bytes(images[j]))
+
+
+def write_chunk_shards(root: Path, dataset_id: int, chunk: int, acts: dict[str, np.ndarray]) -> None:
+    """Write one ``.npy`` shard per layer ([n, C·H·W], row r = sample chunk·cs + r), each atomically."""
+    for name, array in acts.items():
+        atomic_save_npy(root / shard_rel(dataset_id, chunk) / f"{name}.npy", array)
 
 
 # -- reading ---------------------------------------------------------------------------------------

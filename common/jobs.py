@@ -272,9 +272,10 @@ class Lease:
             pass
         self._last_poll = time.monotonic()
 
-    def check(self) -> None:
-        """Raise if the job was cancelled or the lease lost; polls the row at most once a second."""
-        if time.monotonic() - self._last_poll > 1.0:
+    def check(self, *, fresh: bool = False) -> None:
+        """Raise if the job was cancelled or the lease lost; polls the row at most once a second, or now
+        with ``fresh`` (before writing files, which no transaction can fence)."""
+        if fresh or time.monotonic() - self._last_poll > 1.0:
             self.beat()
         if self._lost.is_set():
             raise LeaseLost(f"job {self.job_id} attempt {self.attempt} lost its lease")
@@ -396,6 +397,7 @@ def claim(
         job.heartbeat_at = stamp
         job.started_at = job.started_at or stamp
         attempt = job.attempts
+    log.info("job %s: attempt %s claimed by %s", job_id, attempt, worker)
     if publisher:
         publisher.clear_marker(job_id)
         publisher.emit(_event_for(session_factory, job_id))
@@ -426,8 +428,8 @@ class JobContext:
     def progress(self, fraction: float, message: str | None = None) -> None:
         self.lease.progress(fraction, message)
 
-    def check(self) -> None:
-        self.lease.check()
+    def check(self, *, fresh: bool = False) -> None:
+        self.lease.check(fresh=fresh)
 
 
 Handler = Callable[[JobContext], Any]
