@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -30,8 +31,15 @@ def reducer_cache(ctx: JobContext) -> ReducerCache:
 
 
 def ping(ctx: JobContext) -> dict:
-    """Sleep ``seconds`` in ``steps`` slices, reporting progress after each (proves the pipe)."""
+    """Sleep ``seconds`` in ``steps`` slices, reporting progress after each (proves the pipe).
+
+    With fault injection on (tests only), each execution also appends what it did to
+    ``<data>/fault-trace/ping-<job id>.jsonl``: ``start``, every ``step`` whose progress write the lease
+    accepted, ``end``; the reliability tests read it to show no two attempts ever overlapped.
+    """
     seconds, steps, fault = ctx.params["seconds"], ctx.params["steps"], ctx.params.get("fault", "none")
+    trace = _trace(ctx) if ctx.settings.fault_injection else (lambda event, **_: None)
+    trace("start")
     if fault == "crash" and ctx.settings.fault_injection:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "error":
@@ -44,7 +52,24 @@ def ping(ctx: JobContext) -> dict:
             while True:
                 time.sleep(1)
         ctx.progress((i + 1) / steps, f"slept {i + 1} of {steps} slices")
+        trace("step", step=i + 1)
+    trace("end")
     return {"slept": round(time.monotonic() - started, 3), "attempt": ctx.attempt}
+
+
+def _trace(ctx: JobContext):
+    folder = ctx.settings.data_root / "fault-trace"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ping-{ctx.job_id}.jsonl"
+
+    def record(event: str, **extra) -> None:
+        line = {"event": event, "attempt": ctx.attempt, "pid": os.getpid(), "t": time.time(), **extra}
+        with open(path, "a") as fh:  # one short line per write: appends from two processes do not mix
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return record
 
 
 def generate_dataset(ctx: JobContext):
