@@ -14,12 +14,15 @@ if [[ -z "${LATENTLAB_TEST_POSTGRES_URL:-}" && "${LATENTLAB_REQUIRE_POSTGRES:-0}
   exit 1
 fi
 
+# both passes run even when the first fails, so one CI run reports everything; non-zero if either failed
+status=0
 echo "== tests on SQLite"
-"$PY" -m pytest "$@"
+"$PY" -m pytest "$@" || status=$?
 
 if [[ -n "${LATENTLAB_TEST_POSTGRES_URL:-}" ]]; then
   echo "== integration tests on PostgreSQL"
-  "$PY" -m pytest --db=postgres tests/integration "$@"
+  "$PY" -m pytest --db=postgres tests/integration "$@" || status=$?
 else
   echo "== PostgreSQL pass skipped: set LATENTLAB_TEST_POSTGRES_URL to run the integration tests on it"
 fi
+exit "$status"
