@@ -55,7 +55,8 @@ def set_range(page, selector: str, value: int) -> None:
 
 
 def isolated_samples(page, count: int) -> list[int]:
-    """Dataset samples with no other marker (or generation star) within 14 px: a click hits exactly them."""
+    """Dataset samples with no other marker (or generation star) within 14 px, on the open plot area: a
+    click there hits exactly them."""
     return page.evaluate(
         """(count) => {
           const ex = window.__latentlab.explorer;
@@ -65,8 +66,13 @@ def isolated_samples(page, count: int) -> list[int]:
             return [-1, {x: r.x + r.width / 2, y: r.y + r.height / 2}];
           });
           const others = all.concat(stars);
+          // and not under the legend or outside the plot area: a click there would not reach the point
+          const onPlot = (p) => {
+            const el = document.elementFromPoint(p.x, p.y);
+            return el && el.classList.contains("nsewdrag");
+          };
           return ex.sampleIds(1e6, 0).map((id) => [id, ex.clientPoint(id)])
-            .filter(([id, p]) => others.every(([other, q]) => other === id ||
+            .filter(([id, p]) => onPlot(p) && others.every(([other, q]) => other === id ||
               Math.hypot(p.x - q.x, p.y - q.y) > 14))
             .slice(0, count).map(([id]) => id);
         }""",

@@ -10,7 +10,6 @@ import { Selection } from "./explorer/selection.js";
 import { getLive } from "./live.js";
 import { className, fmt, h, progressBar, say, showError, thumb } from "./ui.js";
 
-const Plotly = window.Plotly;
 const T = (window.__latentlab = window.__latentlab || {});
 T.timings = T.timings || {};
 T.clicks = [];
@@ -73,6 +72,40 @@ const GENERATED_COLOUR = "#0f7a3a";
 const MAX_LEGEND_CLASSES = 40;
 const LAST_MAP_KEY = `latentlab.explorer.lastMap:${user.id}`;
 
+// Plotly (4.8 MB) is preloaded by the page and run from here, so that the map's requests go out while
+// the browser is still compiling it.
+let Plotly = null;
+const plotlyReady = new Promise((resolve, reject) => {
+  const script = document.createElement("script");
+  script.src = els.plot.dataset.plotlySrc;
+  script.addEventListener("load", () => {
+    Plotly = window.Plotly;
+    mark("plotlyReady");
+    resolve(Plotly);
+  });
+  script.addEventListener("error", () => reject(new Error("The plotting library did not load; reload the page.")));
+  document.head.append(script);
+});
+
+// Creating the first WebGL context costs ~0.5 s in a software renderer; doing it now overlaps it with
+// the downloads instead of adding it to the first draw.
+(function warmWebGL() {
+  const started = performance.now();
+  const canvas = document.createElement("canvas");
+  const gl = canvas.getContext("webgl");
+  const lose = gl && gl.getExtension("WEBGL_lose_context");
+  if (lose) lose.loseContext();
+  T.timings.webglWarmMs = performance.now() - started;
+})();
+
+function fetchMap(embeddingId) {
+  return Promise.all([
+    api(`/api/v1/embeddings/${embeddingId}`),
+    api(`/api/v1/embeddings/${embeddingId}/points`),
+    api(`/api/v1/embeddings/${embeddingId}/generations`).catch(() => []),
+  ]);
+}
+
 const state = {
   embeddings: [],
   emb: null,
@@ -107,6 +140,12 @@ function notice(text) {
 // -- maps -------------------------------------------------------------------------------------------------
 
 async function loadEmbeddings() {
+  // the map asked for in the URL (or used last) is fetched at once, alongside the list of maps
+  const params = new URLSearchParams(location.search);
+  const guess = Number(params.get("embedding") || localStorage.getItem(LAST_MAP_KEY)) || null;
+  mark("mapRequested");
+  const early = guess ? { id: guess, answers: fetchMap(guess) } : null;
+  if (early) early.answers.catch(() => {});
   try {
     const data = await api("/api/v1/embeddings");
     state.embeddings = data.embeddings || [];
@@ -136,7 +175,6 @@ async function loadEmbeddings() {
     ),
   );
   els.picker.disabled = false;
-  const params = new URLSearchParams(location.search);
   const wanted = [params.get("embedding"), localStorage.getItem(LAST_MAP_KEY)]
     .map(Number)
     .find((id) => ready.some((e) => e.id === id));
@@ -146,10 +184,10 @@ async function loadEmbeddings() {
     return;
   }
   els.picker.value = String(chosen);
-  await openMap(chosen, Number(params.get("sample")) || null);
+  await openMap(chosen, Number(params.get("sample")) || null, early && early.id === chosen ? early.answers : null);
 }
 
-async function openMap(embeddingId, deepLinkSample = null) {
+async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   const token = ++state.loadToken;
   const started = performance.now();
   showError(els.mapError, "");
@@ -162,13 +200,10 @@ async function openMap(embeddingId, deepLinkSample = null) {
   history.replaceState(null, "", url);
   let emb, answer, overlays;
   try {
-    mark("mapRequested");
-    [emb, answer, overlays] = await Promise.all([
-      api(`/api/v1/embeddings/${embeddingId}`),
-      api(`/api/v1/embeddings/${embeddingId}/points`),
-      api(`/api/v1/embeddings/${embeddingId}/generations`).catch(() => []),
-    ]);
+    if (!fetched) mark("mapRequested");
+    [emb, answer, overlays] = await (fetched || fetchMap(embeddingId));
     mark("pointsFetched");
+    await plotlyReady;
   } catch (err) {
     if (token !== state.loadToken) return;
     els.status.textContent = "";
@@ -340,8 +375,9 @@ function layoutFor(emb) {
       y: 1,
       font: { size: 12 },
     },
-    xaxis: { zeroline: false, gridcolor: "#eef0f3", linecolor: "#8a93a3", showline: true, title: { text: "" } },
-    yaxis: { zeroline: false, gridcolor: "#eef0f3", linecolor: "#8a93a3", showline: true },
+    // ticklabeloverflow "allow": Plotly skips measuring every tick label (a forced layout each)
+    xaxis: { zeroline: false, gridcolor: "#eef0f3", linecolor: "#8a93a3", showline: true, ticklabeloverflow: "allow" },
+    yaxis: { zeroline: false, gridcolor: "#eef0f3", linecolor: "#8a93a3", showline: true, ticklabeloverflow: "allow" },
     plot_bgcolor: "#ffffff",
     paper_bgcolor: "#ffffff",
     font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1d2433" },
@@ -982,8 +1018,5 @@ T.explorer = {
   },
 };
 
-if (!Plotly) {
-  showError(els.mapError, "The plotting library did not load; reload the page.");
-} else {
-  loadEmbeddings();
-}
+plotlyReady.catch((err) => showError(els.mapError, err.message));
+loadEmbeddings();
