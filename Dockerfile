@@ -13,7 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LATENTLAB_DATA=/data \
-    LATENTLAB_SIGNING_KEY_FILE=/keys/signing.key
+    LATENTLAB_SIGNING_KEY_FILE=/keys/signing.key \
+    LATENTLAB_SHIPPED_MODELS=/app/data/models
 
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 

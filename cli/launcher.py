@@ -197,27 +197,7 @@ class EmbeddedRedis(RedisServer):
     the broker before the workers) and stopped by the kernel if the launcher is killed."""
 
     def start(self, timeout: float = 15.0) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_parent_death_signal(),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                log = self.directory / "redis.log"
-                tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-                raise RedisUnavailable(f"redis-server exited with {self.process.returncode}: {err}{tail}")
-            if self.ping():
-                return self.url
-            time.sleep(0.05)
-        self.stop()
-        raise RedisUnavailable(f"redis-server did not answer on {self.host}:{self.port} within {timeout}s")
+        return super().start(timeout, start_new_session=True, preexec_fn=_parent_death_signal())
 
 
 # -- children -------------------------------------------------------------------------------------------

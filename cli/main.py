@@ -52,13 +52,20 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
-def db_upgrade(revision: str) -> None:
+@click.option("--register-shipped", is_flag=True, help="Then register the shipped demo models (idempotent).")
+def db_upgrade(revision: str, register_shipped: bool) -> None:
     """Apply migrations up to REVISION (default: head)."""
     from common import migrate
 
     settings = load_settings()
     migrate.upgrade(settings, revision)
     click.echo(f"database at {migrate.current(settings)}")
+    if register_shipped:
+        from common.registry import register_shipped_models
+
+        with _sessions(settings).begin() as session:
+            added = register_shipped_models(session, settings)
+        click.echo(f"shipped models registered: {', '.join(added) or 'nothing new'}")
 
 
 @db.command("downgrade")

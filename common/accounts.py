@@ -26,8 +26,15 @@ TOKEN_PREFIX = "ll_"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD = 8
 _hasher = PasswordHasher()
-# verifying against this when the user does not exist keeps the timing of both answers alike
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    # verifying against this when the user does not exist keeps the timing of both answers alike
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("not a password of anyone")
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -36,7 +43,7 @@ def hash_password(password: str) -> str:
 
 def check_password(user: User | None, password: str) -> bool:
     try:
-        return _hasher.verify(user.password_hash if user else _DUMMY_HASH, password) and user is not None
+        return _hasher.verify(user.password_hash if user else _dummy(), password) and user is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -55,6 +55,8 @@ class Settings:
     # HMAC key for fitted reducers; kept outside the data root and the database
     signing_key_file: Path = Path("~/.config/latentlab/signing.key")
     admin_password: str = ""
+    # the demo models latentlab ships (model cards + weights); empty: data/models next to the code
+    shipped_models: Path = Path("")
     device: str = ""  # empty: cuda > mps > cpu
     log_level: str = "INFO"
 

@@ -79,17 +79,23 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
 
-    def start(self, timeout: float = 15.0) -> str:
+    def start(self, timeout: float = 15.0, **popen_kwargs) -> str:
+        """Start the server and wait until it answers; ``popen_kwargs`` go to ``subprocess.Popen``
+        (e.g. ``start_new_session=True``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            **popen_kwargs,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 log = self.directory / "redis.log"
-                tail = log.read_text()[-800:] if log.exists() else ""
+                tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
                 raise RedisUnavailable(f"redis-server exited with {self.process.returncode}: {err}{tail}")
             if self.ping():
                 return self.url

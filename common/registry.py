@@ -141,11 +141,12 @@ def shipped_cards(directory: Path = SHIPPED_MODELS_DIR) -> list[dict[str, Any]]:
     return cards
 
 
-def register_shipped_models(
-    session: Session, settings: Settings, directory: Path = SHIPPED_MODELS_DIR
-) -> list[str]:
+def register_shipped_models(session: Session, settings: Settings, directory: Path | None = None) -> list[str]:
     """Register every shipped model card not yet registered (copying its weights into the data root
     when the data root is elsewhere); returns the names added."""
+    if directory is None:
+        configured = str(settings.shipped_models) not in ("", ".")
+        directory = settings.shipped_models if configured else SHIPPED_MODELS_DIR
     added = []
     for card in shipped_cards(directory):
         name = card["name"]
