@@ -279,7 +279,9 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         seed, steps, dtype = ds.seed, ds.steps, np.dtype(ds.dtype)
         sigma_max = model_row.default_sigma_max
         dataset_id, model_sha = ds.id, model_row.checkpoint_sha256
-        model = model_cache.get(ctx.settings, model_row)
+    # outside the session: on SQLite every transaction holds the write lock (BEGIN IMMEDIATE), and a cold
+    # load (torch import, checkpoint read) would block every heartbeat and claim for its duration
+    model = model_cache.get(ctx.settings, model_row)
     root: Path = ctx.settings.data_root
     n = stop - start
     # an earlier attempt killed mid-write left its temporary files; its process is gone, so drop them
