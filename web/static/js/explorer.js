@@ -64,10 +64,10 @@ const els = {
 // Class colours: distinguishable, none of them the overlay colours (blue, red, green, purple) at full
 // strength, so the selection always stands out.
 const PALETTE = [
-  "#4e79a7", "#f28e2b", "#b9a131", "#76b7b2", "#8c6d31", "#e377c2", "#9c755f", "#17becf",
-  "#bcbd22", "#7f7f7f", "#ff9da7", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94",
-  "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79",
-];
+  "#4e79a7", "#d47c25", "#aa942d", "#659d99", "#8c6d31", "#d56fb6", "#9c755f", "#13a3b2",
+  "#96971b", "#7f7f7f", "#cb7d85", "#8093ab", "#bc8a58", "#6da063", "#9d8caa", "#b08c85",
+  "#b6869b", "#94945f", "#719ca4", "#393b79",
+]; // each at least 3:1 against the white plot (WCAG non-text contrast)
 const GENERATED_COLOUR = "#0f7a3a";
 const MAX_LEGEND_CLASSES = 40;
 const LAST_MAP_KEY = `latentlab.explorer.lastMap:${user.id}`;
@@ -203,7 +203,6 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
     if (!fetched) mark("mapRequested");
     [emb, answer, overlays] = await (fetched || fetchMap(embeddingId));
     mark("pointsFetched");
-    await plotlyReady;
   } catch (err) {
     if (token !== state.loadToken) return;
     els.status.textContent = "";
@@ -215,6 +214,13 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   state.map = pointMapFrom(answer);
   if (!state.map.labelNames.length && emb.label_names) state.map.labelNames = emb.label_names;
   mark("pointsDecoded");
+  try {
+    await plotlyReady;
+  } catch {
+    return; // the error is on the page already
+  }
+  if (token !== state.loadToken) return;
+  mark("plotlyAwaited");
   state.overlays = Array.isArray(overlays) ? overlays : [];
   state.fresh = new Set();
   for (const g of state.overlays) {
@@ -263,6 +269,11 @@ function markerSize(n) {
   return 2;
 }
 
+// opaque markers on small maps (full contrast); translucent on big ones, where density matters more
+function markerOpacity(n) {
+  return n < 20000 ? 1 : 0.75;
+}
+
 function buildTraces(map) {
   const n = map.n;
   const labels = map.labelNames;
@@ -303,7 +314,7 @@ function buildTraces(map) {
         name: className(labels, s - 1),
         x: xs[k],
         y: ys[k],
-        marker: { size, color: PALETTE[k % PALETTE.length], opacity: 0.85 },
+        marker: { size, color: PALETTE[k % PALETTE.length], opacity: markerOpacity(n) },
       });
       ids.push(is[k]);
     });
@@ -327,7 +338,7 @@ function buildTraces(map) {
       name: `${present.length} classes`,
       x,
       y,
-      marker: { size, color: c, colorscale: "Turbo", cmin: 0, cmax: maxCls, opacity: 0.85 },
+      marker: { size, color: c, colorscale: "Turbo", cmin: 0, cmax: maxCls, opacity: markerOpacity(n) },
     });
     ids.push(is);
   }
