@@ -22,9 +22,19 @@ from common import jobs
 from common.config import Settings
 from common.datasets import iter_activation_batches, read_activations
 from common.db import insert_ignore
-from common.errors import NotFound, UserError
+from common.errors import Conflict, NotFound, UserError
+from common.jobs import RowId
 from common.models import Dataset, Embedding, EmbeddingPoint, Job, Sample, User
-from common.reducer import FitParams, Reducer, default_pca_dims, fit_reducer, library_versions, load_reducer
+from common.models.base import row_id
+from common.reducer import (
+    FitParams,
+    Reducer,
+    ReducerIntegrityError,
+    default_pca_dims,
+    fit_reducer,
+    library_versions,
+    load_reducer,
+)
 from common.reducer import save_reducer as _save
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
@@ -36,8 +46,8 @@ def embedding_dir(embedding_id: int) -> str:
 
 def get_dataset(session: Session, ref: str | int) -> Dataset:
     ds = None
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        ds = session.get(Dataset, int(ref))
+    if row_id(ref) is not None:
+        ds = session.get(Dataset, row_id(ref))
     if ds is None and isinstance(ref, str):
         ds = session.scalar(select(Dataset).where(Dataset.name == ref))
     if ds is None:
@@ -46,7 +56,7 @@ def get_dataset(session: Session, ref: str | int) -> Dataset:
 
 
 def get_embedding(session: Session, embedding_id: int) -> Embedding:
-    emb = session.get(Embedding, int(embedding_id))
+    emb = session.get(Embedding, row_id(embedding_id) or 0)
     if emb is None:
         raise NotFound(f"No embedding {embedding_id}.", field="embedding")
     return emb
@@ -260,8 +270,8 @@ def _locations_loader(session: Session):
 class ReprojectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    embedding: int = Field(ge=1)
-    samples: list[int] | None = Field(default=None, max_length=100_000, description="default: all unplaced")
+    embedding: RowId
+    samples: list[RowId] | None = Field(default=None, max_length=100_000, description="default: all unplaced")
 
 
 def prepare_reproject(session: Session, params: ReprojectParams, owner: User, settings: Settings) -> None:

@@ -34,6 +34,7 @@ from common.datasets import CODE_VERSION, noise_seed, read_activations
 from common.db import insert_ignore
 from common.embeddings import ReducerCache, get_embedding
 from common.errors import UserError
+from common.jobs import RowId
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
 from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
 
@@ -44,9 +45,9 @@ CLASS_MODES = ("selected", "neighbor_majority", "blend", "uniform", "none")
 class GenerateFromNeighborsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    embedding: int = Field(ge=1)
-    selected: int = Field(ge=1, description="the sample clicked on the map")
-    neighbors: list[int] = Field(
+    embedding: RowId
+    selected: RowId = Field(description="the sample clicked on the map")
+    neighbors: list[RowId] = Field(
         min_length=1, max_length=256, description="sample ids whose activations combine"
     )
     mode: Literal["activation_mean", "umap_inverse", "weighted"] = "activation_mean"

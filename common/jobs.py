@@ -28,9 +28,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,6 +41,8 @@ from common.models.jobs import ACTIVE_STATUSES, FINAL_STATUSES
 from common.queue import BrokerUnavailable, Publisher, worker_node
 
 log = logging.getLogger(__name__)
+
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # a database id (refuses what no backend can bind)
 
 
 def now() -> datetime:

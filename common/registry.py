@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from common.config import Settings
 from common.errors import Conflict, NotFound, UserError
 from common.models import GeneratorModel
+from common.models.base import row_id
 from common.storage import atomic_writer, resolve_inside, sha256_file
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ def _stored_path(settings: Settings, path: Path) -> str:
 def get_model(session: Session, ref: str | int) -> GeneratorModel:
     """A model by id or name; NotFound lists the registered names."""
     model = None
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        model = session.get(GeneratorModel, int(ref))
+    if row_id(ref) is not None:
+        model = session.get(GeneratorModel, row_id(ref))
     if model is None and isinstance(ref, str):
         model = session.scalar(select(GeneratorModel).where(GeneratorModel.name == ref))
     if model is None:

@@ -17,6 +17,21 @@ NAMING_CONVENTION = {
 }
 
 
+MAX_ROW_ID = 2**63 - 1  # the largest id every backend can bind (SQLite and PostgreSQL BIGINT)
+
+
+def row_id(ref: object) -> int | None:
+    """``ref`` as a row id when it is an int or a string of digits in range, else None."""
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int):
+        return ref if 1 <= ref <= MAX_ROW_ID else None
+    if isinstance(ref, str) and ref.isdigit() and len(ref) <= 19:
+        value = int(ref)
+        return value if 1 <= value <= MAX_ROW_ID else None
+    return None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
