@@ -591,6 +591,12 @@ async function loadDetail(id) {
   }
   if (token !== state.detailToken || !state.selection || state.selection.selected !== id) return;
   state.detail = detail;
+  const extra = state.map.extra.get(id);
+  if (extra && detail.class_label !== null && detail.class_label !== undefined && extra.cls < 0) {
+    // a sample generated in this page: the detail tells its class
+    extra.cls = detail.class_label;
+    renderSelected();
+  }
   renderRecipe(detail);
   renderOverlay();
 }
