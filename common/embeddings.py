@@ -73,13 +73,20 @@ class FitEmbeddingParams(BaseModel):
     layers: list[str] | None = Field(default=None, max_length=64, description="default: all captured layers")
     scaler: Literal["standard", "none"] = "standard"
     pca_dims: int | None = Field(
-        default=None, ge=2, le=4096, description="default: none below 20,000 samples"
+        default=None,
+        ge=0,
+        le=4096,
+        description="PCA width before UMAP; 0: none; default: 256 from 20,000 samples, and from 2,560 "
+        "samples when the layers have over 1,024 numbers, else none",
     )
     n_neighbors: int = Field(default=15, ge=2, le=200)
     min_dist: float = Field(default=0.1, ge=0.0, le=0.99)
     metric: Literal["euclidean", "cosine", "manhattan", "correlation"] = "euclidean"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     max_samples: int | None = Field(default=None, ge=3, le=2_000_000)
+    backend: Literal["auto", "umap-learn", "cuml"] = Field(
+        default="auto", description="auto: cuML on a GPU worker that has it, else umap-learn (CPU)"
+    )
 
 
 def _training_rows(session: Session, ds: Dataset, max_samples: int | None, seed: int) -> list[tuple]:
@@ -123,7 +130,10 @@ def prepare_fit_embedding(
             field="params.n_neighbors",
         )
     dim = sum(int(np.prod(ds.layer_shapes[name])) for name in layers)
-    pca_dims = params.pca_dims if params.pca_dims is not None else default_pca_dims(n)
+    pca_dims = params.pca_dims if params.pca_dims is not None else default_pca_dims(n, dim)
+    if pca_dims == 1:
+        raise UserError("pca_dims must be 0 (no PCA) or at least 2.", field="params.pca_dims")
+    pca_dims = pca_dims or None
     if pca_dims is not None and pca_dims > min(n, dim):
         raise UserError(
             f"pca_dims={pca_dims} is larger than the data allows "
@@ -164,7 +174,14 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
             yield xb
 
     params = FitParams(
-        layers, p["scaler"], p["pca_dims"], p["n_neighbors"], p["min_dist"], p["metric"], p["seed"]
+        layers,
+        p["scaler"],
+        p["pca_dims"],
+        p["n_neighbors"],
+        p["min_dist"],
+        p["metric"],
+        p["seed"],
+        p.get("backend", "auto"),
     )
     reducer, xy = fit_reducer(batches, len(rows), dim, params, progress=lambda f, m: ctx.progress(f, m))
     ctx.progress(0.9, "saving the reducer")
@@ -195,7 +212,13 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
         emb.fit_seconds = round(reducer.info.get("fit_seconds", 0.0), 3)
         emb.num_points = len(points)
         emb.job_id = ctx.job_id
-    return {"embedding_id": p["embedding_id"], "points": len(points), "fit_seconds": emb.fit_seconds}
+    return {
+        "embedding_id": p["embedding_id"],
+        "points": len(points),
+        "fit_seconds": emb.fit_seconds,
+        "backend": reducer.backend,
+        **({"backend_note": reducer.info["backend_note"]} if "backend_note" in reducer.info else {}),
+    }
 
 
 def on_fit_failed(session: Session, job: Job) -> None:
@@ -205,6 +228,10 @@ def on_fit_failed(session: Session, job: Job) -> None:
 
 
 # -- loading reducers (cached per process) -------------------------------------------------------------
+
+
+class ReducerRefused(Conflict):
+    """A saved reducer failed its integrity check: the job fails with this sentence, nothing is loaded."""
 
 
 class ReducerCache:
@@ -237,7 +264,13 @@ class ReducerCache:
                 [partial.to_z(xb) for xb in iter_activation_batches(settings, locs, partial.layers)]
             )
 
-        reducer = load_reducer(folder, emb.reducer_sha256, settings.resolved_signing_key(), z_loader)
+        try:
+            reducer = load_reducer(folder, emb.reducer_sha256, settings.resolved_signing_key(), z_loader)
+        except ReducerIntegrityError as exc:
+            raise ReducerRefused(
+                f"Embedding {emb.id}'s saved reducer is refused and was not loaded: {exc}. Refit the "
+                "embedding, or restore its files from a backup."
+            ) from None
         with self._lock:
             self.loads += 1
             self._items[key] = reducer
@@ -296,6 +329,9 @@ def unplaced_samples(session: Session, emb: Embedding) -> list[int]:
 def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any]:
     """Place samples added after the fit (generated ones, dataset growth) with ``transform``; existing
     points never move."""
+    from common import warmup
+
+    warm = warmup.status()  # before any work: was this process warmed up before its first job?
     p = ctx.params
     with ctx.session_factory() as session:
         emb = get_embedding(session, p["embedding"])
@@ -323,7 +359,7 @@ def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any
                 select(func.count()).where(EmbeddingPoint.embedding_id == emb_id)
             )
         ctx.progress(min(1.0, (a + len(part)) / max(1, len(rows))), f"placed {a + len(part)} of {len(rows)}")
-    return {"embedding_id": emb_id, "placed": placed, "requested": len(rows)}
+    return {"embedding_id": emb_id, "placed": placed, "requested": len(rows), "warm": warm}
 
 
 # -- reading ------------------------------------------------------------------------------------------

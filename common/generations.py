@@ -177,9 +177,12 @@ def build_recipe(
     diagnostics: dict[str, Any] = {"neighbors": k}
     if p["mode"] == "umap_inverse":
         reducer = reducers.get(settings, session, emb)
-        flat = reducer.inverse(center[None, :])  # [1, D_map]
+        flat, notes = reducer.inverse_with_diagnostics(center[None, :])  # [1, D_map]
         back = reducer.transform(flat)[0]
         roundtrip = float(np.linalg.norm(back - center))
+        diagnostics.update(notes[0])  # nearest_sample_distance (+ _input_), inverse_warning (None if fine)
+        if reducer.map.spacing > 0:  # in units of the map's typical distance between neighbouring samples
+            diagnostics["roundtrip_in_spacings"] = roundtrip / reducer.map.spacing
         parts, at = {}, 0
         for name in reducer.layers:  # sorted, as the map concatenated them
             size = int(np.prod(shapes[name]))
@@ -395,6 +398,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         "center": [float(recipe.center[0]), float(recipe.center[1])],
         "actual": actual.round(6).tolist(),
         "roundtrip_error": recipe.roundtrip_error,
+        "inverse_warning": recipe.diagnostics.get("inverse_warning"),
         "model_cache": model_cache.stats(),
     }
 
