@@ -86,6 +86,15 @@ state = WorkerState(settings)
 
 
 @signals.worker_init.connect
+def _warm_up_embeddings(**_kwargs) -> None:
+    # before the pool forks: children inherit compiled kernels, so no first click waits for numba
+    from common import warmup
+
+    warmup.configure_numba_cache(settings.data_root)
+    warmup.warm_up()
+
+
+@signals.worker_init.connect
 def _start_liveness(**_kwargs) -> None:
     # before any task is claimed: the reaper takes a silent job's worker for dead once this key expires
     from workers.reaper import start_liveness_thread
@@ -97,6 +106,9 @@ def _start_liveness(**_kwargs) -> None:
 def _reset_after_fork(**_kwargs) -> None:
     # a pool child starts clean: its own engine, redis client and model cache (built on first use)
     state.after_fork()
+    from common import warmup
+
+    warmup.warm_up_after_fork()
 
 
 @signals.worker_ready.connect
