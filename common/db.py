@@ -61,14 +61,28 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        if conn.get_execution_options().get("latentlab_readonly"):
-            conn.exec_driver_sql("BEGIN")
-        else:
+        # writers queue on the busy timeout at BEGIN; readers never take the write lock
+        if conn.get_execution_options().get("latentlab_write"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+class SessionMaker(sessionmaker):
+    """``maker()`` gives a session for reading (on SQLite a deferred transaction, which never holds the
+    write lock however long it stays open); ``maker.begin()`` gives a write transaction that commits on
+    success (on SQLite ``BEGIN IMMEDIATE``: it waits for the write lock up front instead of failing when a
+    read transaction would have to upgrade). Write only inside ``begin()``."""
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:  # type: ignore[override]
+        with self() as session, session.begin():
+            session.connection(execution_options={"latentlab_write": True})
+            yield session
+
+
+def session_factory(engine: Engine) -> SessionMaker:
+    return SessionMaker(bind=engine, expire_on_commit=False)
 
 
 @contextmanager
