@@ -22,8 +22,9 @@ Saved per embedding, under ``embeddings/<id>/`` (no pickle):
 
 * ``chain.npz``: scaler and PCA arrays;
 * ``map.npz``: embedding [n, 2], sigmas [n], rhos [n];
-* ``z.npy``: the training matrix, only when PCA made it small; otherwise it is rebuilt from the activation
-  shards at load and checked against its recorded sha256;
+* ``z.npy``: the training matrix, only when PCA made it small (basis + z within 10 % of the activation
+  data); otherwise it is rebuilt from the activation shards at load and checked against the fit's (its
+  sha256 without PCA, its row norms through the PCA's matrix product);
 * ``train_ids.npy``: the sample ids the map was fitted on, in row order;
 * ``manifest.json``: each file's sha256, the map's numbers and an HMAC over the manifest with a key kept
   outside the data root and the database. The embedding row stores the manifest's sha256.
@@ -67,6 +68,7 @@ PCA_LARGE_DIM = 1024  # above this the full-width training matrix is too costly 
 PCA_ALWAYS_SAMPLES = 20_000
 PCA_FIT_ROWS = 20_000  # the PCA basis is fitted on at most this many rows (random, seeded) ...
 PCA_FIT_BYTES = 2 * 2**30  # ... and at most this much float32 sample; every row is projected
+SAVED_FRACTION = 0.10  # a saved reducer stays within this share of its activation data when it can
 INT32_MIN = np.iinfo(np.int32).min + 1
 INT32_MAX = np.iinfo(np.int32).max - 1
 
@@ -730,14 +732,20 @@ def save_reducer(reducer: Reducer, folder: Path, key: bytes, train_ids: np.ndarr
             chain[name] = value
     atomic_write_bytes(folder / "chain.npz", _npz_bytes(chain))
     mp = reducer.map
-    atomic_write_bytes(
-        folder / "map.npz", _npz_bytes({"embedding": mp.embedding, "sigmas": mp.sigmas, "rhos": mp.rhos})
-    )
+    z = np.ascontiguousarray(reducer.z, dtype=np.float32)
+    arrays = {"embedding": mp.embedding, "sigmas": mp.sigmas, "rhos": mp.rhos}
+    # z is kept when PCA made it small enough that basis + z stay within 10 % of the activation data;
+    # otherwise it is rebuilt from the shards at load (one pass) and checked against the fit's z
+    budget = SAVED_FRACTION * z.shape[0] * reducer.dim * 4
+    keep_z = reducer.components is not None and reducer.components.nbytes + z.nbytes <= budget
+    if not keep_z:
+        arrays["z_row_norms"] = np.linalg.norm(z.astype(np.float64), axis=1)
+    atomic_write_bytes(folder / "map.npz", _npz_bytes(arrays))
     atomic_save_npy(folder / "train_ids.npy", np.asarray(train_ids, dtype=np.int64))
     files = ["chain.npz", "map.npz", "train_ids.npy"]
     z_source = "shards"
-    if reducer.components is not None:  # small: keep it, rebuilding needs a pass over every shard
-        atomic_save_npy(folder / "z.npy", np.ascontiguousarray(reducer.z, dtype=np.float32))
+    if keep_z:
+        atomic_save_npy(folder / "z.npy", z)
         files.append("z.npy")
         z_source = "file"
     body = {
@@ -747,7 +755,8 @@ def save_reducer(reducer: Reducer, folder: Path, key: bytes, train_ids: np.ndarr
         "backend": reducer.backend,
         "z_source": z_source,
         "z_shape": list(reducer.z.shape),
-        "z_sha256": z_digest(reducer.z),
+        "z_sha256": z_digest(z),
+        "z_exact": reducer.components is None,  # rebuilt bit for bit (elementwise scaling only)
         "map": mp.numbers(),
         "files": {name: sha256_file(folder / name) for name in files},
         "info": reducer.info,
@@ -826,11 +835,18 @@ def load_reducer(
         z = np.load(folder / "z.npy", allow_pickle=False)
     else:
         train_ids = np.load(folder / "train_ids.npy", allow_pickle=False)
-        z = z_loader(train_ids, reducer)
-        if "z_sha256" in manifest and z_digest(z) != manifest["z_sha256"]:
+        z = np.ascontiguousarray(z_loader(train_ids, reducer), dtype=np.float32)
+        if manifest.get("z_exact", True):
+            changed = "z_sha256" in manifest and z_digest(z) != manifest["z_sha256"]
+        else:  # through the PCA's matrix product: equal up to BLAS rounding, so compare row norms
+            with np.load(folder / "map.npz", allow_pickle=False) as npz:
+                norms = npz["z_row_norms"]
+            now = np.linalg.norm(z.astype(np.float64), axis=1)
+            changed = now.shape != norms.shape or not np.allclose(now, norms, rtol=1e-4, atol=1e-6)
+        if changed:
             raise ReducerIntegrityError(
-                "the activations this map was fitted on have changed on disk since the fit (their hash "
-                "differs from the recorded one)"
+                "the activations this map was fitted on have changed on disk since the fit (they no longer "
+                "match what was recorded)"
             )
     reducer.z = np.ascontiguousarray(z, dtype=np.float32)
     if reducer.z.shape[0] != mp.embedding.shape[0]:

@@ -160,8 +160,7 @@ def test_saved_reducer_is_lean_signed_and_loads_to_the_same_results(fitted, tmp_
     sha = save_reducer(reducer, tmp_path, KEY, ids)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["chain.npz", "manifest.json", "map.npz", "train_ids.npy", "z.npy"]  # no pickle
-    activations = 500 * reducer.dim * 4
-    assert saved_bytes(tmp_path) < activations  # small data: the 16 × 600 basis is most of it
+    assert saved_bytes(tmp_path) <= 0.1 * 500 * reducer.dim * 4  # no second copy of the activations
 
     loaded = load_reducer(tmp_path, sha, KEY, z_loader=None)
     assert loaded.backend == "umap-learn" and loaded.map.numbers() == reducer.map.numbers()
@@ -193,6 +192,22 @@ def test_without_pca_the_training_matrix_is_rebuilt_and_checked(data, tmp_path):
     changed[5, 3] += 1.0
     with pytest.raises(ReducerIntegrityError, match="changed on disk"):
         load_reducer(tmp_path, sha, KEY, lambda ids, partial: partial.to_z(changed))
+
+
+def test_z_is_rebuilt_through_the_pca_when_keeping_it_would_exceed_a_tenth_of_the_data(data, tmp_path):
+    train = data[:300, :64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reducer, _ = fit_reducer(batches_of(train), 300, 64, FitParams(["a"], pca_dims=16, n_neighbors=8))
+    sha = save_reducer(reducer, tmp_path, KEY, np.arange(300))
+    assert not (tmp_path / "z.npy").exists()  # 300 x 16 of 300 x 64 would be a quarter of the data
+    assert saved_bytes(tmp_path) <= 0.1 * train.nbytes + 20_000  # + the map's own arrays and manifest
+    loaded = load_reducer(tmp_path, sha, KEY, lambda ids, partial: partial.to_z(train[ids]))
+    assert np.allclose(loaded.z, reducer.z, rtol=1e-5, atol=1e-5)  # one matrix product, BLAS rounding
+    changed = train.copy()
+    changed[17] *= 1.5
+    with pytest.raises(ReducerIntegrityError, match="changed on disk"):
+        load_reducer(tmp_path, sha, KEY, lambda ids, partial: partial.to_z(changed[ids]))
 
 
 def test_tampered_or_foreign_reducers_are_refused(fitted, tmp_path):
