@@ -582,6 +582,8 @@ class ReapReport:
 def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings: Settings) -> ReapReport:
     """One pass of the reaper:
 
+    * queued jobs whose message a consumer took and lost (its connection dropped with Redis) are
+      published again after ``takeover_after``, not after the visibility timeout;
     * queued jobs the broker does not hold (never published, or their marker vanished with a flushed
       Redis) are published;
     * running jobs whose heartbeat is older than ``stale_after`` are re-queued, or failed at the attempt
@@ -599,7 +601,7 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
     silent = stamp - timedelta(seconds=settings.takeover_after)
     with session_factory() as session:
         queued = session.execute(
-            select(Job.id, Job.published_at).where(
+            select(Job.id, Job.published_at, Job.celery_task_id).where(
                 Job.status == "queued", Job.cancel_requested.is_(False), Job.created_at < grace
             )
         ).all()
@@ -617,9 +619,15 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
         parents = session.scalars(
             select(Job.id).where(Job.status == "running", Job.id.in_(select(Job.parent_id).distinct()))
         ).all()
-    published_ids = [jid for jid, when in queued if when is not None]
+    published_ids = [jid for jid, when, _ in queued if when is not None]
     present = publisher.markers_present(published_ids)
-    for jid, when in queued:
+    # a message a consumer took but lost with its connection (Redis restarted) stays in kombu's unacked
+    # set until the visibility timeout; a queued job's message is claimed within moments of being taken
+    stranded = publisher.stranded(settings.takeover_after) if present else set()
+    for jid, when, task_id in queued:
+        if jid in present and task_id in stranded:
+            log.warning("reaper: job %s: its message was taken but never run; publishing it again", jid)
+            present.discard(jid)
         if when is None or jid not in present:
             if publish(session_factory, publisher, jid):
                 report.published.append(jid)

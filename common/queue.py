@@ -8,7 +8,9 @@ tell a job the broker lost (a flushed or replaced Redis) from one that is merely
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,6 +24,8 @@ MARKER_PREFIX = "latentlab:published:"
 # a worker's main process keeps ``<prefix><node>`` alive (short TTL) while it runs; see ``worker_node``
 ALIVE_PREFIX = "latentlab:worker-alive:"
 EVENTS_CHANNEL = "latentlab:job-events"
+# kombu's Redis transport keeps each delivered, unacknowledged message here until it is acked or restored
+UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
 
 
 def task_name(kind: str) -> str:
@@ -142,6 +146,21 @@ class Publisher:
         except Exception:  # a missing marker only makes the reaper re-publish; a duplicate is a no-op
             log.warning("could not clear the publish marker of job %s", job_id)
 
+    def stranded(self, older_than: float) -> set[str]:
+        """Task ids of messages a consumer took from a queue over ``older_than`` seconds ago and has not
+        acknowledged: kombu keeps them in its unacked set, and restores them only after the visibility
+        timeout (or when that consumer closes its channel cleanly, which a lost connection is not)."""
+        tags = self._redis.zrangebyscore(UNACKED_INDEX_KEY, "-inf", time.time() - older_than)
+        if not tags:
+            return set()
+        found = set()
+        for raw in self._redis.hmget(UNACKED_KEY, tags):
+            try:
+                found.add(json.loads(raw)[0]["headers"]["id"])
+            except (TypeError, ValueError, LookupError):  # gone meanwhile, or not a task message
+                continue
+        return found
+
     def mark_alive(self, node: str, ttl: float) -> None:
         """Say that worker ``node``'s main process is alive for the next ``ttl`` seconds."""
         self._redis.set(ALIVE_PREFIX + node, "1", px=max(1, int(ttl * 1000)))
@@ -159,8 +178,6 @@ class Publisher:
     def emit(self, event: dict[str, Any]) -> None:
         """Broadcast a job event (SSE subscribers); failures only cost liveness, never correctness."""
         try:
-            import json
-
             self._redis.publish(EVENTS_CHANNEL, json.dumps(event, default=str))
         except Exception:
             log.debug("could not broadcast a job event", exc_info=True)
