@@ -127,7 +127,7 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
 
     report: dict = {"model": args.model}
     row = model_row(sessions, args.model)
-    cache = ModelCache()
+    cache = ModelCache(threads=settings.cpu_threads())  # the same threads a worker uses
     model = cache.get(settings, row)
     n = args.samples
 
@@ -282,6 +282,7 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
 
     # 4. where images land: activation_mean vs umap_inverse, in process ----------------------------
     with sessions() as s:
+        pts = {p.sample_id: (p.x, p.y) for p in s.query(EmbeddingPoint).filter_by(embedding_id=emb_id)}
         emb = get_embedding(s, emb_id)
         reducer = reducers.get(settings, s, emb)
         layers = list(emb.layers)

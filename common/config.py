@@ -71,6 +71,8 @@ class Settings:
     max_attempts: int = 3
     chunk_size: int = 256  # samples per generate_dataset chunk task
     model_cache_size: int = 2  # generators kept loaded per worker process
+    # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
+    torch_threads: int = 0
     worker_concurrency: int = 1
 
     # quotas (per user)
@@ -155,6 +157,12 @@ class Settings:
     @property
     def embedded_redis_url_file(self) -> Path:
         return self.run_dir / "redis.url"
+    def cpu_threads(self) -> int:
+        """Torch threads for one worker process: the setting, else the cores shared by the pool."""
+        if self.torch_threads > 0:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // (2 * max(1, self.worker_concurrency)))
+
 
     def broker_url(self) -> str:
         """The Redis URL: ``LATENTLAB_REDIS_URL``, else the one the embedded server wrote into the data root.

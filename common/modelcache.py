@@ -23,8 +23,9 @@ from common.registry import checkpoint_file
 
 
 class ModelCache:
-    def __init__(self, capacity: int = 2, device: str | None = None):
+    def __init__(self, capacity: int = 2, device: str | None = None, threads: int | None = None):
         self.capacity = max(1, capacity)
+        self.threads = threads
         self.device_preference = device or None
         self._models: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -46,6 +47,11 @@ class ModelCache:
                 self.hits += 1
                 return self._models[key]
             from common.ml.checkpoints import load_generator
+
+            if self.threads and device.type == "cpu":
+                import torch
+
+                torch.set_num_threads(self.threads)
 
             path = checkpoint_file(settings, row)
             if not path.exists():
