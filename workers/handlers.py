@@ -18,7 +18,7 @@ def model_cache(ctx: JobContext) -> ModelCache:
     cache = ctx.services.get("models")
     if cache is None:
         cache = ctx.services["models"] = ModelCache(
-            ctx.settings.model_cache_size, ctx.settings.device or None
+            ctx.settings.model_cache_size, ctx.settings.device or None, ctx.settings.cpu_threads()
         )
     return cache
 
