@@ -113,5 +113,7 @@ def insert_ignore(session: Session, table, rows: list[dict]) -> int:
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise NotImplementedError(dialect)
-    result = session.execute(insert(table).on_conflict_do_nothing(), rows)
-    return max(result.rowcount or 0, 0)
+    # rowcount of an executemany is not reliable across drivers (psycopg reports 0 for batched inserts):
+    # count the rows the database says it inserted
+    stmt = insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return len(session.execute(stmt, rows).all())

@@ -40,7 +40,7 @@ def test_tiny16_preset_is_the_reference_config(ref_meta):
     assert p.config == ref_meta["config"] and len(p.label_names) == 10
 
 
-def test_digits16_preset_is_small_with_attention_at_8x8():
+def test_digits16_preset_is_small_with_attention_at_4x4():
     p = get_preset("digits16")
     cfg = p.config
     assert (cfg["img_resolution"], cfg["img_channels"], cfg["label_dim"]) == (16, 1, 10)
@@ -48,7 +48,7 @@ def test_digits16_preset_is_small_with_attention_at_8x8():
         model = EDMPrecond(**cfg)
     n = sum(q.numel() for q in model.parameters())
     assert n * 4 <= 4_000_000, f"{n} parameters = {n * 4 / 1e6:.2f} MB of float32"
-    heads = {name: b.num_heads for name, b in model.model.enc.items() if name.startswith("8x8_block")}
+    heads = {name: b.num_heads for name, b in model.model.enc.items() if name.startswith("4x4_block")}
     assert heads and all(h >= 1 for h in heads.values())
     assert p.label_names == [str(i) for i in range(10)]
 
