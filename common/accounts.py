@@ -112,8 +112,10 @@ def user_for_token(session: Session, raw: str) -> User | None:
 
 
 def revoke_token(session: Session, user: User, token_id: int) -> None:
+    """Revoke a token of ``user``; an admin may revoke anyone's (a leaked token). Another member's token
+    is NotFound, exactly like a token that does not exist."""
     token = session.get(ApiToken, token_id)
-    if token is None or token.user_id != user.id:
+    if token is None or (token.user_id != user.id and user.role != "admin"):
         raise NotFound(f"No token {token_id} of yours exists.")
     token.revoked_at = token.revoked_at or utcnow()
 

@@ -78,11 +78,17 @@ class Settings:
     # quotas (per user)
     max_active_jobs_per_queue: int = 32
     max_dataset_samples: int = 200_000
+    # per user and queue: how many of the user's queued jobs may wait in the broker at once; the rest wait
+    # as rows and are published, fewest-waiting user first, as workers take jobs (fair share); 0: no limit
+    fair_share_waiting: int = 2
     # test-only: lets the ping job crash or hang its worker on purpose (never enable in production)
     fault_injection: bool = False
 
     # web
     secure_cookies: bool = False
+    # how many reverse proxies in front of the web app set X-Forwarded-For/-Proto/-Host/-Port; only then
+    # are those headers believed (client address for rate limits, https for Secure cookies); 0: ignored
+    trusted_proxies: int = 0
     session_hours: float = 12.0
     login_attempts_per_minute: int = 10
 
@@ -132,8 +138,30 @@ class Settings:
             raise ConfigError("LATENTLAB_MAX_ATTEMPTS must be at least 1.")
         if not 1 <= self.chunk_size <= 4096:
             raise ConfigError("LATENTLAB_CHUNK_SIZE must be between 1 and 4096.")
+        if not 0 <= self.trusted_proxies <= 10:
+            raise ConfigError("LATENTLAB_TRUSTED_PROXIES must be between 0 and 10 (the proxies in front).")
+        if self.fair_share_waiting < 0:
+            raise ConfigError("LATENTLAB_FAIR_SHARE_WAITING must be 0 (no limit) or more.")
+
+    def __repr__(self) -> str:
+        # settings get logged and printed; keys, passwords and the passwords inside URLs never are
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = "<redacted>"
+            elif f.name in URL_FIELDS and value:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     # -- derived paths and values ------------------------------------------------------------------
+
+    def cpu_threads(self) -> int:
+        """Torch threads for one worker process: the setting, else the cores shared by the pool."""
+        if self.torch_threads > 0:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // (2 * max(1, self.worker_concurrency)))
 
     @property
     def data_root(self) -> Path:
@@ -157,12 +185,6 @@ class Settings:
     @property
     def embedded_redis_url_file(self) -> Path:
         return self.run_dir / "redis.url"
-    def cpu_threads(self) -> int:
-        """Torch threads for one worker process: the setting, else the cores shared by the pool."""
-        if self.torch_threads > 0:
-            return self.torch_threads
-        return max(1, (os.cpu_count() or 1) // (2 * max(1, self.worker_concurrency)))
-
 
     def broker_url(self) -> str:
         """The Redis URL: ``LATENTLAB_REDIS_URL``, else the one the embedded server wrote into the data root.
@@ -237,3 +259,17 @@ def _key_file(path: Path) -> str:
 
 
 ENV_NAMES = frozenset(PREFIX + f.name.upper() for f in fields(Settings))
+SECRET_FIELDS = frozenset({"secret_key", "admin_password"})
+URL_FIELDS = frozenset({"database_url", "redis_url"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info replaced (``redis://:***@host``), for logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo.split("/")[0]:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

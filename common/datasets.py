@@ -34,7 +34,7 @@ from common import jobs
 from common.architecture import check_layers, layer_map
 from common.config import Settings
 from common.db import insert_ignore
-from common.errors import Conflict, NotFound, QuotaExceeded, UserError
+from common.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
 from common.models import Dataset, Job, Sample, User
 from common.registry import get_model
 from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
@@ -143,6 +143,13 @@ def prepare_generate_dataset(
         session.add(ds)
         session.flush()
     else:
+        if ds.owner_id != owner.id and owner.role != "admin":
+            # lab data is readable by every member, but only its owner (or an admin) changes it
+            raise Forbidden(
+                f"Dataset '{ds.name}' belongs to another member; only its owner or an admin can grow it. "
+                "Pick a new name for a dataset of your own.",
+                field="params.name",
+            )
         _check_growable(session, ds, model.id, layers, params, steps, classes)
         ds.target_size = params.num_samples
         ds.status = "generating"
@@ -242,8 +249,8 @@ def run_generate_dataset(ctx: jobs.JobContext) -> Any:
             session.flush()
             child_ids = [c.id for c in children]
             parent.progress_message = f"0 of {len(children)} chunks done"
-    for cid in child_ids:
-        jobs.publish(ctx.session_factory, ctx.publisher, cid)
+    if child_ids:  # chunks wait their owner's fair share of the batch queue like any job
+        jobs.dispatch(ctx.session_factory, ctx.publisher, ctx.settings, "batch")
     return jobs.WAIT_FOR_CHILDREN
 
 

@@ -21,10 +21,12 @@ Usage (the web or the CLI)::
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -134,12 +136,15 @@ def submit(
         session.add(job)
         session.flush()
         job_id = job.id
-    publish(session_factory, publisher, job_id)
+    dispatch(session_factory, publisher, settings, spec.queue)
     with session_factory() as session:
         return session.get(Job, job_id)
 
 
 def _check_quota(session: Session, settings: Settings, user: User, queue: str) -> None:
+    # one user's submits take turns (a row lock on PostgreSQL; SQLite's BEGIN IMMEDIATE already
+    # serialises writers), so two parallel requests cannot both pass the count below
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
     active = session.scalar(
         select(func.count(Job.id)).where(
             Job.owner_id == user.id,
@@ -174,6 +179,111 @@ def publish(session_factory: sessionmaker[Session], publisher: Publisher | None,
         session.execute(
             update(Job).where(Job.id == job_id).values(published_at=now(), celery_task_id=task_id)
         )
+    publisher.emit(_event_for(session_factory, job_id))
+    return True
+
+
+# -- fair share: which queued jobs wait in the broker ---------------------------------------------------
+#
+# The broker's queues are FIFO, so every message published is a place in line. A queued job is published
+# only while its owner has fewer than ``settings.fair_share_waiting`` jobs of that queue in the broker
+# (published, not yet taken by a worker); the others stay queued rows with ``published_at`` NULL ("held").
+# ``dispatch`` publishes held jobs, the owner with the fewest waiting first (each owner's oldest first), and
+# runs when a job is submitted, when a worker takes a message (``claim``) and on every reaper pass. So a
+# member's single job waits behind at most ``fair_share_waiting`` jobs of each other member, however many
+# they queued, and one member alone still keeps every worker busy (each take publishes the next).
+
+DISPATCH_BATCH = 10_000  # without a fair-share limit: the most held jobs of one owner published per pass
+
+
+def dispatch(
+    session_factory: sessionmaker[Session], publisher: Publisher | None, settings: Settings, queue: str
+) -> list[int]:
+    """Publish the held jobs of ``queue`` that fair share allows; returns their ids (oldest first per
+    owner, owners interleaved). Safe to run concurrently: a job is reserved before it is sent."""
+    if publisher is None:
+        return []
+    cap = settings.fair_share_waiting
+    with session_factory() as session:
+        waiting = dict(
+            session.execute(
+                select(Job.owner_id, func.count(Job.id))
+                .where(Job.queue == queue, Job.status == "queued", Job.published_at.is_not(None))
+                .group_by(Job.owner_id)
+            ).all()
+        )
+        ranked = (
+            select(
+                Job.id,
+                Job.owner_id,
+                func.row_number().over(partition_by=Job.owner_id, order_by=Job.id).label("rank"),
+            )
+            .where(
+                Job.queue == queue,
+                Job.status == "queued",
+                Job.published_at.is_(None),
+                Job.cancel_requested.is_(False),
+            )
+            .subquery()
+        )
+        stmt = select(ranked.c.id, ranked.c.owner_id).order_by(ranked.c.owner_id, ranked.c.id)
+        stmt = stmt.where(ranked.c.rank <= (cap or DISPATCH_BATCH))
+        held = session.execute(stmt).all()
+    published = []
+    for job_id in fair_order(held, waiting, cap):
+        sent = _publish_held(session_factory, publisher, job_id)
+        if sent is None:  # the broker is down: the reaper dispatches again later
+            break
+        if sent:
+            published.append(job_id)
+    return published
+
+
+def fair_order(held: list[tuple[int, int]], waiting: dict[int, int], cap: int) -> list[int]:
+    """The order to publish ``held`` (job id, owner) in: repeatedly the oldest job of the owner with the
+    fewest jobs waiting in the broker (ties: the owner whose next job is oldest), none beyond ``cap``
+    waiting per owner (0: no limit)."""
+    lines: dict[int, deque[int]] = {}
+    for job_id, owner in held:
+        lines.setdefault(owner, deque()).append(job_id)
+    heap = [(waiting.get(owner, 0), line[0], owner) for owner, line in lines.items()]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        count, _, owner = heapq.heappop(heap)
+        if cap and count >= cap:
+            continue
+        line = lines[owner]
+        order.append(line.popleft())
+        if line:
+            heapq.heappush(heap, (count + 1, line[0], owner))
+    return order
+
+
+def _publish_held(session_factory: sessionmaker[Session], publisher: Publisher, job_id: int) -> bool | None:
+    """Reserve a held job (so that concurrent dispatchers send it once) and send it. True: sent; False:
+    someone else took it or it is no longer queued; None: the broker is unreachable (reservation undone)."""
+    task_id = uuid.uuid4().hex
+    with session_factory.begin() as session:
+        reserved = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.published_at.is_(None))
+            .values(published_at=now(), celery_task_id=task_id)
+        )
+        if reserved.rowcount != 1:
+            return False
+        kind, queue = session.execute(select(Job.kind, Job.queue).where(Job.id == job_id)).one()
+    try:
+        publisher.publish(job_id, kind, queue, task_id)
+    except BrokerUnavailable as exc:
+        log.warning("%s; the reaper will publish it later", exc)
+        with session_factory.begin() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.celery_task_id == task_id, Job.status == "queued")
+                .values(published_at=None)
+            )
+        return None
     publisher.emit(_event_for(session_factory, job_id))
     return True
 
@@ -456,6 +566,8 @@ def execute(
 ) -> Outcome:
     """Claim ``job_id``, run ``handler`` under a heartbeat, and record how it ended."""
     got = claim(session_factory, settings, job_id, worker=worker, publisher=publisher)
+    if not isinstance(got, Defer):
+        _dispatch_after_take(session_factory, publisher, settings, job_id)
     if isinstance(got, Skip):
         return Outcome("skipped", got.reason)
     if isinstance(got, Defer):
@@ -501,6 +613,21 @@ def execute(
         return Outcome("waiting")
     lease.finish("succeeded", result=result if isinstance(result, dict) else None)
     return Outcome("succeeded")
+
+
+def _dispatch_after_take(
+    session_factory: sessionmaker[Session], publisher: Publisher | None, settings: Settings, job_id: int
+) -> None:
+    """A worker took a message off the queue: publish what fair share now allows on that queue."""
+    if publisher is None:
+        return
+    try:
+        with session_factory() as session:
+            queue = session.scalar(select(Job.queue).where(Job.id == job_id))
+        if queue is not None:
+            dispatch(session_factory, publisher, settings, queue)
+    except Exception:  # the job runs regardless; the reaper's pass dispatches what this missed
+        log.warning("dispatching after job %s was taken failed", job_id, exc_info=True)
 
 
 def _finish_cancelled(session_factory: sessionmaker[Session], lease: Lease) -> None:
@@ -584,8 +711,8 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
 
     * queued jobs whose message a consumer took and lost (its connection dropped with Redis) are
       published again after ``takeover_after``, not after the visibility timeout;
-    * queued jobs the broker does not hold (never published, or their marker vanished with a flushed
-      Redis) are published;
+    * queued jobs the broker lost (published, but their marker vanished with a flushed Redis) are
+      published again, and held jobs (never published) are dispatched as fair share allows;
     * running jobs whose heartbeat is older than ``stale_after`` are re-queued, or failed at the attempt
       limit (a late write of the old attempt is refused by its fence);
     * so are running jobs silent for ``takeover_after`` whose worker's main process is gone (its liveness
@@ -628,7 +755,7 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
         if jid in present and task_id in stranded:
             log.warning("reaper: job %s: its message was taken but never run; publishing it again", jid)
             present.discard(jid)
-        if when is None or jid not in present:
+        if when is not None and jid not in present:
             if publish(session_factory, publisher, jid):
                 report.published.append(jid)
     nodes = {jid: worker_node(worker) for jid, worker in quiet}
@@ -661,8 +788,13 @@ def reap(session_factory: sessionmaker[Session], publisher: Publisher, settings:
                 job.worker,
                 "its worker is gone" if jid in orphaned else f"over {settings.stale_after}s",
             )
-        publish(session_factory, publisher, jid)  # if Redis is down, the next pass publishes it
-        report.requeued.append(jid)
+        report.requeued.append(jid)  # held now: dispatched below (if Redis is down, by the next pass)
+    with session_factory() as session:
+        held_queues = session.scalars(
+            select(Job.queue).where(Job.status == "queued", Job.published_at.is_(None)).distinct()
+        ).all()
+    for queue in sorted(held_queues):
+        report.published.extend(dispatch(session_factory, publisher, settings, queue))
     for pid in parents:
         with session_factory.begin() as session:
             parent = session.get(Job, pid)

@@ -35,8 +35,8 @@ class UnsafePath(ValueError):
 def resolve_inside(root: Path, relative: str | os.PathLike) -> Path:
     """The real path of ``relative`` under ``root``; raises UnsafePath if it escapes ``root``.
 
-    Percent-encoded input is decoded (repeatedly) before checking, absolute paths and NUL bytes are
-    refused, and symlinks are followed before the containment check.
+    Percent-encoded input is decoded (repeatedly) before checking, absolute paths, backslashes and NUL
+    bytes are refused, and symlinks are followed before the containment check.
     """
     text = str(relative)
     for _ in range(3):
@@ -44,7 +44,8 @@ def resolve_inside(root: Path, relative: str | os.PathLike) -> Path:
         if decoded == text:
             break
         text = decoded
-    if "\x00" in text or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
+    # a backslash is a separator on Windows (and in URLs some servers rewrite): no stored path has one
+    if "\x00" in text or "\\" in text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
         raise UnsafePath(f"'{relative}' is not a relative path inside the data root")
     root_real = Path(os.path.realpath(root))
     candidate = Path(os.path.realpath(root_real / text))

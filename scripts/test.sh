@@ -21,7 +21,7 @@ echo "== tests on SQLite"
 
 if [[ -n "${LATENTLAB_TEST_POSTGRES_URL:-}" ]]; then
   echo "== integration tests on PostgreSQL"
-  "$PY" -m pytest --db=postgres tests/integration "$@" || status=$?
+  "$PY" -m pytest --db=postgres tests/integration tests/reliability "$@" || status=$?
 else
   echo "== PostgreSQL pass skipped: set LATENTLAB_TEST_POSTGRES_URL to run the integration tests on it"
 fi

@@ -9,15 +9,20 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
-from flask import Flask, g, request
+from flask import Flask, abort, g, has_request_context, request, send_from_directory
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import sessionmaker
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from common.config import Settings
 from common.db import make_engine, session_factory
+from common.storage import UnsafePath, resolve_inside
 from web import auth, csrf, errors
 from web.queue import BrokerLink
 from web.ratelimit import LoginLimiter
@@ -28,7 +33,7 @@ MAX_BODY_BYTES = 1024 * 1024
 SESSION_COOKIE = "latentlab_session"
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -36,12 +41,42 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
+HSTS = "max-age=31536000"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class LatentlabFlask(Flask):
+    """Flask with a static file view that refuses what resolves outside the static folder.
+
+    Werkzeug's ``safe_join`` refuses ``..`` and absolute paths but follows symlinks; here the real path
+    (symlinks followed, percent-encoding decoded) must lie inside the real static folder."""
+
+    def send_static_file(self, filename: str):
+        if self.static_folder is None:
+            abort(404)
+        root = Path(os.path.realpath(self.static_folder))
+        try:
+            path = resolve_inside(root, filename)
+        except UnsafePath:
+            abort(404)
+        if not path.is_file():
+            abort(404)
+        relative = path.relative_to(root).as_posix()
+        return send_from_directory(root, relative, max_age=self.get_send_file_max_age(relative))
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """The session cookie is Secure when ``LATENTLAB_SECURE_COOKIES`` says so, and also whenever the
+    request came over HTTPS (directly, or as a trusted proxy's ``X-Forwarded-Proto`` says)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = super().get_cookie_secure(app)
+        return configured or (has_request_context() and request.is_secure)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = LatentlabFlask(__name__)
     configure(app, settings)
     init_extensions(app, settings)
     register_blueprints(app)
@@ -65,6 +100,12 @@ def configure(app: Flask, settings: Settings) -> None:
         MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
     )
     app.json.sort_keys = False
+    app.session_interface = SessionCookies()
+    if settings.trusted_proxies:
+        # believe X-Forwarded-* only from the proxies we were told about; otherwise any client could
+        # choose its own address (and dodge the per-address login limit) or claim https
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
 
 
 def init_extensions(app: Flask, settings: Settings) -> None:
@@ -94,6 +135,10 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_request_hooks(app: Flask) -> None:
+    from web.research import bound_ids
+
+    # every blueprint: an id in a path that no row can have (beyond 64 bits) is a 404, not a 500
+    app.url_value_preprocessor(bound_ids)
     app.before_request(_assign_request_id)
     app.before_request(csrf.check_csrf)
     app.after_request(_add_headers)
@@ -109,6 +154,8 @@ def _assign_request_id() -> None:
 def _add_headers(response):
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     if request.path.startswith("/api/") or request.path == "/healthz":
         response.headers.setdefault("Cache-Control", "no-store")
     if "request_id" in g:

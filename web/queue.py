@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from common.config import ConfigError, Settings
+from common.config import ConfigError, Settings, redact_url
 from common.queue import Publisher, celery_config
 
 log = logging.getLogger("latentlab.web")
@@ -73,7 +73,7 @@ class BrokerLink:
             resolved = _Resolved(url, app, client, Publisher(app.send_task, client))
             self._current = resolved
         if current is not None:
-            log.info("the broker moved from %s to %s", current.url, url)
+            log.info("the broker moved from %s to %s", redact_url(current.url), redact_url(url))
             _close(current)
         return resolved
 

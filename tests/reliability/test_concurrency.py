@@ -23,7 +23,7 @@ def test_eight_users_and_a_dataset_job_without_database_is_locked(lab, tiny_mode
     lab.workers(["clicks"], queues="interactive", concurrency=3)
     lab.workers(["chunks"], queues="batch")
     web_proc, base = lab.web()
-    dataset = lab.submit("generate_dataset", {"model": "tiny", "name": "busy", "num_samples": 200})
+    dataset = lab.submit("generate_dataset", {"model": "tiny", "name": "busy", "num_samples": 150})
     wait_until(  # the users start once the dataset job is writing (its model loaded)
         lambda: any(c.progress > 0 for c in lab.children(dataset.id)), 240, "the dataset job to write"
     )
@@ -74,12 +74,12 @@ def test_eight_users_and_a_dataset_job_without_database_is_locked(lab, tiny_mode
     assert all(j["attempts"] == 1 for j in finished)
     assert all(s < 500 for s in answers), sorted(set(answers))
     assert done.status == "succeeded", done.error
-    assert_exactly_once(lab.settings, lab.sessions, dataset.params["dataset_id"], 200)
+    assert_exactly_once(lab.settings, lab.sessions, dataset.params["dataset_id"], 150)
     overlap = sum(c.finished_at.timestamp() > t0_wall for c in lab.children(dataset.id))
     logs = lab.logs()
     assert LOCKED not in logs, [line for line in logs.splitlines() if LOCKED in line][:5]
     assert web_proc.alive()
     print(
         f"\n{db_backend}: {USERS} users x {ROUNDS} pings ({len(answers)} API calls) in {elapsed:.0f}s while "
-        f"{overlap} of 4 dataset chunks were written; 0 '{LOCKED}', 0 answers >= 500"
+        f"{overlap} of 3 dataset chunks were written; 0 '{LOCKED}', 0 answers >= 500"
     )

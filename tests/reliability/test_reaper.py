@@ -127,3 +127,38 @@ def test_job_of_a_dead_worker_is_requeued_after_takeover_after_not_stale_after(
     assert report.requeued == [dead.id], report
     assert job(sessions, dead.id).status == "queued"
     assert {job(sessions, j.id).status for j in (alive, fresh, legacy)} == {"running"}
+
+
+@pytest.mark.both_backends
+def test_queued_job_whose_message_was_taken_and_lost_is_published_again(fast, sessions, publisher, reaping):
+    """A consumer that loses its connection (Redis restarted) right after taking a message leaves it in
+    kombu's unacked set until the visibility timeout; the reaper publishes such a job again."""
+    import json
+    import time
+
+    import redis as redis_lib
+
+    from common.queue import UNACKED_INDEX_KEY, UNACKED_KEY
+
+    submit, _claim, _silence, reap = reaping
+    client = redis_lib.Redis.from_url(fast.redis_url)
+    stranded, fresh = submit(), submit()
+    for j, taken_ago in ((stranded, fast.takeover_after + 2), (fresh, 0)):
+        raw = client.rpop("interactive")  # what a consumer's BRPOP does, then it records the delivery
+        payload = json.loads(raw)
+        assert payload["headers"]["id"] == job(sessions, j.id).celery_task_id
+        tag = payload["properties"]["delivery_tag"]
+        client.hset(UNACKED_KEY, tag, json.dumps([payload, "interactive", "interactive"]))
+        client.zadd(UNACKED_INDEX_KEY, {tag: time.time() - taken_ago})
+    with sessions.begin() as s:  # submitted a minute ago (the reaper leaves just-submitted jobs alone)
+        s.execute(update(Job).values(created_at=jobs.now() - timedelta(seconds=60)))
+    before = job(sessions, stranded.id).celery_task_id
+
+    report = reap()
+    assert report.published == [stranded.id], report
+    again = job(sessions, stranded.id)
+    assert again.status == "queued" and again.celery_task_id != before
+    assert json.loads(client.rpop("interactive"))["headers"]["id"] == again.celery_task_id
+    assert reap().published == [], "published once, not on every pass"
+    assert job(sessions, fresh.id).celery_task_id == fresh.celery_task_id
+    client.close()

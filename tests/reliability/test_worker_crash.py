@@ -66,7 +66,7 @@ def test_killed_pool_child_chunk_is_redone_once(lab, tiny_model):
 def test_whole_worker_killed_its_work_is_recovered_by_a_new_worker(lab, tiny_model):
     settings = lab.settings
     doomed = lab.worker(name="doomed")
-    job = lab.submit("generate_dataset", {**DATASET, "num_samples": 150, "name": "killed-group"})
+    job = lab.submit("generate_dataset", {**DATASET, "num_samples": 100, "name": "killed-group"})
     dataset_id = job.params["dataset_id"]
     victim = wait_until(
         lambda: lab.count_samples(dataset_id) >= 50 and running_chunk(lab, job.id, 0.2),
@@ -102,4 +102,4 @@ def test_whole_worker_killed_its_work_is_recovered_by_a_new_worker(lab, tiny_mod
     assert lab.job(victim.id).attempts == 2
     assert all(c.status == "succeeded" for c in lab.children(job.id))
     assert log_lines(rescuer, f"reaper: job {victim.id} attempt 1"), rescuer.log_text()[-3000:]
-    assert_exactly_once(settings, lab.sessions, dataset_id, 150)
+    assert_exactly_once(settings, lab.sessions, dataset_id, 100)

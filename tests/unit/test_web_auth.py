@@ -163,8 +163,12 @@ def test_tokens_are_listed_created_once_and_revoked_by_their_owner_only(client, 
     bearer = {"Authorization": f"Bearer {raw}"}
     assert client.get("/api/v1/auth/me", headers=bearer).json["auth"] == "token"
 
-    admin_raw = token_for(sessions, admin)
-    foreign = client.delete(f"/api/v1/tokens/{token_id}", headers={"Authorization": f"Bearer {admin_raw}"})
+    from common.accounts import create_user
+
+    with sessions.begin() as s:
+        bob = create_user(s, "bob", "bob-password")
+    bob_raw = token_for(sessions, bob)
+    foreign = client.delete(f"/api/v1/tokens/{token_id}", headers={"Authorization": f"Bearer {bob_raw}"})
     assert foreign.status_code == 404
 
     revoked = client.delete(f"/api/v1/tokens/{token_id}", headers={"X-CSRFToken": csrf})

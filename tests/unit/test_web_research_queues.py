@@ -16,6 +16,7 @@ from common.models import Job
 from common.queue import EVENTS_CHANNEL
 from common.queues import queue_summary, visible_event
 from common.redis_server import free_port
+from tests.support.sse import Stream
 from web.app import create_app
 from web.blueprints import events as events_bp
 
@@ -136,32 +137,6 @@ def test_visible_event_shows_own_jobs_admins_everything_and_chunks_as_their_pare
         == parent
     )
     assert visible_event(sessions, event(chunk, alice, parent=10**6), viewer_id=alice, is_admin=False) is None
-
-
-class Stream:
-    """Reads SSE frames from a streaming test-client response."""
-
-    def __init__(self, response):
-        self.response = response
-        self.chunks = iter(response.response)
-        self.buffer = ""
-
-    def frame(self) -> str:
-        while "\n\n" not in self.buffer:
-            self.buffer += next(self.chunks).decode()
-        frame, self.buffer = self.buffer.split("\n\n", 1)
-        return frame
-
-    def next_event(self, name: str, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.frame().split("\n")
-            if lines[0] == f"event: {name}":
-                return json.loads(lines[1].removeprefix("data: "))
-        raise AssertionError(f"no '{name}' event in {timeout}s")
-
-    def close(self):
-        self.response.close()
 
 
 def publish(redis_url: str, payload: dict) -> None:

@@ -215,7 +215,11 @@ def create_token(body: NewToken):
 
 
 @api_route(
-    bp, "/tokens/<int:token_id>", methods=["DELETE"], response=TokenOut, summary="Revoke one of your tokens"
+    bp,
+    "/tokens/<int:token_id>",
+    methods=["DELETE"],
+    response=TokenOut,
+    summary="Revoke one of your tokens (admins: anyone's; another member's answers 404)",
 )
 def delete_token(token_id: int):
     user = principal()

@@ -49,7 +49,9 @@ class JobListQuery(BaseModel):
         default=None, min_length=1, max_length=200, description="a username (members: only their own)"
     )
     limit: int = Field(default=50, ge=1, le=500)
-    before: int | None = Field(default=None, ge=1, description="only jobs with a smaller id (next page)")
+    before: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="only jobs with a smaller id (next page)"
+    )
     include_children: bool = Field(default=False, description="also list the chunk jobs of larger jobs")
 
 
@@ -74,7 +76,10 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     published_at: datetime | None = Field(
-        description="when the broker took it; null: waiting for the broker (the reaper publishes it)"
+        description=(
+            "when the broker took it; null: waiting to be handed to the broker, either for its owner's "
+            "fair share of the queue (see SECURITY.md) or because the broker was unreachable"
+        )
     )
     children: dict[str, int] | None = Field(
         default=None, description="chunk jobs per status (and total), for a job split into chunks"

@@ -126,14 +126,18 @@ def _read_image(sample_id: int, stored: str) -> tuple[bytes, float]:
     except UnsafePath:
         log.warning("sample %s: refusing image path %r outside the data root", sample_id, stored)
         raise missing from None
+    # O_NONBLOCK: a FIFO planted under that name must not hang this thread waiting for a writer
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except OSError:
         raise missing from None
+    # checked on the descriptor before wrapping it: fdopen() of a directory raises IsADirectoryError
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+        os.close(fd)
+        raise missing
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
-            raise missing
         return fh.read(), info.st_mtime
 
 
