@@ -35,11 +35,23 @@ def explorer_state(page) -> dict:
 
 def click_sample(page, sample_id: int, *, shift: bool = False) -> None:
     """A real mouse click on the sample's marker (Plotly's own hit test decides what was clicked)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     where = page.evaluate(f"window.__latentlab.explorer.clientPoint({sample_id})")
     assert where, f"sample {sample_id} is not on the map"
     before = page.evaluate("window.__latentlab.clicks.length")
     page.mouse.move(where["x"] - 3, where["y"] - 3)
     page.mouse.move(where["x"], where["y"])
+    # as a person does: point until the map says what is under the cursor, then click. On a fresh page
+    # under load, WebGL picking may not be ready for the first move; a nudge asks Plotly again.
+    hovered = f"() => /^#{sample_id}(\\D|$)/.test(document.querySelector('#hover-text')?.textContent || '')"
+    for nudge in (0, 1, -1, 0):
+        page.mouse.move(where["x"] + nudge, where["y"])
+        try:
+            page.wait_for_function(hovered, timeout=5000)
+            break
+        except PlaywrightTimeout:
+            continue
     if shift:
         page.keyboard.down("Shift")
     page.mouse.click(where["x"], where["y"])
@@ -278,7 +290,8 @@ def test_bad_input_shows_messages_in_the_page(lab, signed_in):
 
     # a failed job shows its error text: a neighbour whose activations cannot be read
     click_sample(page, target)
-    broken = next(s for s in reversed(lab.sample_ids) if s != target)
+    # a point a click can reach (clear of other markers and the legend), not just any sample id
+    broken = next(s for s in isolated_samples(page, 60) if s != target and s in set(lab.sample_ids))
     with lab.sessions.begin() as s:
         row = s.get(Sample, broken).act_row
         s.execute(update(Sample).where(Sample.id == broken).values(act_row=10_000_000))
