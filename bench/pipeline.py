@@ -144,6 +144,16 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
             capture=["encoder_bottleneck", "midblock"],
         )
     inproc = time.perf_counter() - t0
+    # the worker warm too (model loaded, torch initialised), as the in-process side is: workers keep models
+    warm = jobs.submit(
+        sessions,
+        publisher,
+        settings,
+        owner=admin,
+        kind="generate_dataset",
+        params={"model": args.model, "name": "bench-warmup", "num_samples": 16, "seed": 2},
+    )
+    wait(sessions, warm.id)
     t0 = time.perf_counter()
     job = jobs.submit(
         sessions,

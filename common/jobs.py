@@ -585,7 +585,7 @@ def execute(
             job.owner_id,
             lease.attempt,
             publisher,
-            services or {},
+            services if services is not None else {},  # an empty dict is the shared cache too
         )
     with lease.heartbeating():
         try:

@@ -106,7 +106,8 @@ def test_dataset_embedding_generation_lineage_and_replay(loop_env, sessions, adm
             "seed": 5,
         },
     )
-    assert inv.result["model_cache"]["loads"] == 1, "a warm worker must not reload the checkpoint"
+    cache = inv.result["model_cache"]
+    assert cache["loads"] == 1 and cache["hits"] >= 2, f"a warm worker must not reload the checkpoint: {cache}"
     assert inv.result["roundtrip_error"] is not None and inv.result["roundtrip_error"] >= 0
     weighted = run_job(
         sessions,
