@@ -211,7 +211,7 @@ def main() -> None:
     grown = client.get(url, headers=gz)
     took = (time.perf_counter() - t0) * 1000
     print(f"  {'load after a point is added:':<30} {took:.0f} ms (reads only the new row; gzip)")
-    assert grown.status_code == 200 and points_module.points_cache.tail_reads == 1
+    assert grown.status_code == 200 and points_module.cache_for(app).tail_reads == 1
 
     from waitress import create_server
 

@@ -172,11 +172,10 @@ def test_up_serves_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path, database_ur
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
             assert resp.status == 200
 
-        from common.accounts import check_password, get_user
-        from common.db import make_engine, session_factory
-
         from sqlalchemy import select
 
+        from common.accounts import check_password, get_user
+        from common.db import make_engine, session_factory
         from common.models import GeneratorModel
 
         engine = make_engine(settings)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from sqlalchemy import func, select
 
@@ -206,7 +206,12 @@ class PointsCache:
         return cols
 
 
-points_cache = PointsCache()
+CACHE_KEY = "latentlab.points_cache"
+
+
+def cache_for(app: Flask) -> PointsCache:
+    """The app's points cache: one per app (so per database), never shared between apps in a process."""
+    return app.extensions.setdefault(CACHE_KEY, PointsCache())
 
 
 def map_stats(db, emb: Embedding) -> MapStats:
@@ -302,6 +307,7 @@ def get_points(embedding_id: int):
     emb = get_embedding(db, embedding_id)
     stats = map_stats(db, emb)
     etag = points_etag(emb, stats)
+    points_cache = cache_for(current_app)
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
     else:
