@@ -61,6 +61,7 @@ def run_job(web: Http, token: str, kind: str, params: dict, timeout: float = 600
     raise AssertionError(f"{kind} job {job['id']} did not finish in {timeout:.0f}s")
 
 
+@pytest.mark.timeout(1200 + 900)  # the load phase (at most 1,200 s) plus setup and checks
 def test_soak_mixed_load_loses_nothing_and_memory_stays_flat(lab, tiny_model):
     seconds = min(1200.0, float(os.environ.get("LATENTLAB_SOAK_SECONDS", "600")))
     # a first embedding fit compiles numba kernels: minutes on a busy machine, past the fault tests' limit
