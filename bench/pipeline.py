@@ -77,7 +77,7 @@ class EventStream:
         self.conn.request("GET", "/api/v1/events", headers={"Authorization": f"Bearer {token}"})
         self.res = self.conn.getresponse()
         assert self.res.status == 200, self.res.status
-        self.final: dict[int, str] = {}
+        self.final: dict[int, dict] = {}
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -94,10 +94,11 @@ class EventStream:
                 data = json.loads(text.removeprefix("data: "))
                 if data.get("status") in ("succeeded", "failed", "cancelled"):
                     with self.cond:
-                        self.final[int(data["id"])] = data["status"]
+                        self.final[int(data["id"])] = data
                         self.cond.notify_all()
 
-    def wait_final(self, job_id: int, timeout: float = 120) -> str:
+    def wait_final(self, job_id: int, timeout: float = 120) -> dict:
+        """The job's final event (status, and its result or error)."""
         with self.cond:
             if not self.cond.wait_for(lambda: job_id in self.final, timeout):
                 raise SystemExit(f"no final event for job {job_id} in {timeout}s")
@@ -249,10 +250,8 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
         t0 = time.perf_counter()
         status, raw = http("POST", f"{base}/api/v1/generations", token, body)
         job_id = json.loads(raw)["id"]
-        # as the explorer learns it: the job's final event on the event stream, then one GET for the result
-        events.wait_final(job_id)
-        _, raw = http("GET", f"{base}/api/v1/jobs/{job_id}", token)
-        j = json.loads(raw)
+        # as the explorer learns it: the job's final event on the event stream, which carries the result
+        j = events.wait_final(job_id)
         assert j["status"] == "succeeded", j
         http("GET", f"{base}/api/v1/samples/{j['result']['samples'][0]}/image", token)
         total = time.perf_counter() - t0

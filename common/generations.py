@@ -254,6 +254,7 @@ def render(
     sigma_max: float,
     mask_steps: int | None,
     capture: list[str],
+    micro_batch: int | None = None,
 ):
     """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult."""
     from common.ml.generation import generate
@@ -269,7 +270,15 @@ def render(
         mask_steps=mask_steps,
         capture=capture,
         label_mode=mode,
+        micro_batch=micro_batch,
     )
+
+
+def variations_micro_batch(model, variations: int) -> int:
+    """Samples per model call for ``variations`` images of one recipe (recorded, so a replay matches)."""
+    from common.ml.generation import micro_batch_for
+
+    return micro_batch_for(next(model.parameters()).device, variations)
 
 
 def generated_dir(dataset_id: int, job_id: int) -> str:
@@ -297,7 +306,10 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
     ctx.progress(0.2, f"generating {p['variations']} variation(s)")
     seeds = variation_seeds(int(p["seed"]), int(p["variations"]))
-    res = render(model, recipe, seeds, int(p["steps"]), sigma_max, p.get("mask_steps"), ds_layers)
+    micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
+    res = render(
+        model, recipe, seeds, int(p["steps"]), sigma_max, p.get("mask_steps"), ds_layers, micro_batch
+    )
     model_cache.assert_no_hooks()
     ctx.check()
     n = len(seeds)
@@ -317,8 +329,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         atomic_save_npy(root / folder / f"mask-{name}.npy", mask)
 
     now = jobs.now()
-    with ctx.session_factory.begin() as session:
-        ctx.lease.fence(session)
+    with ctx.session_factory.begin() as session:  # fenced at its end, by ctx.complete
         insert_ignore(
             session,
             Sample.__table__,
@@ -372,7 +383,13 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
                     "actual_y": ay,
                     "roundtrip_error": recipe.roundtrip_error,
                     "distance_to_intended": float(np.hypot(ax - recipe.center[0], ay - recipe.center[1])),
-                    "diagnostics": {**recipe.diagnostics, "variation": v, "recipe_seed": int(p["seed"])},
+                    "diagnostics": {
+                        **recipe.diagnostics,
+                        "variation": v,
+                        "variations": n,
+                        "recipe_seed": int(p["seed"]),
+                        "micro_batch": micro_batch,
+                    },
                     "checkpoint_sha256": sha,
                     "code_version": CODE_VERSION,
                     "created_by_id": ctx.owner_id,
@@ -392,15 +409,18 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         insert_ignore(session, EmbeddingPoint.__table__, points)
         emb = session.get(Embedding, emb_id)
         emb.num_points = emb.num_points + len(points)
-    return {
-        "embedding_id": emb_id,
-        "samples": [ids[v] for v in range(n)],
-        "center": [float(recipe.center[0]), float(recipe.center[1])],
-        "actual": actual.round(6).tolist(),
-        "roundtrip_error": recipe.roundtrip_error,
-        "inverse_warning": recipe.diagnostics.get("inverse_warning"),
-        "model_cache": model_cache.stats(),
-    }
+        result = {
+            "embedding_id": emb_id,
+            "samples": [ids[v] for v in range(n)],
+            "center": [float(recipe.center[0]), float(recipe.center[1])],
+            "actual": actual.round(6).tolist(),
+            "roundtrip_error": recipe.roundtrip_error,
+            "inverse_warning": recipe.diagnostics.get("inverse_warning"),
+            "model_cache": model_cache.stats(),
+        }
+        # the images' rows and the job's success commit together: no moment shows one without the other
+        ctx.complete(session, result)
+    return result
 
 
 def replay(settings: Settings, session: Session, sample_id: int, model_cache, reducers: ReducerCache):
@@ -428,11 +448,37 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
     }
     recipe = build_recipe(settings, session, emb, params, reducers)
     model = model_cache.get(settings, emb.dataset.model)
+    seeds, micro_batch, pos = _replay_batch(gen)
     res = render(
-        model, recipe, [gen.noise_seed], gen.steps, emb.dataset.model.default_sigma_max, gen.mask_steps, []
+        model,
+        recipe,
+        seeds,
+        gen.steps,
+        emb.dataset.model.default_sigma_max,
+        gen.mask_steps,
+        [],
+        micro_batch,
     )
     sample = session.get(Sample, sample_id)
-    return res.images[0], resolve_inside(settings.data_root, sample.image_path).read_bytes()
+    return res.images[pos], resolve_inside(settings.data_root, sample.image_path).read_bytes()
+
+
+def _replay_batch(gen: Generation) -> tuple[list[int], int | None, int]:
+    """The seeds to render again, the micro-batch, and the position of ``gen``'s image among them: the
+    whole micro-batch the image was made in (the same model call, so the same bits), or the image's own
+    seed alone for generations recorded before micro-batches were (made one per call)."""
+    diag = gen.diagnostics or {}
+    k = diag.get("micro_batch")
+    if k is None or "variations" not in diag:
+        return [gen.noise_seed], None, 0
+    v, k = int(diag["variation"]), int(k)
+    seeds = variation_seeds(int(diag["recipe_seed"]), int(diag["variations"]))
+    if seeds[v] != gen.noise_seed:
+        raise UserError(
+            f"Sample {gen.sample_id}'s recorded recipe is inconsistent (its seed); cannot replay."
+        )
+    first = v // k * k
+    return seeds[first : first + k], k, v - first
 
 
 jobs.register_kind(

@@ -132,13 +132,43 @@ def submit(
         clean = model.model_dump(mode="json")
         if spec.prepare is not None:
             clean = spec.prepare(session, model, user, settings) or clean
+        # the usual case, decided here rather than by a dispatch pass after the commit: nothing of this
+        # queue is held and the owner is under the fair-share cap, so the job is reserved for publishing
+        # in the transaction that creates it (and sent right after it)
+        direct = publisher is not None and _may_publish_now(session, settings, spec.queue, owner_id)
         job = Job(kind=kind, queue=spec.queue, owner_id=owner_id, params=clean, parent_id=parent_id)
+        task_id = uuid.uuid4().hex
+        if direct:
+            job.published_at, job.celery_task_id = now(), task_id
         session.add(job)
         session.flush()
         job_id = job.id
-    dispatch(session_factory, publisher, settings, spec.queue)
+        event = _event_of(job)
+    if direct:
+        _send_reserved(session_factory, publisher, job_id, kind, spec.queue, task_id, event)
+    else:
+        dispatch(session_factory, publisher, settings, spec.queue)
     with session_factory() as session:
         return session.get(Job, job_id)
+
+
+def _may_publish_now(session: Session, settings: Settings, queue: str, owner_id: int) -> bool:
+    """True when a new job of ``owner_id`` on ``queue`` would be published at once by ``dispatch``:
+    no held job waits on that queue and the owner has fewer than the fair-share cap in the broker."""
+    if session.scalar(select(Job.id).where(*_held(queue)).limit(1)) is not None:
+        return False
+    cap = settings.fair_share_waiting
+    if not cap:
+        return True
+    waiting = session.scalar(
+        select(func.count(Job.id)).where(
+            Job.owner_id == owner_id,
+            Job.queue == queue,
+            Job.status == "queued",
+            Job.published_at.is_not(None),
+        )
+    )
+    return waiting < cap
 
 
 def _check_quota(session: Session, settings: Settings, user: User, queue: str) -> None:
@@ -205,6 +235,8 @@ def dispatch(
         return []
     cap = settings.fair_share_waiting
     with session_factory() as session:
+        if session.scalar(select(Job.id).where(*_held(queue)).limit(1)) is None:
+            return []  # the usual case: nothing held, nothing to decide
         waiting = dict(
             session.execute(
                 select(Job.owner_id, func.count(Job.id))
@@ -218,12 +250,7 @@ def dispatch(
                 Job.owner_id,
                 func.row_number().over(partition_by=Job.owner_id, order_by=Job.id).label("rank"),
             )
-            .where(
-                Job.queue == queue,
-                Job.status == "queued",
-                Job.published_at.is_(None),
-                Job.cancel_requested.is_(False),
-            )
+            .where(*_held(queue))
             .subquery()
         )
         stmt = select(ranked.c.id, ranked.c.owner_id).order_by(ranked.c.owner_id, ranked.c.id)
@@ -237,6 +264,16 @@ def dispatch(
         if sent:
             published.append(job_id)
     return published
+
+
+def _held(queue: str) -> tuple:
+    """The conditions of a held job of ``queue``: queued, never handed to the broker, not cancelled."""
+    return (
+        Job.queue == queue,
+        Job.status == "queued",
+        Job.published_at.is_(None),
+        Job.cancel_requested.is_(False),
+    )
 
 
 def fair_order(held: list[tuple[int, int]], waiting: dict[int, int], cap: int) -> list[int]:
@@ -273,6 +310,20 @@ def _publish_held(session_factory: sessionmaker[Session], publisher: Publisher, 
         if reserved.rowcount != 1:
             return False
         kind, queue = session.execute(select(Job.kind, Job.queue).where(Job.id == job_id)).one()
+    return _send_reserved(session_factory, publisher, job_id, kind, queue, task_id)
+
+
+def _send_reserved(
+    session_factory: sessionmaker[Session],
+    publisher: Publisher,
+    job_id: int,
+    kind: str,
+    queue: str,
+    task_id: str,
+    event: dict[str, Any] | None = None,
+) -> bool | None:
+    """Send a job reserved for publishing (``published_at`` and ``celery_task_id`` set); on a broker
+    failure undo the reservation and return None, so the reaper's dispatch publishes it later."""
     try:
         publisher.publish(job_id, kind, queue, task_id)
     except BrokerUnavailable as exc:
@@ -284,7 +335,7 @@ def _publish_held(session_factory: sessionmaker[Session], publisher: Publisher, 
                 .values(published_at=None)
             )
         return None
-    publisher.emit(_event_for(session_factory, job_id))
+    publisher.emit(event if event is not None else _event_for(session_factory, job_id))
     return True
 
 
@@ -345,9 +396,18 @@ class Defer:
     reason: str
 
 
+PROGRESS_INTERVAL = 0.25  # seconds: an attempt writes (and broadcasts) its progress at most this often
+
+
 @dataclass
 class Lease:
-    """One attempt's hold on a job. All of its writes go through ``fence`` in the same transaction."""
+    """One attempt's hold on a job. All of its writes go through ``fence`` in the same transaction.
+
+    Progress is written at most every ``progress_interval`` seconds, the first time that long after the
+    claim: a report that comes sooner is kept and written when the interval is up (unless a newer one
+    or the end of the job replaced it). A click's generation, done in a tenth of a second, so writes no
+    progress rows at all, and a chunk reporting every batch writes four a second at most; a long job
+    still shows its latest message within a quarter of a second."""
 
     session_factory: sessionmaker[Session]
     settings: Settings
@@ -356,7 +416,19 @@ class Lease:
     publisher: Publisher | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _lost: threading.Event = field(default_factory=threading.Event)
-    _last_poll: float = 0.0
+    _last_poll: float = field(default_factory=time.monotonic)  # the claim has just read the row
+    progress_interval: float = PROGRESS_INTERVAL  # 0: every report is written at once
+    _progress_at: float = field(default_factory=time.monotonic)  # the claim, then the last written report
+    _pending: tuple[float, str | None] | None = None
+    _timer: threading.Timer | None = None
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock)
+    _ended: bool = False
+    # the claimed row's kind, queue, owner and params (read in the claim's transaction)
+    kind: str = ""
+    queue: str = ""
+    owner_id: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    completed: dict[str, Any] | None = None  # the final event, once ``complete`` succeeded the job
 
     def fence(self, session: Session, **values: Any) -> None:
         """Assert, inside ``session``'s transaction, that this attempt still owns the job (and apply
@@ -395,17 +467,57 @@ class Lease:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Record progress (0–1) and a message; raises if cancelled or the lease was lost."""
+        """Record progress (0–1) and a message (now, or within ``PROGRESS_INTERVAL``); raises if the job
+        was cancelled or the lease lost."""
         fraction = min(1.0, max(0.0, float(fraction)))
+        message = (message or "")[:500] or None
+        with self._progress_lock:
+            wait = self._progress_at + self.progress_interval - time.monotonic()
+            if wait > 0:
+                self._pending = (fraction, message)
+                if self._timer is None and not self._ended:
+                    self._timer = threading.Timer(wait, self._write_pending)
+                    self._timer.daemon = True
+                    self._timer.start()
+            else:
+                self._pending = None
+                self._write_progress(fraction, message)
+        self.check()
+
+    def _write_progress(self, fraction: float, message: str | None) -> None:
+        # under _progress_lock: a pending report and a newer direct one never cross
         with self.session_factory.begin() as session:
-            self.fence(session, progress=fraction, progress_message=(message or "")[:500] or None)
-        self._last_poll = time.monotonic()
+            self.fence(session, progress=fraction, progress_message=message)
+        self._last_poll = self._progress_at = time.monotonic()
         if self.publisher:
             self.publisher.emit(_event_for(self.session_factory, self.job_id))
+
+    def _write_pending(self) -> None:
+        with self._progress_lock:
+            self._timer = None
+            pending, self._pending = self._pending, None
+            if pending is None or self._ended:
+                return
+            try:
+                self._write_progress(*pending)
+            except (LeaseLost, JobCancelled):  # recorded in the events; the handler's next check raises
+                pass
+            except Exception:  # a database hiccup costs this report; the next one retries
+                log.warning("progress of job %s could not be written", self.job_id, exc_info=True)
+
+    def end_progress(self) -> None:
+        """No more progress writes: the attempt is ending (a pending report would only be overwritten)."""
+        with self._progress_lock:
+            self._ended = True
+            self._pending = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def finish(self, status: str, *, result: dict | None = None, error: str | None = None) -> bool:
         """Move the job to a final status (fenced); returns False if another attempt owns it now."""
         assert status in FINAL_STATUSES
+        self.end_progress()
         values: dict[str, Any] = {"status": status, "finished_at": now(), "result": result}
         if status == "succeeded":
             values["progress"] = 1.0
@@ -424,9 +536,21 @@ class Lease:
                 _run_on_failed(session, job)
             if job.parent_id is not None:
                 settle_parent(session, job.parent_id)
+            event = _event_of(job)
         if self.publisher:
-            self.publisher.emit(_event_for(self.session_factory, self.job_id))
+            self.publisher.emit(event)
         return True
+
+    def complete(self, session: Session, result: dict[str, Any]) -> None:
+        """Mark the job succeeded with ``result`` inside ``session``'s transaction, the one that writes
+        what the job made, so its outputs and its final status commit together (or not at all). Fenced as
+        ``fence`` is; ``execute`` broadcasts the final event once the handler returns."""
+        self.end_progress()
+        self.fence(session, status="succeeded", finished_at=now(), result=result, progress=1.0)
+        job = session.get(Job, self.job_id)
+        if job.parent_id is not None:
+            settle_parent(session, job.parent_id)
+        self.completed = _event_of(job)
 
     def heartbeating(self) -> _Heartbeat:
         return _Heartbeat(self)
@@ -509,11 +633,16 @@ def claim(
         job.heartbeat_at = stamp
         job.started_at = job.started_at or stamp
         attempt = job.attempts
+        session.flush()
+        event = _event_of(job)
+        lease = Lease(session_factory, settings, job_id, attempt, publisher)
+        lease.kind, lease.queue, lease.owner_id = job.kind, job.queue, job.owner_id
+        lease.params = dict(job.params)
     log.info("job %s: attempt %s claimed by %s", job_id, attempt, worker)
     if publisher:
         publisher.clear_marker(job_id)
-        publisher.emit(_event_for(session_factory, job_id))
-    return Lease(session_factory, settings, job_id, attempt, publisher)
+        publisher.emit(event)
+    return lease
 
 
 # -- running a job ------------------------------------------------------------------------------------
@@ -543,6 +672,11 @@ class JobContext:
     def check(self, *, fresh: bool = False) -> None:
         self.lease.check(fresh=fresh)
 
+    def complete(self, session: Session, result: dict[str, Any]) -> dict[str, Any]:
+        """Succeed the job in ``session``'s transaction (see ``Lease.complete``); returns ``result``."""
+        self.lease.complete(session, result)
+        return result
+
 
 Handler = Callable[[JobContext], Any]
 
@@ -567,26 +701,25 @@ def execute(
     """Claim ``job_id``, run ``handler`` under a heartbeat, and record how it ended."""
     got = claim(session_factory, settings, job_id, worker=worker, publisher=publisher)
     if not isinstance(got, Defer):
-        _dispatch_after_take(session_factory, publisher, settings, job_id)
+        queue = got.queue if isinstance(got, Lease) else None
+        _dispatch_after_take(session_factory, publisher, settings, job_id, queue)
     if isinstance(got, Skip):
         return Outcome("skipped", got.reason)
     if isinstance(got, Defer):
         return Outcome("deferred", got.reason, countdown=got.countdown)
     lease = got
-    with session_factory() as session:
-        job = session.get(Job, job_id)
-        ctx = JobContext(
-            lease,
-            settings,
-            session_factory,
-            job_id,
-            job.kind,
-            dict(job.params),
-            job.owner_id,
-            lease.attempt,
-            publisher,
-            services if services is not None else {},  # an empty dict is the shared cache too
-        )
+    ctx = JobContext(
+        lease,
+        settings,
+        session_factory,
+        job_id,
+        lease.kind,
+        lease.params,
+        lease.owner_id,
+        lease.attempt,
+        publisher,
+        services if services is not None else {},  # an empty dict is the shared cache too
+    )
     with lease.heartbeating():
         try:
             result = handler(ctx)
@@ -609,21 +742,32 @@ def execute(
             message = f"{type(exc).__name__}: {exc}"
             lease.finish("failed", error=message)
             return Outcome("failed", message)
+        finally:
+            lease.end_progress()  # a report still waiting for its interval is superseded by the end
     if result is WAIT_FOR_CHILDREN:
         return Outcome("waiting")
+    if lease.completed is not None:  # the handler's last transaction recorded the success
+        if publisher:
+            publisher.emit(lease.completed)
+        return Outcome("succeeded")
     lease.finish("succeeded", result=result if isinstance(result, dict) else None)
     return Outcome("succeeded")
 
 
 def _dispatch_after_take(
-    session_factory: sessionmaker[Session], publisher: Publisher | None, settings: Settings, job_id: int
+    session_factory: sessionmaker[Session],
+    publisher: Publisher | None,
+    settings: Settings,
+    job_id: int,
+    queue: str | None = None,
 ) -> None:
     """A worker took a message off the queue: publish what fair share now allows on that queue."""
     if publisher is None:
         return
     try:
-        with session_factory() as session:
-            queue = session.scalar(select(Job.queue).where(Job.id == job_id))
+        if queue is None:
+            with session_factory() as session:
+                queue = session.scalar(select(Job.queue).where(Job.id == job_id))
         if queue is not None:
             dispatch(session_factory, publisher, settings, queue)
     except Exception:  # the job runs regardless; the reaper's pass dispatches what this missed
@@ -850,15 +994,20 @@ def _event_for(session_factory: sessionmaker[Session], job_id: int) -> dict[str,
         job = session.get(Job, job_id)
         if job is None:
             return {"id": job_id, "status": "gone"}
-        return {
-            "id": job.id,
-            "kind": job.kind,
-            "owner_id": job.owner_id,
-            "parent_id": job.parent_id,
-            "status": job.status,
-            "queue": job.queue,
-            "progress": round(job.progress, 4),
-            "progress_message": job.progress_message,
-            "error": job.error,
-            "result": job.result,
-        }
+        return _event_of(job)
+
+
+def _event_of(job: Job) -> dict[str, Any]:
+    """The broadcast event of a job row as it is in this session (read it before the commit expires it)."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "owner_id": job.owner_id,
+        "parent_id": job.parent_id,
+        "status": job.status,
+        "queue": job.queue,
+        "progress": round(job.progress, 4),
+        "progress_message": job.progress_message,
+        "error": job.error,
+        "result": job.result,
+    }

@@ -37,21 +37,23 @@ class ModelCache:
 
         return pick_device(self.device_preference)
 
+    def _apply_threads(self, device) -> None:
+        if self.threads and device.type == "cpu":
+            from common.ml.device import limit_cpu_threads
+
+            limit_cpu_threads(self.threads)  # every use: a UMAP fit in this process may have raised it
+
     def get(self, settings: Settings, row: GeneratorModel):
         """The loaded, eval-mode generator for ``row`` (loaded strictly on a miss)."""
         device = self.device()
         key = (row.id, row.checkpoint_sha256, str(device))
         with self._lock:
+            self._apply_threads(device)
             if key in self._models:
                 self._models.move_to_end(key)
                 self.hits += 1
                 return self._models[key]
             from common.ml.checkpoints import load_generator
-
-            if self.threads and device.type == "cpu":
-                import torch
-
-                torch.set_num_threads(self.threads)
 
             path = checkpoint_file(settings, row)
             if not path.exists():

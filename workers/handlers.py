@@ -81,7 +81,12 @@ def dataset_chunk(ctx: JobContext) -> dict:
 
 
 def fit_embedding(ctx: JobContext) -> dict:
-    return embeddings.run_fit_embedding(ctx)
+    # a fit uses every core, as numba's UMAP does; renders in this process are held to the worker's
+    # budget again by the model cache (common.ml.device.limit_cpu_threads)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+        return embeddings.run_fit_embedding(ctx)
 
 
 def reproject(ctx: JobContext) -> dict:

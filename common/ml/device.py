@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "disable_tf32", "pick_device", "resolve_precision", "set_precision"]
+__all__ = [
+    "PRECISIONS",
+    "disable_tf32",
+    "limit_cpu_threads",
+    "pick_device",
+    "resolve_precision",
+    "set_precision",
+]
 
 # name -> compute dtype of the U-Net (weights stay float32; layers cast them to the input dtype)
 PRECISIONS: dict[str, torch.dtype] = {
@@ -16,6 +26,31 @@ PRECISIONS: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
+
+
+# (pid, threads, modules imported) when the BLAS pools were last limited: a new import may load another
+# BLAS (scipy's, after numpy's), and finding the loaded ones costs ~3 ms, so look only after imports
+_blas_limited: tuple[int, int, int] | None = None
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Hold this process's CPU compute to ``threads``: torch's intra-op threads and the BLAS pools
+    (numpy's OpenBLAS, MKL). Cheap when nothing changed, so call it before every job, not once:
+
+    * numba's OpenMP threading layer (a UMAP fit in the same process) shares torch's libgomp and sets its
+      thread count to every core, after which torch ran one-image renders on two threads, slower on a
+      machine whose other cores serve the web app and the other workers;
+    * OpenBLAS threads spin for a while after each threaded call, taking a core from whatever runs next.
+    """
+    global _blas_limited
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    key = (os.getpid(), threads, len(sys.modules))
+    if _blas_limited != key:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+        _blas_limited = (key[0], key[1], len(sys.modules))  # threadpoolctl may have imported modules
 
 
 def _mps_available() -> bool:

@@ -161,7 +161,11 @@ def test_select_find_neighbours_generate_and_follow_the_lineage(lab, signed_in):
     page.wait_for_function(
         "() => document.querySelectorAll('#gen-results li').length === 4", timeout=GENERATION_TIMEOUT_MS
     )
-    assert page.locator("#overlay path.gen-star.is-new").count() == 4
+    # the images are listed first (from the job's final event), then the map's stars are drawn
+    page.wait_for_function(
+        "() => document.querySelectorAll('#overlay path.gen-star.is-new').length === 4"
+        " && document.querySelector('#gen-message').textContent.includes('4 new images')"
+    )
     after = explorer_state(page)
     assert after["stars"] == before["stars"] + 4
     assert page.locator("#overlay line.gen-line").count() == after["stars"]

@@ -224,3 +224,31 @@ def test_single_channel_model_generates_grey_images():
     model = build_generator("digits16")
     res = generate(model, [0, 9], [1, 2], steps=2)
     assert res.images.shape == (2, 16, 16, 1) and res.images.dtype == np.uint8
+
+
+def test_variation_micro_batches_grow_with_the_request_on_the_cpu_only():
+    from common.ml.generation import micro_batch_for
+
+    cpu = torch.device("cpu")
+    assert [micro_batch_for(cpu, n) for n in (1, 2, 3, 4, 5, 9, 16, 17, 64)] == [
+        1,
+        2,
+        4,
+        4,
+        8,
+        16,
+        16,
+        16,
+        16,
+    ]
+    assert micro_batch_for(torch.device("cuda"), 1) == 16  # accelerators keep their fixed batch
+
+
+def test_a_variation_is_reproduced_by_rerunning_its_micro_batch(tiny):
+    # what common.generations.replay does: the same seeds in the same micro-batch give the same bits
+    seeds = [21, 22, 23, 24, 25]
+    whole = generate(tiny, [4] * 5, seeds, micro_batch=4, return_float=True)
+    again = generate(tiny, [4], seeds[4:], micro_batch=4, return_float=True)
+    assert np.array_equal(again.images_float[0], whole.images_float[4])
+    first = generate(tiny, [4] * 4, seeds[:4], micro_batch=4, return_float=True)
+    assert np.array_equal(first.images_float, whole.images_float[:4])

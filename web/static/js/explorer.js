@@ -910,8 +910,8 @@ async function followJob(job) {
   }
   if (final.status === "succeeded") {
     const ids = (final.result && final.result.samples) || [];
+    renderResults(ids); // the images load while the map's overlays are fetched
     await refreshOverlays(new Set(ids));
-    renderResults(ids);
     say(els.genMessage, `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.`, "ok");
   }
 }

@@ -104,30 +104,34 @@ class Live {
   }
 
   // Follow one job until it ends: pushed events while the stream is live, polling otherwise (and a slow
-  // safety poll in both cases). onUpdate gets every state seen; the promise resolves with the final job
-  // object from /api/v1/jobs/<id> (with its error or result).
+  // safety poll in both cases). onUpdate gets every state seen; the promise resolves with the final state
+  // (with its error or result) as soon as it is known: a final event carries both, so the caller shows
+  // the result without another round trip, and onUpdate gets the full job row from /api/v1/jobs/<id>
+  // after it. A final state without them is completed from that row before resolving.
   watchJob(jobId, onUpdate) {
     this.start();
     return new Promise((resolve, reject) => {
       let done = false;
       let timer = null;
-      const finish = async () => {
+      const finish = async (state) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
         unsubscribe();
+        const complete = "result" in state && "error" in state;
+        if (complete) resolve(state);
         try {
           const job = await api(`/api/v1/jobs/${jobId}`);
           if (onUpdate) onUpdate(job);
-          resolve(job);
+          if (!complete) resolve(job);
         } catch (err) {
-          reject(err);
+          if (!complete) reject(err);
         }
       };
       const seen = (state) => {
         if (done) return;
         if (onUpdate) onUpdate(state);
-        if (FINAL.has(state.status)) finish();
+        if (FINAL.has(state.status)) finish(state);
       };
       const unsubscribe = this.onJob((event) => {
         if (event.id === jobId) seen(event);
