@@ -419,9 +419,12 @@ class Lease:
     _last_poll: float = field(default_factory=time.monotonic)  # the claim has just read the row
     progress_interval: float = PROGRESS_INTERVAL  # 0: every report is written at once
     _progress_at: float = field(default_factory=time.monotonic)  # the claim, then the last written report
-    _pending: tuple[float, str | None] | None = None
+    _pending: tuple[int, float, str | None] | None = None
     _timer: threading.Timer | None = None
-    _progress_lock: threading.Lock = field(default_factory=threading.Lock)
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock)  # the fields below, briefly
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)  # one progress write at a time
+    _reports: int = 0  # progress reports made (their sequence numbers)
+    _written: int = 0  # the sequence number of the last one written
     _ended: bool = False
     # the claimed row's kind, queue, owner and params (read in the claim's transaction)
     kind: str = ""
@@ -467,28 +470,34 @@ class Lease:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Record progress (0–1) and a message (now, or within ``PROGRESS_INTERVAL``); raises if the job
+        """Record progress (0–1) and a message (now, or within ``progress_interval``); raises if the job
         was cancelled or the lease lost."""
         fraction = min(1.0, max(0.0, float(fraction)))
-        message = (message or "")[:500] or None
-        with self._progress_lock:
+        report = (fraction, (message or "")[:500] or None)
+        with self._progress_lock:  # never held across I/O: end_progress may run inside a transaction
+            self._reports += 1
+            seq = self._reports
             wait = self._progress_at + self.progress_interval - time.monotonic()
             if wait > 0:
-                self._pending = (fraction, message)
+                self._pending = (seq, *report)
                 if self._timer is None and not self._ended:
                     self._timer = threading.Timer(wait, self._write_pending)
                     self._timer.daemon = True
                     self._timer.start()
             else:
                 self._pending = None
-                self._write_progress(fraction, message)
+        if wait <= 0:
+            self._write_progress(seq, *report)
         self.check()
 
-    def _write_progress(self, fraction: float, message: str | None) -> None:
-        # under _progress_lock: a pending report and a newer direct one never cross
-        with self.session_factory.begin() as session:
-            self.fence(session, progress=fraction, progress_message=message)
-        self._last_poll = self._progress_at = time.monotonic()
+    def _write_progress(self, seq: int, fraction: float, message: str | None) -> None:
+        with self._write_lock:  # one writer at a time, and never an older report over a newer one
+            if seq <= self._written or self._ended:
+                return
+            with self.session_factory.begin() as session:
+                self.fence(session, progress=fraction, progress_message=message)
+            self._written = seq
+            self._last_poll = self._progress_at = time.monotonic()
         if self.publisher:
             self.publisher.emit(_event_for(self.session_factory, self.job_id))
 
@@ -496,17 +505,18 @@ class Lease:
         with self._progress_lock:
             self._timer = None
             pending, self._pending = self._pending, None
-            if pending is None or self._ended:
-                return
-            try:
-                self._write_progress(*pending)
-            except (LeaseLost, JobCancelled):  # recorded in the events; the handler's next check raises
-                pass
-            except Exception:  # a database hiccup costs this report; the next one retries
-                log.warning("progress of job %s could not be written", self.job_id, exc_info=True)
+        if pending is None:
+            return
+        try:
+            self._write_progress(*pending)
+        except (LeaseLost, JobCancelled):  # recorded in the events; the handler's next check raises
+            pass
+        except Exception:  # a database hiccup costs this report; the next one retries
+            log.warning("progress of job %s could not be written", self.job_id, exc_info=True)
 
     def end_progress(self) -> None:
-        """No more progress writes: the attempt is ending (a pending report would only be overwritten)."""
+        """No more progress writes: the attempt is ending (a pending report would only be overwritten).
+        Safe inside a transaction: it waits for no write (one in flight fails its fence, or lands first)."""
         with self._progress_lock:
             self._ended = True
             self._pending = None

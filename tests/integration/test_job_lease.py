@@ -92,3 +92,25 @@ def test_complete_commits_the_outputs_and_the_success_together(settings, session
         assert after == users + 1
         assert (now.status, now.result, now.progress) == ("succeeded", {"made": 1}, 1.0)
         assert lease.completed["status"] == "succeeded" and lease.completed["result"] == {"made": 1}
+
+
+def test_a_report_falling_due_inside_the_final_transaction_does_not_stall_it(
+    settings, sessions, publisher, admin
+):
+    # the report's timer fires while the handler's last transaction is open (on SQLite it holds the
+    # write lock, so the report's write waits for it); complete() must not wait for that write in turn
+    job = submit_ping(sessions, publisher, settings, admin)
+    lease = jobs.claim(sessions, settings, job.id, worker="test:1/1", publisher=publisher)
+    assert isinstance(lease, jobs.Lease)
+    lease.progress(0.3, "rendering")
+    with sessions.begin() as s:
+        s.add(User(username="an-output-row", password_hash="x"))
+        s.flush()
+        time.sleep(jobs.PROGRESS_INTERVAL + 0.4)  # the report is due now, and waits for this transaction
+        started = time.monotonic()
+        lease.complete(s, {"made": 1})
+        took = time.monotonic() - started
+    assert took < 1.0, f"complete() waited {took:.1f}s for a progress write"
+    time.sleep(0.5)
+    done = row(sessions, job.id)
+    assert (done.status, done.progress, done.result) == ("succeeded", 1.0, {"made": 1})
