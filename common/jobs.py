@@ -496,10 +496,18 @@ class Lease:
                 return
             with self.session_factory.begin() as session:
                 self.fence(session, progress=fraction, progress_message=message)
+                event = _event_of(session.get(Job, self.job_id))
             self._written = seq
             self._last_poll = self._progress_at = time.monotonic()
+            if self.publisher:  # under the lock: the final event (``emit_final``) cannot overtake it
+                self.publisher.emit(event)
+
+    def emit_final(self, event: dict[str, Any]) -> None:
+        """Broadcast the job's final event after any progress event of this attempt (call it outside a
+        transaction: it waits for a progress write in flight)."""
         if self.publisher:
-            self.publisher.emit(_event_for(self.session_factory, self.job_id))
+            with self._write_lock:
+                self.publisher.emit(event)
 
     def _write_pending(self) -> None:
         with self._progress_lock:
@@ -547,8 +555,7 @@ class Lease:
             if job.parent_id is not None:
                 settle_parent(session, job.parent_id)
             event = _event_of(job)
-        if self.publisher:
-            self.publisher.emit(event)
+        self.emit_final(event)
         return True
 
     def complete(self, session: Session, result: dict[str, Any]) -> None:
@@ -757,8 +764,7 @@ def execute(
     if result is WAIT_FOR_CHILDREN:
         return Outcome("waiting")
     if lease.completed is not None:  # the handler's last transaction recorded the success
-        if publisher:
-            publisher.emit(lease.completed)
+        lease.emit_final(lease.completed)
         return Outcome("succeeded")
     lease.finish("succeeded", result=result if isinstance(result, dict) else None)
     return Outcome("succeeded")
@@ -794,8 +800,8 @@ def _finish_cancelled(session_factory: sessionmaker[Session], lease: Lease) -> N
         job = session.get(Job, lease.job_id)
         if job.parent_id is not None:
             settle_parent(session, job.parent_id)
-    if lease.publisher:
-        lease.publisher.emit(_event_for(session_factory, lease.job_id))
+        event = _event_of(job)
+    lease.emit_final(event)
 
 
 def _os_error_message(exc: OSError) -> str:
