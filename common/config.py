@@ -62,6 +62,7 @@ class Settings:
 
     # jobs and queues
     heartbeat_seconds: float = 2.0
+    progress_interval: float = 0.25  # a job writes its progress at most this often (0: every report)
     # a delivery may take over a running job whose heartbeat is older than this (its worker died)
     takeover_after: float = 20.0
     task_time_limit: int = 3000  # hard per-task limit, seconds
@@ -126,6 +127,8 @@ class Settings:
                 f"(got {self.task_time_limit}, {self.visibility_timeout}, {self.stale_after}); otherwise "
                 "a task still running could be delivered twice or reaped while alive."
             )
+        if not 0 <= self.progress_interval <= 60:
+            raise ConfigError("LATENTLAB_PROGRESS_INTERVAL must be between 0 and 60 seconds.")
         if self.heartbeat_seconds <= 0 or self.heartbeat_seconds * 3 > self.stale_after:
             raise ConfigError(
                 "LATENTLAB_HEARTBEAT_SECONDS must be positive and well below LATENTLAB_STALE_AFTER."

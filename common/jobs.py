@@ -653,6 +653,7 @@ def claim(
         session.flush()
         event = _event_of(job)
         lease = Lease(session_factory, settings, job_id, attempt, publisher)
+        lease.progress_interval = settings.progress_interval
         lease.kind, lease.queue, lease.owner_id = job.kind, job.queue, job.owner_id
         lease.params = dict(job.params)
     log.info("job %s: attempt %s claimed by %s", job_id, attempt, worker)

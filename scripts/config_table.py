@@ -40,6 +40,8 @@ MEANINGS = {
     "device": "Torch device for model work (`cuda`, `cuda:1`, `mps`, `cpu`); empty: cuda > mps > cpu.",
     "log_level": "Log level of the Celery workers (`latentlab worker`).",
     "heartbeat_seconds": "How often a running job records that it is alive.",
+    "progress_interval": "A job writes and broadcasts its progress at most this often, in seconds "
+    "(0: every report).",
     "reaper_interval": "Seconds between two passes of the reaper (re-publishes lost jobs, re-queues "
     "dead ones).",
     "max_attempts": "Deliveries a job gets before it is marked failed.",

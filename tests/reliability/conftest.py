@@ -18,6 +18,8 @@ from tests.reliability.support import Lab
 # visibility timeout override these
 FAST = {
     "heartbeat_seconds": 0.5,
+    # progress written when reported: the crash tests pick their victim by its progress row
+    "progress_interval": 0.0,
     "takeover_after": 4.0,
     "task_time_limit": 60,
     "visibility_timeout": 90,

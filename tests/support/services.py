@@ -53,6 +53,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
             "LATENTLAB_SECRET_KEY": settings.secret_key or "test-secret-key",
             "LATENTLAB_SIGNING_KEY_FILE": str(settings.signing_key_file),
             "LATENTLAB_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+            "LATENTLAB_PROGRESS_INTERVAL": str(settings.progress_interval),
             "LATENTLAB_TAKEOVER_AFTER": str(settings.takeover_after),
             "LATENTLAB_TASK_TIME_LIMIT": str(settings.task_time_limit),
             "LATENTLAB_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
