@@ -650,7 +650,6 @@ def claim(
         job.heartbeat_at = stamp
         job.started_at = job.started_at or stamp
         attempt = job.attempts
-        session.flush()
         event = _event_of(job)
         lease = Lease(session_factory, settings, job_id, attempt, publisher)
         lease.progress_interval = settings.progress_interval

@@ -22,6 +22,13 @@ def submit_ping(sessions, publisher, settings, owner):
     return jobs.submit(sessions, publisher, settings, owner=owner, kind="ping", params={"seconds": 0})
 
 
+def submit_and_claim(sessions, publisher, settings, owner) -> tuple[Job, jobs.Lease]:
+    job = submit_ping(sessions, publisher, settings, owner)
+    lease = jobs.claim(sessions, settings, job.id, worker="test:1/1", publisher=publisher)
+    assert isinstance(lease, jobs.Lease)
+    return job, lease
+
+
 def test_a_job_submitted_with_nothing_held_is_published_by_its_own_transaction(
     settings, sessions, publisher, admin
 ):
@@ -39,9 +46,7 @@ def test_a_job_submitted_with_nothing_held_is_published_by_its_own_transaction(
 def test_progress_reported_within_the_interval_is_coalesced_and_written_once_it_is_up(
     settings, sessions, publisher, admin
 ):
-    job = submit_ping(sessions, publisher, settings, admin)
-    lease = jobs.claim(sessions, settings, job.id, worker="test:1/1", publisher=publisher)
-    assert isinstance(lease, jobs.Lease)
+    job, lease = submit_and_claim(sessions, publisher, settings, admin)
     lease.progress(0.1, "first")
     lease.progress(0.2, "second")
     now = row(sessions, job.id)
@@ -61,9 +66,7 @@ def test_progress_reported_within_the_interval_is_coalesced_and_written_once_it_
 
 @pytest.mark.parametrize("lost", [False, True])
 def test_complete_commits_the_outputs_and_the_success_together(settings, sessions, publisher, admin, lost):
-    job = submit_ping(sessions, publisher, settings, admin)
-    lease = jobs.claim(sessions, settings, job.id, worker="test:1/1", publisher=publisher)
-    assert isinstance(lease, jobs.Lease)
+    job, lease = submit_and_claim(sessions, publisher, settings, admin)
     if lost:  # another attempt took the job over meanwhile
         with sessions.begin() as s:
             s.execute(update(Job).where(Job.id == job.id).values(attempts=Job.attempts + 1))
@@ -99,9 +102,7 @@ def test_a_report_falling_due_inside_the_final_transaction_does_not_stall_it(
 ):
     # the report's timer fires while the handler's last transaction is open (on SQLite it holds the
     # write lock, so the report's write waits for it); complete() must not wait for that write in turn
-    job = submit_ping(sessions, publisher, settings, admin)
-    lease = jobs.claim(sessions, settings, job.id, worker="test:1/1", publisher=publisher)
-    assert isinstance(lease, jobs.Lease)
+    job, lease = submit_and_claim(sessions, publisher, settings, admin)
     lease.progress(0.3, "rendering")
     with sessions.begin() as s:
         s.add(User(username="an-output-row", password_hash="x"))
