@@ -13,11 +13,6 @@ from common.config import Settings
 from common.redis_server import RedisServer
 from tests.support.services import postgres_admin_url, postgres_database
 
-REFERENCE_DIR = Path(
-    os.environ.get(
-        "LATENTLAB_REFERENCE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-    )
-)
 
 
 def pytest_addoption(parser):

@@ -1,6 +1,6 @@
 """EDM's ADM-style U-Net (``DhariwalUNet``) inside EDM's preconditioning wrapper (``EDMPrecond``).
 
-Written from the prose specification in ``shared/reference/DHARIWAL_UNET_SPEC.md``. The module tree,
+Written from the prose specification in ``tests/data/reference/DHARIWAL_UNET_SPEC.md``. The module tree,
 attribute names and registration order reproduce the reference ``state_dict()`` key for key, so DMD2's
 released ImageNet-64 generator (a flat ``model.``-prefixed dict) loads with ``strict=True``.
 

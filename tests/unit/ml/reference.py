@@ -15,9 +15,9 @@ MEASURED: dict[str, float] = {}
 
 
 def reference_dir() -> Path:
-    """``$LATENTLAB_REFERENCE_DIR``, else ``<repo>/../shared/reference``; missing data fails, never skips."""
+    """``$LATENTLAB_REFERENCE_DIR``, else ``tests/data/reference`` in the repository; missing data fails."""
     env = os.environ.get("LATENTLAB_REFERENCE_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "reference"
+    path = Path(env) if env else REPO / "tests" / "data" / "reference"
     if not (path / "dhariwal_tiny16_vectors.npz").is_file():
         pytest.fail(f"reference data not found in {path} (set LATENTLAB_REFERENCE_DIR)", pytrace=False)
     return path

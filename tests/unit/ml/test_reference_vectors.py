@@ -1,4 +1,4 @@
-"""The network reproduces every array of shared/reference/dhariwal_tiny16_vectors.npz (float32, CPU).
+"""The network reproduces every array of tests/data/reference/dhariwal_tiny16_vectors.npz (float32, CPU).
 
 Check per sample b: max|mine[b] - ref[b]| <= 1e-5 * max|ref[b]| (README section 3); never loosened.
 """
