@@ -28,7 +28,9 @@ class LayerInfo:
 
 
 def _blocks(config: dict[str, Any]) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
-    """(enc, dec): ordered (block name, (C, H, W)) as DhariwalUNet builds them (tests/data/reference/DHARIWAL_UNET_SPEC.md, section 2.3)."""
+    """(enc, dec): ordered (block name, (C, H, W)) as DhariwalUNet builds them.
+
+    See tests/data/reference/DHARIWAL_UNET_SPEC.md, section 2.3."""
     res0 = int(config["img_resolution"])
     mc = int(config["model_channels"])
     mult = [int(m) for m in config["channel_mult"]]

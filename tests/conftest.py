@@ -4,7 +4,6 @@ web servers started through the ``latentlab`` CLI."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from common.config import Settings
 from common.redis_server import RedisServer
 from tests.support.services import postgres_admin_url, postgres_database
-
 
 
 def pytest_addoption(parser):

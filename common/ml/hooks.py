@@ -1,6 +1,7 @@
 """Friendly layer names, activation capture and activation masks over forward hooks.
 
-Layer names follow the visualizer convention (tests/data/reference/DHARIWAL_UNET_SPEC.md, section 6), in forward order:
+Layer names follow the visualizer convention (tests/data/reference/DHARIWAL_UNET_SPEC.md,
+section 6), in forward order:
 
     encoder_block_0 .. encoder_block_{len(enc)-2}   enc entries 0 .. len(enc)-2 (stem conv, down blocks count)
     encoder_bottleneck                              the last enc entry

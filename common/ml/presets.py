@@ -41,7 +41,8 @@ def imagenet_class_names() -> list[str]:
     return list(_imagenet_class_names())
 
 
-# The DMD2 ImageNet-64 generator (tests/data/reference/DHARIWAL_UNET_SPEC.md, section 1); sigma_max is infinity, written "inf" as JSON has none.
+# The DMD2 ImageNet-64 generator (tests/data/reference/DHARIWAL_UNET_SPEC.md, section 1);
+# sigma_max is infinity, written "inf" as JSON has none.
 DMD2_IMAGENET64_CONFIG: dict[str, Any] = {
     "img_resolution": 64,
     "img_channels": 3,
@@ -61,7 +62,8 @@ DMD2_IMAGENET64_CONFIG: dict[str, Any] = {
     "label_dropout": 0,
 }
 
-# The reference test-vector configuration (tests/data/reference/dhariwal_tiny16_meta.json): 814,563 parameters.
+# The reference test-vector configuration (tests/data/reference/dhariwal_tiny16_meta.json):
+# 814,563 parameters.
 TINY16_CONFIG: dict[str, Any] = {
     **DMD2_IMAGENET64_CONFIG,
     "img_resolution": 16,
