@@ -32,7 +32,7 @@ from common.ml.demo import (  # noqa: E402
     read_card,
     update_card_quality,
 )
-from common.registry import SHIPPED_MODELS_DIR  # noqa: E402
+from common.research.registry import SHIPPED_MODELS_DIR  # noqa: E402
 
 
 def _load(models_dir: Path, name: str):

@@ -143,7 +143,7 @@ def line(label: str, **figures) -> None:
 
 def _fit(train: np.ndarray, **kw):
     """fit_reducer with the product's defaults (the PCA rule of prepare_fit_embedding included)."""
-    from common.reducer import FitParams, default_pca_dims, fit_reducer
+    from common.maps.reducer import FitParams, default_pca_dims, fit_reducer
 
     kw.setdefault("pca_dims", default_pca_dims(*train.shape))
     params = FitParams(["synthetic"], seed=0, **kw)
@@ -255,7 +255,7 @@ def inverse_small(n: int = 2000, dim: int = 4096, points: int = 50) -> None:
 
 
 def inverse_large(n: int = 5000, dim: int = 98_304) -> None:
-    from common.reducer import Reducer, load_reducer, save_reducer, saved_bytes
+    from common.maps.reducer import Reducer, load_reducer, save_reducer, saved_bytes
 
     data = synthetic(n + 16, dim)
     train, held = data[:n], data[n:].copy()
@@ -357,8 +357,8 @@ if mode == "umap-learn":
     t = time.perf_counter(); um.inverse_transform(um.embedding_[:1] + 0.01)
     out["first_inverse_s"] = time.perf_counter() - t
 else:
-    from common.reducer import load_reducer
-    from common import warmup
+    from common.maps.reducer import load_reducer
+    from common.maps import warmup
     if mode == "warmed":
         t = time.perf_counter(); warmup.warm_up(); out["warm_up_s"] = time.perf_counter() - t
     sha = open(os.path.join(folder, "sha")).read()
@@ -380,7 +380,7 @@ print(json.dumps(out))
 def first_call(n: int = 3000, dim: int = 2048) -> None:
     import pickle
 
-    from common.reducer import save_reducer
+    from common.maps.reducer import save_reducer
 
     repo = str(Path(__file__).resolve().parents[1])
     data = synthetic(n, dim)
@@ -423,7 +423,7 @@ def first_call(n: int = 3000, dim: int = 2048) -> None:
 
 
 def scale_settings(root: Path):
-    from common.config import Settings
+    from common.platform.config import Settings
 
     env = {
         "LATENTLAB_DATA": str(root / "data"),
@@ -447,23 +447,23 @@ def make_dataset(root: Path, n: int, batch: int) -> None:
     has 2 shared cores); the activations are those ``generate`` captures for the same seeds. Resumable."""
     from sqlalchemy import select
 
-    from common import migrate
-    from common.accounts import create_user
     from common.architecture import layer_map
-    from common.datasets import (
+    from common.jobs import now
+    from common.ml.generation import generate
+    from common.models import Dataset, GeneratorModel, Sample, User
+    from common.platform import migrate
+    from common.platform.accounts import create_user
+    from common.platform.db import insert_ignore, make_engine, session_factory
+    from common.platform.storage import atomic_save_npy
+    from common.research.datasets import (
         GenerateDatasetParams,
         class_for,
         noise_seed,
         prepare_generate_dataset,
         shard_rel,
     )
-    from common.db import insert_ignore, make_engine, session_factory
-    from common.jobs import now
-    from common.ml.generation import generate
-    from common.modelcache import ModelCache
-    from common.models import Dataset, GeneratorModel, Sample, User
-    from common.registry import add_model
-    from common.storage import atomic_save_npy
+    from common.research.modelcache import ModelCache
+    from common.research.registry import add_model
 
     settings = scale_settings(root)
     settings.ensure_data_root()
@@ -586,16 +586,16 @@ def scale(root: Path) -> None:
     from sqlalchemy import select
 
     from common import jobs
-    from common.db import make_engine, session_factory
-    from common.embeddings import (
+    from common.maps.reducer import saved_bytes
+    from common.models import Dataset, Embedding, Job, Sample, User
+    from common.platform.db import make_engine, session_factory
+    from common.research.embeddings import (
         FitEmbeddingParams,
         ReducerCache,
         points_columns,
         prepare_fit_embedding,
         run_fit_embedding,
     )
-    from common.models import Dataset, Embedding, Job, Sample, User
-    from common.reducer import saved_bytes
 
     settings = scale_settings(root)
     sessions = session_factory(make_engine(settings))
@@ -648,7 +648,7 @@ def scale(root: Path) -> None:
         line("load (verify + read)", seconds=load_s, explained=red.info.get("pca_explained_variance"))
         cols, cols_s, cols_mb = measure(points_columns, s, emb)
         line("points_columns", points=len(cols["id"]), seconds=cols_s, extra_mb=cols_mb)
-        from common.datasets import read_activations
+        from common.research.datasets import read_activations
 
         rows = s.execute(
             select(Sample.act_shard, Sample.act_row).where(Sample.dataset_id == ds.id).limit(1024)

@@ -28,13 +28,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import jobs, migrate  # noqa: E402
-from common.accounts import create_user, issue_token  # noqa: E402
-from common.config import Settings  # noqa: E402
-from common.db import make_engine, session_factory  # noqa: E402
+from cli.redis_server import RedisServer, free_port  # noqa: E402
+from common import jobs  # noqa: E402
 from common.models import EmbeddingPoint, Job, Sample  # noqa: E402
-from common.redis_server import RedisServer, free_port  # noqa: E402
-from common.registry import register_shipped_models  # noqa: E402
+from common.platform import migrate  # noqa: E402
+from common.platform.accounts import create_user, issue_token  # noqa: E402
+from common.platform.config import Settings  # noqa: E402
+from common.platform.db import make_engine, session_factory  # noqa: E402
+from common.research.registry import register_shipped_models  # noqa: E402
 from tests.support.services import start_web, start_worker  # noqa: E402
 
 
@@ -106,7 +107,7 @@ class EventStream:
 
 
 def model_row(sessions, name: str):
-    from common.registry import get_model
+    from common.research.registry import get_model
 
     with sessions() as s:
         return get_model(s, name)
@@ -145,7 +146,7 @@ def main() -> None:
         register_tiny_model(sessions, settings, name=args.model)
     import redis as redis_lib
 
-    from common.queue import Publisher
+    from common.jobs.broker import Publisher
     from workers.app import make_celery
 
     publisher = Publisher(make_celery(settings).send_task, redis_lib.Redis.from_url(redis.url))
@@ -163,11 +164,11 @@ def main() -> None:
 
 
 def run(args, settings, sessions, publisher, admin, token, base) -> dict:
-    from common.datasets import class_for, noise_seed
-    from common.embeddings import ReducerCache, get_embedding
-    from common.generations import build_recipe, render, variation_seeds
     from common.ml.generation import generate
-    from common.modelcache import ModelCache
+    from common.research.datasets import class_for, noise_seed
+    from common.research.embeddings import ReducerCache, get_embedding
+    from common.research.generations import build_recipe, render, variation_seeds
+    from common.research.modelcache import ModelCache
 
     report: dict = {"model": args.model}
     row = model_row(sessions, args.model)
@@ -232,7 +233,7 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
         ids = [i for (i,) in ids]
         pts = {p.sample_id: (p.x, p.y) for p in s.query(EmbeddingPoint).filter_by(embedding_id=emb_id)}
 
-    from common.neighbors import find_neighbors
+    from common.research.neighbors import find_neighbors
 
     def neighbours_of(sid: int, k: int = 8) -> list[int]:
         with sessions() as s:

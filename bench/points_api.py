@@ -30,12 +30,12 @@ if __package__ in (None, ""):  # run as a script from anywhere
 import numpy as np  # noqa: E402
 from sqlalchemy import insert, select  # noqa: E402
 
-from common import migrate  # noqa: E402
-from common.accounts import create_user, issue_token  # noqa: E402
-from common.config import Settings  # noqa: E402
-from common.db import make_engine, session_factory  # noqa: E402
-from common.embeddings import points_columns  # noqa: E402
 from common.models import Dataset, Embedding, EmbeddingPoint, GeneratorModel, Sample  # noqa: E402
+from common.platform import migrate  # noqa: E402
+from common.platform.accounts import create_user, issue_token  # noqa: E402
+from common.platform.config import Settings  # noqa: E402
+from common.platform.db import make_engine, session_factory  # noqa: E402
+from common.research.embeddings import points_columns  # noqa: E402
 from web.app import create_app  # noqa: E402
 from web.blueprints import embeddings as points_module  # noqa: E402
 

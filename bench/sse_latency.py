@@ -4,7 +4,7 @@ Usage: ``.venv/bin/python bench/sse_latency.py --url http://127.0.0.1:8000 --tok
 --user-id 1 [--events 50]``
 
 Against a running ``latentlab web``: opens ``/api/v1/events`` with the token, publishes ``--events`` job
-events for the token's user on ``common.queue.EVENTS_CHANNEL`` (as ``common.jobs`` does, with a send
+events for the token's user on ``common.jobs.broker.EVENTS_CHANNEL`` (as ``common.jobs`` does, with a send
 time added), and measures when each arrives. Also times how long the first byte of the stream takes.
 Prints figures; decides nothing.
 """
@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script from anywhere
 
 import redis  # noqa: E402
 
-from common.queue import EVENTS_CHANNEL  # noqa: E402
+from common.jobs.broker import EVENTS_CHANNEL  # noqa: E402
 
 
 def main() -> None:

@@ -34,11 +34,11 @@ from sqlalchemy import insert
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import migrate  # noqa: E402
-from common.accounts import create_user  # noqa: E402
-from common.db import make_engine, session_factory  # noqa: E402
+from cli.redis_server import RedisServer  # noqa: E402
 from common.models import Dataset, Embedding, EmbeddingPoint, GeneratorModel, Sample  # noqa: E402
-from common.redis_server import RedisServer  # noqa: E402
+from common.platform import migrate  # noqa: E402
+from common.platform.accounts import create_user  # noqa: E402
+from common.platform.db import make_engine, session_factory  # noqa: E402
 from tests.e2e.lab import CHROMIUM, CHROMIUM_ARGS, free_port, make_settings  # noqa: E402
 from tests.support.services import start_web  # noqa: E402
 

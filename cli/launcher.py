@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from common.config import ConfigError, Settings
-from common.redis_server import RedisServer, RedisUnavailable
+from cli.redis_server import RedisServer, RedisUnavailable
+from common.platform.config import ConfigError, Settings
 
 STOP_GRACE_S = 20.0  # SIGTERM → SIGKILL
 WEB_START_TIMEOUT_S = 180.0
@@ -313,7 +313,7 @@ class Launcher:
         from sqlalchemy.exc import OperationalError
 
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin
-        from common import migrate
+        from common.platform import migrate
 
         try:
             migrate.upgrade(self.settings)
@@ -328,7 +328,7 @@ class Launcher:
     @contextlib.contextmanager
     def _session(self):
         """One write transaction on a short-lived engine (no pooled connection outlives it)."""
-        from common.db import make_engine, session_factory
+        from common.platform.db import make_engine, session_factory
 
         engine = make_engine(self.settings)
         try:
@@ -338,7 +338,7 @@ class Launcher:
             engine.dispose()
 
     def ensure_admin(self) -> str | None:
-        from common.accounts import ensure_admin
+        from common.platform.accounts import ensure_admin
 
         with self._session() as session:
             created = ensure_admin(session, self.settings.admin_password or None)
@@ -348,10 +348,12 @@ class Launcher:
         return created if not self.settings.admin_password else ""
 
     def register_shipped_models(self) -> None:
-        """Register the demo generators that ship with latentlab, when ``common.registry`` offers it."""
-        if importlib.util.find_spec("common.registry") is None:
+        """Register the demo generators that ship with latentlab, when ``common.research.registry`` offers
+        it."""
+        if importlib.util.find_spec("common.research.registry") is None:
             return
-        register = getattr(importlib.import_module("common.registry"), "register_shipped_models", None)
+        registry = importlib.import_module("common.research.registry")
+        register = getattr(registry, "register_shipped_models", None)
         if register is None:
             return
         try:

@@ -9,8 +9,8 @@ import time
 
 import click
 
-from common.config import ConfigError, Settings
-from common.errors import UserError
+from common.platform.config import ConfigError, Settings
+from common.platform.errors import UserError
 
 
 def load_settings() -> Settings:
@@ -55,13 +55,13 @@ def db() -> None:
 @click.option("--register-shipped", is_flag=True, help="Then register the shipped demo models (idempotent).")
 def db_upgrade(revision: str, register_shipped: bool) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    from common import migrate
+    from common.platform import migrate
 
     settings = load_settings()
     migrate.upgrade(settings, revision)
     click.echo(f"database at {migrate.current(settings)}")
     if register_shipped:
-        from common.registry import register_shipped_models
+        from common.research.registry import register_shipped_models
 
         with _sessions(settings).begin() as session:
             added = register_shipped_models(session, settings)
@@ -72,7 +72,7 @@ def db_upgrade(revision: str, register_shipped: bool) -> None:
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION ('base' empties the schema)."""
-    from common import migrate
+    from common.platform import migrate
 
     settings = load_settings()
     migrate.downgrade(settings, revision)
@@ -82,7 +82,7 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database's revision and the code's head."""
-    from common import migrate
+    from common.platform import migrate
 
     click.echo(f"database: {migrate.current(load_settings())}; code head: {', '.join(migrate.heads())}")
 
@@ -90,7 +90,7 @@ def db_current() -> None:
 @db.command("check")
 def db_check() -> None:
     """Fail if the ORM and the migrated database differ (autogenerate finds changes)."""
-    from common import migrate
+    from common.platform import migrate
 
     diffs = migrate.drift(load_settings())
     if diffs:
@@ -101,13 +101,13 @@ def db_check() -> None:
 
 
 def _sessions(settings: Settings):
-    from common.db import make_engine, session_factory
+    from common.platform.db import make_engine, session_factory
 
     return session_factory(make_engine(settings))
 
 
 def _require_schema(settings: Settings) -> None:
-    from common import migrate
+    from common.platform import migrate
 
     if not migrate.is_current(settings):
         raise click.ClickException(
@@ -137,7 +137,7 @@ def _read_password(prompt: bool) -> str:
 @click.option("--admin", is_flag=True, help="Give the user the admin role.")
 def user_add(name: str, admin: bool) -> None:
     """Create user NAME; the password comes from standard input or a prompt."""
-    from common.accounts import create_user
+    from common.platform.accounts import create_user
 
     settings = load_settings()
     _require_schema(settings)
@@ -152,7 +152,7 @@ def user_add(name: str, admin: bool) -> None:
 @click.option("--label", default="cli", show_default=True, help="A name for the token.")
 def user_token(name: str, label: str) -> None:
     """Issue a personal API token for user NAME (printed once)."""
-    from common.accounts import get_user, issue_token
+    from common.platform.accounts import get_user, issue_token
 
     settings = load_settings()
     _require_schema(settings)
@@ -165,7 +165,7 @@ def user_token(name: str, label: str) -> None:
 @click.argument("name")
 def user_passwd(name: str) -> None:
     """Set user NAME's password (ends their sessions)."""
-    from common.accounts import get_user, set_password
+    from common.platform.accounts import get_user, set_password
 
     settings = load_settings()
     password = _read_password(prompt=True)
@@ -197,7 +197,7 @@ def user_list() -> None:
 def worker(queues: str, concurrency: int | None, pool: str, hostname: str | None) -> None:
     """Run a Celery worker consuming QUEUES."""
     settings = load_settings()
-    from common.queue import QUEUES
+    from common.jobs.broker import QUEUES
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(wanted) - set(QUEUES))
@@ -276,7 +276,7 @@ def job() -> None:
 def _publisher(settings: Settings):
     import redis
 
-    from common.queue import Publisher
+    from common.jobs.broker import Publisher
     from workers.app import celery_app
 
     client = redis.Redis.from_url(settings.broker_url(), socket_connect_timeout=2, socket_timeout=5)
@@ -315,7 +315,7 @@ def _owner(sessions, username: str | None) -> int:
 
     with sessions() as session:
         if username:
-            from common.accounts import get_user
+            from common.platform.accounts import get_user
 
             return get_user(session, username).id
         uid = session.scalar(select(User.id).where(User.role == "admin").order_by(User.id))

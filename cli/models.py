@@ -26,7 +26,7 @@ def model() -> None:
 def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) -> None:
     """Register CHECKPOINT as model NAME (loaded strictly once to prove it matches the preset)."""
     from common.ml.presets import get_preset
-    from common.registry import add_model
+    from common.research.registry import add_model
 
     settings = load_settings()
     _require_schema(settings)
@@ -52,7 +52,7 @@ def model_list(as_json: bool) -> None:
     from sqlalchemy import select
 
     from common.models import GeneratorModel
-    from common.registry import model_to_dict
+    from common.research.registry import model_to_dict
 
     with _sessions(load_settings())() as session:
         rows = [model_to_dict(m) for m in session.scalars(select(GeneratorModel).order_by(GeneratorModel.id))]
@@ -69,7 +69,7 @@ def model_list(as_json: bool) -> None:
 @model.command("register-shipped")
 def model_register_shipped() -> None:
     """Register the demo models shipped under data/models (``latentlab up`` does this on first run)."""
-    from common.registry import register_shipped_models
+    from common.research.registry import register_shipped_models
 
     settings = load_settings()
     _require_schema(settings)
@@ -122,7 +122,7 @@ def train_demo_command(
 
     from common.ml.demo import train_demo
     from common.ml.training import DistillConfig, EDMTrainConfig
-    from common.registry import SHIPPED_MODELS_DIR
+    from common.research.registry import SHIPPED_MODELS_DIR
 
     tcfg = EDMTrainConfig()
     dcfg = DistillConfig()

@@ -85,8 +85,8 @@ def dataset_list(as_json: bool) -> None:
     """List datasets."""
     from sqlalchemy import select
 
-    from common.datasets import dataset_to_dict
     from common.models import Dataset
+    from common.research.datasets import dataset_to_dict
 
     with _sessions(load_settings())() as session:
         rows = [dataset_to_dict(session, d) for d in session.scalars(select(Dataset).order_by(Dataset.id))]
@@ -215,8 +215,8 @@ def generate(
 @click.option("--space", type=click.Choice(["2d", "full"]), default="2d", show_default=True)
 def neighbors(embedding, sample, k, space):
     """Print a sample's nearest neighbours on a map."""
-    from common.embeddings import get_embedding
-    from common.neighbors import find_neighbors
+    from common.research.embeddings import get_embedding
+    from common.research.neighbors import find_neighbors
 
     settings = load_settings()
     with _sessions(settings)() as session:
@@ -238,9 +238,9 @@ def history(user, dataset, class_label, parent, mode, since, limit, as_json):
     """Generated samples, newest first, with their recipes."""
     from pydantic import ValidationError
 
-    from common.errors import UserError, pydantic_message
-    from common.history import HistoryQuery
-    from common.history import history as read_history
+    from common.platform.errors import UserError, pydantic_message
+    from common.research.history import HistoryQuery
+    from common.research.history import history as read_history
 
     try:
         q = HistoryQuery(
@@ -274,10 +274,10 @@ def history(user, dataset, class_label, parent, mode, since, limit, as_json):
 )
 def replay(sample: int, out: str | None) -> None:
     """Regenerate generated SAMPLE from its recorded recipe and compare with the stored image."""
-    from common.embeddings import ReducerCache
-    from common.generations import replay as do_replay
-    from common.modelcache import ModelCache
-    from common.storage import atomic_write_bytes, png_bytes
+    from common.platform.storage import atomic_write_bytes, png_bytes
+    from common.research.embeddings import ReducerCache
+    from common.research.generations import replay as do_replay
+    from common.research.modelcache import ModelCache
 
     settings = load_settings()
     with _sessions(settings)() as session:

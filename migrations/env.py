@@ -1,4 +1,4 @@
-"""Alembic environment: the URL and connection come from latentlab's settings (common.migrate)."""
+"""Alembic environment: the URL and connection come from latentlab's settings (common.platform.migrate)."""
 
 from alembic import context
 

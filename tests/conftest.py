@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Settings
-from common.redis_server import RedisServer
+from cli.redis_server import RedisServer
+from common.platform.config import Settings
 from tests.support.services import postgres_admin_url, postgres_database
 
 
@@ -65,7 +65,7 @@ def make_settings(tmp_path: Path, database_url: str, redis_url: str = "", **over
 
 @pytest.fixture
 def settings(tmp_path, database_url, redis_url) -> Settings:
-    from common import migrate
+    from common.platform import migrate
 
     s = make_settings(tmp_path, database_url, redis_url)
     migrate.upgrade(s)
@@ -74,7 +74,7 @@ def settings(tmp_path, database_url, redis_url) -> Settings:
 
 @pytest.fixture
 def sessions(settings):
-    from common.db import make_engine, session_factory
+    from common.platform.db import make_engine, session_factory
 
     engine = make_engine(settings)
     yield session_factory(engine)
@@ -83,7 +83,7 @@ def sessions(settings):
 
 @pytest.fixture
 def admin(sessions):
-    from common.accounts import create_user
+    from common.platform.accounts import create_user
 
     with sessions.begin() as session:
         return create_user(session, "admin", "admin-password", role="admin")
@@ -91,7 +91,7 @@ def admin(sessions):
 
 @pytest.fixture
 def member(sessions):
-    from common.accounts import create_user
+    from common.platform.accounts import create_user
 
     with sessions.begin() as session:
         return create_user(session, "alice", "alice-password")
@@ -101,7 +101,7 @@ def member(sessions):
 def publisher(settings):
     import redis
 
-    from common.queue import Publisher
+    from common.jobs.broker import Publisher
     from workers.app import make_celery
 
     app = make_celery(settings)

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, request
 from pydantic import BaseModel, ValidationError
 
-from common.errors import UserError, pydantic_message
+from common.platform.errors import UserError, pydantic_message
 from web.auth import admin_required, current_user_required
 
 NOT_JSON = "send a JSON object with Content-Type: application/json"

@@ -20,9 +20,9 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from common.config import Settings
-from common.db import make_engine, session_factory
-from common.storage import UnsafePath, resolve_inside
+from common.platform.config import Settings
+from common.platform.db import make_engine, session_factory
+from common.platform.storage import UnsafePath, resolve_inside
 from web import auth, csrf, errors
 from web.queue import BrokerLink
 from web.ratelimit import LoginLimiter

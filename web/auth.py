@@ -5,8 +5,8 @@ Two ways in:
 * a browser session (Flask-Login over Flask's signed cookie). The session stores ``"<user id>:<session
   version>"``; the loader refuses it when the user is disabled or their ``session_version`` moved on
   (logout, password change), so an old cookie replayed later is worth nothing;
-* ``Authorization: Bearer ll_…``, a personal API token (``common.accounts.user_for_token``). When that
-  header is present the session cookie is ignored, which is why token requests need no CSRF token.
+* ``Authorization: Bearer ll_…``, a personal API token (``common.platform.accounts.user_for_token``).
+  When that header is present the session cookie is ignored, which is why token requests need no CSRF token.
 
 Usage in a blueprint::
 
@@ -29,11 +29,11 @@ from flask_login import LoginManager, current_user, login_user, logout_user
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.accounts import TOKEN_PREFIX, check_password, user_for_token
-from common.config import Settings
-from common.errors import Forbidden, UserError
+from common.jobs.broker import Publisher
 from common.models import User
-from common.queue import Publisher
+from common.platform.accounts import TOKEN_PREFIX, check_password, user_for_token
+from common.platform.config import Settings
+from common.platform.errors import Forbidden, UserError
 from web.csrf import csrf_token
 
 WRONG_CREDENTIALS = "Wrong username or password."

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request, session
 
-from common.errors import UserError
+from common.platform.errors import UserError
 
 SESSION_KEY = "_csrf"
 HEADER = "X-CSRFToken"

@@ -8,7 +8,7 @@ import logging
 from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from common.errors import UserError
+from common.platform.errors import UserError
 
 log = logging.getLogger("latentlab.web")
 

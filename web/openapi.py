@@ -132,7 +132,7 @@ def _query_parameters(model: type[BaseModel], components: dict) -> list[dict[str
 
 
 def _add_job_kinds(components: dict) -> None:
-    import common.jobkinds  # noqa: F401  (registers every kind)
+    import common.research.kinds  # noqa: F401  (registers every kind)
 
     variants = []
     for name, kind in sorted(jobs.KINDS.items()):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from common.config import ConfigError, Settings, redact_url
-from common.queue import Publisher, celery_config
+from common.jobs.broker import Publisher, celery_config
+from common.platform.config import ConfigError, Settings, redact_url
 
 log = logging.getLogger("latentlab.web")
 

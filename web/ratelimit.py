@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from common.errors import QuotaExceeded
+from common.platform.errors import QuotaExceeded
 
 log = logging.getLogger("latentlab.web")
 

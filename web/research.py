@@ -20,9 +20,9 @@ from typing import Any
 from flask import url_for
 from pydantic import BaseModel
 
-import common.jobkinds  # noqa: F401  (registers every job kind)
+import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
-from common.errors import NotFound, UserError
+from common.platform.errors import NotFound, UserError
 from web.auth import get_db, get_publisher, get_sessions, get_settings, principal
 from web.blueprints.jobs import job_out
 

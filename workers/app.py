@@ -13,9 +13,9 @@ import threading
 import redis
 from celery import Celery, signals
 
-from common.config import Settings
-from common.db import make_engine, session_factory
-from common.queue import Publisher, celery_config, worker_identity
+from common.jobs.broker import Publisher, celery_config, worker_identity
+from common.platform.config import Settings
+from common.platform.db import make_engine, session_factory
 
 log = logging.getLogger("latentlab.worker")
 # the worker's main process imports this module before its pool forks, so pool children inherit its pid
@@ -88,7 +88,7 @@ state = WorkerState(settings)
 @signals.worker_init.connect
 def _warm_up_embeddings(**_kwargs) -> None:
     # before the pool forks: children inherit compiled kernels, so no first click waits for numba
-    from common import warmup
+    from common.maps import warmup
 
     warmup.configure_numba_cache(settings.data_root)
     warmup.warm_up()
@@ -106,7 +106,7 @@ def _start_liveness(**_kwargs) -> None:
 def _reset_after_fork(**_kwargs) -> None:
     # a pool child starts clean: its own engine, redis client and model cache (built on first use)
     state.after_fork()
-    from common import warmup
+    from common.maps import warmup
 
     warmup.warm_up_after_fork()
 

@@ -7,10 +7,10 @@ import os
 import signal
 import time
 
-from common import datasets, embeddings, generations
-from common.embeddings import ReducerCache
 from common.jobs import JobContext
-from common.modelcache import ModelCache
+from common.research import datasets, embeddings, generations
+from common.research.embeddings import ReducerCache
+from common.research.modelcache import ModelCache
 
 
 def model_cache(ctx: JobContext) -> ModelCache:

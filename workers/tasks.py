@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from common.jobs import execute
-from common.queue import task_name
+from common.jobs.broker import task_name
 from workers.app import celery_app, state
 from workers.handlers import HANDLERS
 

@@ -307,7 +307,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    from common.storage import atomic_write_bytes
+    from common.platform.storage import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
@@ -497,7 +497,7 @@ def train_demo(
             quality = evaluate_demo(student, teacher, per_class=eval_per_class, log=log)
             timings["evaluation_s"] = round(time.perf_counter() - t_eval, 1)
             timings["evaluation_cpu_s"] = round(time.process_time() - c_eval, 1)
-            from common.storage import atomic_write_bytes
+            from common.platform.storage import atomic_write_bytes
 
             imgs = quality["_images"]
             per_class = quality["samples"]["per_class"]

@@ -57,7 +57,8 @@ DHARIWAL_ARCHITECTURE = "dhariwal-unet"
 def dhariwal_block_names(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """Usage: ``enc, dec = dhariwal_block_names(preset.config)`` -> the ``enc``/``dec`` entry names in order.
 
-    Pure Python (no model is built); follows spec 2.3, e.g. ``["64x64_conv", "64x64_block0", ...]``.
+    Pure Python (no model is built); follows tests/data/reference/DHARIWAL_UNET_SPEC.md section 2.3, e.g.
+    ``["64x64_conv", "64x64_block0", ...]``.
     """
     res0 = int(config["img_resolution"])
     mult = list(config.get("channel_mult", (1, 2, 3, 4)))
@@ -93,7 +94,8 @@ LAYER_TABLES: dict[str, Callable[[Mapping[str, Any]], dict[str, str]]] = {
     DHARIWAL_ARCHITECTURE: _dhariwal_table_from_config,
 }
 
-# Names that resolve but are not listed by layer_names (spec 6: the adapter resolves decoder_block_0 too).
+# Names that resolve but are not listed by layer_names (tests/data/reference/DHARIWAL_UNET_SPEC.md
+# section 6: the adapter resolves decoder_block_0 too).
 _ALIASES = {"decoder_block_0": "midblock"}
 
 

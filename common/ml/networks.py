@@ -41,9 +41,10 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 # 1. Primitive layers.
 #
-# Parameters are created with the initialisation of spec 3.8 (kaiming-uniform with gain sqrt(1/3), i.e.
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; zero init where the U-Net asks for it). Loading a
-# checkpoint overwrites all of it; the init only matters for random-weight tests and benchmarks.
+# Parameters are created with the initialisation of tests/data/reference/DHARIWAL_UNET_SPEC.md section 3.8
+# (kaiming-uniform with gain sqrt(1/3), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; zero
+# init where the U-Net asks for it). Loading a checkpoint overwrites all of it; the init only matters for
+# random-weight tests and benchmarks.
 
 
 def _uniform_init(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
@@ -167,7 +168,8 @@ class UNetBlock(nn.Module):
 
     Adaptive-GroupNorm residual block with optional multi-head self-attention.
 
-    Attention exists iff requested and ``out_channels // channels_per_head > 0`` (spec pitfall 1).
+    Attention exists iff requested and ``out_channels // channels_per_head > 0``
+    (tests/data/reference/DHARIWAL_UNET_SPEC.md, pitfall 1).
     """
 
     def __init__(
@@ -252,8 +254,9 @@ class DhariwalUNet(nn.Module):
     The ADM U-Net: ``(x [B, Cin, R, R], noise_labels [B], class_labels [B|1, L] | None) -> [B, Cout, R, R]``.
 
     ``enc``/``dec`` are ordered ``ModuleDict``s named ``{res}x{res}_conv|_down|_block{i}`` and
-    ``{res}x{res}_in0|_in1|_up|_block{i}`` (spec 2.3). ``map_augment`` is always ``None``, as in DMD2,
-    which deletes it after construction; ``augment_dim`` is accepted for config compatibility only.
+    ``{res}x{res}_in0|_in1|_up|_block{i}`` (tests/data/reference/DHARIWAL_UNET_SPEC.md section 2.3).
+    ``map_augment`` is always ``None``, as in DMD2, which deletes it after construction; ``augment_dim`` is
+    accepted for config compatibility only.
     """
 
     def __init__(
@@ -284,7 +287,7 @@ class DhariwalUNet(nn.Module):
         self.map_layer0 = Linear(model_channels, E)
         self.map_layer1 = Linear(E, E)
         self.map_label = Linear(label_dim, E, bias=False) if label_dim else None
-        if self.map_label is not None:  # spec 3.8: N(0, 1) init
+        if self.map_label is not None:  # N(0, 1) init: tests/data/reference/DHARIWAL_UNET_SPEC.md section 3.8
             nn.init.normal_(self.map_label.weight)
 
         # Encoder.

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from common import jobs, migrate
-from common.config import Settings
-from common.db import make_engine, session_factory
+from common import jobs
 from common.models import Job, Sample
+from common.platform import migrate
+from common.platform.config import Settings
+from common.platform.db import make_engine, session_factory
 from tests.support.services import start_web, start_worker
 
 CHROMIUM = "/usr/bin/chromium"
@@ -59,7 +60,7 @@ def make_settings(root: Path, redis_url: str, **overrides) -> Settings:
 
 def register_model(sessions, settings: Settings) -> str:
     """The shipped digits demo model if this checkout has it, else a tiny random-weight model."""
-    from common.registry import register_shipped_models, shipped_cards
+    from common.research.registry import register_shipped_models, shipped_cards
 
     if shipped_cards():
         with sessions.begin() as s:
@@ -100,8 +101,8 @@ class Lab:
 def running_lab(root: Path, redis_url: str, *, samples: int = 60, port: int | None = None):
     import redis
 
-    from common.accounts import create_user
-    from common.queue import Publisher
+    from common.jobs.broker import Publisher
+    from common.platform.accounts import create_user
     from workers.app import make_celery
 
     root.mkdir(parents=True, exist_ok=True)

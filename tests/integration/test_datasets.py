@@ -9,9 +9,9 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from common import jobs
-from common.datasets import class_for, noise_seed
-from common.errors import Conflict, UserError
 from common.models import Dataset, Job, Sample
+from common.platform.errors import Conflict, UserError
+from common.research.datasets import class_for, noise_seed
 from tests.integration.test_job_pipe import wait_status
 from tests.support.models import register_tiny_model
 from tests.support.services import start_worker
@@ -92,8 +92,8 @@ def test_dataset_is_generated_in_chunks_by_two_workers(
 
     # the same samples made in one in-process call are byte-identical to the queued ones
     from common.ml.generation import generate
-    from common.modelcache import ModelCache
-    from common.storage import png_bytes
+    from common.platform.storage import png_bytes
+    from common.research.modelcache import ModelCache
 
     with sessions() as s:
         model_row = s.get(Dataset, ds.id).model

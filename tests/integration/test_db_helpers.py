@@ -1,11 +1,11 @@
-"""common.db helpers on the configured backend (SQLite, and PostgreSQL with --db=postgres)."""
+"""common.platform.db helpers on the configured backend (SQLite, and PostgreSQL with --db=postgres)."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from common.db import insert_ignore
 from common.models import User
+from common.platform.db import insert_ignore
 
 
 def _users(names):

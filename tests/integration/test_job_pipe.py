@@ -94,7 +94,7 @@ def test_failing_handler_records_error(settings, sessions, admin, publisher, tmp
 
 
 def test_fault_injection_is_refused_unless_enabled(settings, sessions, admin, publisher):
-    from common.errors import UserError
+    from common.platform.errors import UserError
 
     with pytest.raises(UserError, match="LATENTLAB_FAULT_INJECTION"):
         jobs.submit(sessions, publisher, settings, owner=admin, kind="ping", params={"fault": "crash"})

@@ -13,10 +13,10 @@ import os
 import pytest
 from sqlalchemy import inspect, text
 
-from common import migrate
-from common.config import Settings
-from common.db import make_engine
 from common.models import Base
+from common.platform import migrate
+from common.platform.config import Settings
+from common.platform.db import make_engine
 from tests.support.services import PG_URL_ENV, postgres_admin_url, postgres_database
 
 BACKENDS = ["sqlite", "postgres"]

@@ -9,8 +9,8 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from common import jobs
-from common.errors import UserError
 from common.models import Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample
+from common.platform.errors import UserError
 from tests.integration.test_job_pipe import wait_status
 from tests.support.models import register_tiny_model
 from tests.support.services import start_worker
@@ -162,10 +162,10 @@ def test_dataset_embedding_generation_lineage_and_replay(loop_env, sessions, adm
     assert len(after) == len(before) + 10
 
     # replay: the recorded recipe gives the same image
-    from common.embeddings import ReducerCache
-    from common.generations import replay
-    from common.modelcache import ModelCache
-    from common.storage import png_bytes
+    from common.platform.storage import png_bytes
+    from common.research.embeddings import ReducerCache
+    from common.research.generations import replay
+    from common.research.modelcache import ModelCache
 
     with sessions() as s:
         for sid in (new_ids[2], inv.result["samples"][0], weighted.result["samples"][0]):

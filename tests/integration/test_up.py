@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Settings
-from common.redis_server import free_port
+from cli.redis_server import free_port
+from common.platform.config import Settings
 from tests.support.services import REPO, Proc
 
 pytestmark = pytest.mark.skipif(
@@ -174,9 +174,9 @@ def test_up_serves_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path, database_ur
 
         from sqlalchemy import select
 
-        from common.accounts import check_password, get_user
-        from common.db import make_engine, session_factory
         from common.models import GeneratorModel
+        from common.platform.accounts import check_password, get_user
+        from common.platform.db import make_engine, session_factory
 
         engine = make_engine(settings)
         with session_factory(engine)() as session:

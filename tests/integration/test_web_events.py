@@ -13,9 +13,9 @@ import time
 import pytest
 import redis
 
-from common.accounts import create_user, issue_token
-from common.queue import EVENTS_CHANNEL
-from common.redis_server import free_port
+from cli.redis_server import free_port
+from common.jobs.broker import EVENTS_CHANNEL
+from common.platform.accounts import create_user, issue_token
 from tests.support.services import start_web, start_worker
 
 

@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from common.accounts import create_user, issue_token, revoke_token
+from cli.redis_server import free_port
 from common.models import ApiToken, Job
-from common.redis_server import free_port
+from common.platform.accounts import create_user, issue_token, revoke_token
 from tests.support.services import start_web, start_worker
 
 

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from common.accounts import create_user, issue_token
-from common.datasets import read_activations
 from common.models import Dataset, Embedding, Job, Sample
+from common.platform.accounts import create_user, issue_token
+from common.research.datasets import read_activations
 from tests.support.lab import build_lab
 from tests.support.models import register_tiny_model
 from tests.support.services import start_worker

@@ -59,7 +59,7 @@ def numba_cache(tmp_path_factory) -> str:
 @pytest.fixture
 def fast(settings):
     """The test settings with the short fault timings (what every worker and web process of ``lab`` sees)."""
-    from common.config import Settings
+    from common.platform.config import Settings
 
     fast = settings.with_(**FAST)
     Settings.validate(fast)

@@ -24,12 +24,12 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
+from cli.redis_server import free_port
 from common import jobs
-from common.config import Settings
 from common.models import Job, Sample
 from common.models.jobs import FINAL_STATUSES
-from common.redis_server import free_port
-from common.storage import TMP_MARK
+from common.platform.config import Settings
+from common.platform.storage import TMP_MARK
 from tests.support.services import Proc, env_for, start_web
 
 LAYERS = ("encoder_bottleneck", "midblock")

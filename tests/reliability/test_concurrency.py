@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from common.accounts import create_user, issue_token
+from common.platform.accounts import create_user, issue_token
 from tests.integration.test_web_jobs import Http, auth
 from tests.reliability.support import LOCKED, assert_exactly_once, wait_until
 

@@ -11,10 +11,10 @@ import redis
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import update
 
-from common.config import ConfigError, Settings
 from common.jobs import KINDS, get_kind, now
+from common.jobs.broker import MARKER_PREFIX, celery_config, soft_time_limit, task_name
 from common.models import Job
-from common.queue import MARKER_PREFIX, celery_config, soft_time_limit, task_name
+from common.platform.config import ConfigError, Settings
 from tests.reliability.support import log_lines, trace_of, wait_until
 
 

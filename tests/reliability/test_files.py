@@ -1,6 +1,7 @@
-"""Crash-safe files: the chunk writer (``common.datasets.write_chunk_images``/``write_chunk_shards`` over
-``common.storage``'s atomic writers) killed at random moments never leaves a truncated or torn final file;
-a full disk fails the job with "disk full", leaves no partial file, and the worker goes on serving."""
+"""Crash-safe files: the chunk writer (``common.research.datasets.write_chunk_images``/
+``write_chunk_shards`` over ``common.platform.storage``'s atomic writers) killed at random moments never
+leaves a truncated or torn final file; a full disk fails the job with "disk full", leaves no partial file,
+and the worker goes on serving."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.datasets import write_chunk_images, write_chunk_shards
-from common.storage import sweep_temp_files
+from common.platform.storage import sweep_temp_files
+from common.research.datasets import write_chunk_images, write_chunk_shards
 from tests.reliability.support import temp_files
 
 KILLS = 50

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from common.accounts import create_user
+from common.platform.accounts import create_user
 from tests.reliability.support import trace_of, wait_until
 
 

@@ -139,7 +139,7 @@ def test_queued_job_whose_message_was_taken_and_lost_is_published_again(fast, se
 
     import redis as redis_lib
 
-    from common.queue import UNACKED_INDEX_KEY, UNACKED_KEY
+    from common.jobs.broker import UNACKED_INDEX_KEY, UNACKED_KEY
 
     submit, _claim, _silence, reap = reaping
     client = redis_lib.Redis.from_url(fast.redis_url)

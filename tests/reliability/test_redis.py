@@ -15,10 +15,10 @@ import time
 import pytest
 import redis
 
-from common.accounts import create_user, issue_token
+from cli.redis_server import RedisServer
+from common.jobs.broker import Publisher
 from common.models import Job
-from common.queue import Publisher
-from common.redis_server import RedisServer
+from common.platform.accounts import create_user, issue_token
 from tests.integration.test_web_jobs import Http, auth
 from tests.reliability.support import assert_exactly_once, log_lines, trace_of, wait_until
 

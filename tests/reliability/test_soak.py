@@ -23,8 +23,8 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from common.accounts import create_user, issue_token
 from common.models import Embedding, EmbeddingPoint, Job, Sample
+from common.platform.accounts import create_user, issue_token
 from tests.integration.test_web_jobs import Http, auth
 from tests.reliability.support import LOCKED, assert_exactly_once, trace_of, wait_until
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from common.accounts import create_user, issue_token
 from common.models import ApiToken, Job, User
+from common.platform.accounts import create_user, issue_token
 from tests.support.lab import Lab, add_generation, build_lab
 from web.app import SESSION_COOKIE, create_app
 
@@ -249,9 +249,9 @@ def stack(tmp_path_factory, db_backend):
     into the data root (``LATENTLAB_SECRET_KEY`` empty), as a first run does."""
     import contextlib
 
-    from common import migrate
-    from common.db import make_engine, session_factory
-    from common.redis_server import RedisServer, free_port
+    from cli.redis_server import RedisServer, free_port
+    from common.platform import migrate
+    from common.platform.db import make_engine, session_factory
     from tests.conftest import make_settings
     from tests.support.services import postgres_database, start_web
 

@@ -3,8 +3,9 @@
 * Fitted reducers are loaded only from the data root and only after their manifest's sha256 (stored in
   the database), its HMAC (a key kept outside the data root and the database) and every file's sha256
   check out. A reducer directory carrying a pickle whose ``__reduce__`` writes a marker file is refused
-  before anything is unpickled, through ``common.reducer.load_reducer``, ``common.embeddings.ReducerCache``
-  and a real ``reproject`` job on a real worker: the marker never appears.
+  before anything is unpickled, through ``common.maps.reducer.load_reducer``,
+  ``common.research.embeddings.ReducerCache`` and a real ``reproject`` job on a real worker: the marker
+  never appears.
 * The repository's Python code has no ``np.load(allow_pickle=True)``, no ``torch.load`` without
   ``weights_only=True``, no ``pickle.load``/``loads`` outside the one verified place, no ``yaml.load``
   without a safe loader and no ``eval``/``exec`` (an AST scan of every tracked file).
@@ -32,10 +33,10 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from common.embeddings import ReducerCache, ReducerRefused
+from common.maps.reducer import ReducerIntegrityError, _sign, load_reducer
 from common.models import Embedding
-from common.reducer import ReducerIntegrityError, _sign, load_reducer
-from common.storage import UnsafePath
+from common.platform.storage import UnsafePath
+from common.research.embeddings import ReducerCache, ReducerRefused
 from tests.security.conftest import Stack, World
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,7 +202,7 @@ def test_reducer_cache_refuses_tampered_reducers_and_any_outside_the_data_root(w
 
 
 def test_the_signing_key_lives_outside_the_data_root(settings, tmp_path):
-    from common.config import ConfigError
+    from common.platform.config import ConfigError
 
     inside = settings.with_(signing_key_file=settings.data_root / "signing.key")
     with pytest.raises(ConfigError, match="inside the data root"):
@@ -245,7 +246,7 @@ def test_a_reproject_job_on_a_real_worker_refuses_a_tampered_reducer(stack: Stac
 def test_the_worker_refuses_a_pickled_message_and_its_payload_never_runs(stack: Stack, tmp_path):
     from kombu import Connection, Exchange, Queue
 
-    from common.queue import task_name
+    from common.jobs.broker import task_name
 
     marker = tmp_path / "MARKER-celery"
     task_id = uuid.uuid4().hex
@@ -281,7 +282,7 @@ def test_the_worker_refuses_a_pickled_message_and_its_payload_never_runs(stack: 
 # -- the static scan -----------------------------------------------------------------------------------
 
 # the one place that unpickles: a reducer in the old pickled format, after verify_manifest
-ALLOWED_PICKLE = {("common/reducer.py", "load_reducer")}
+ALLOWED_PICKLE = {("common/maps/reducer.py", "load_reducer")}
 
 
 def tracked_python_files() -> list[Path]:
@@ -394,7 +395,7 @@ def test_no_tracked_python_code_turns_data_into_code():
         found += dangerous_calls(path.read_text(errors="replace"), path.relative_to(REPO).as_posix())
     assert not found, "calls that could run code from data:\n" + "\n".join(found)
     # the allowed place still verifies first: verify_manifest runs before pickle.load in load_reducer
-    source = (REPO / "common" / "reducer.py").read_text()
+    source = (REPO / "common" / "maps" / "reducer.py").read_text()
     body = ast.get_source_segment(
         source,
         next(

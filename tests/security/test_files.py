@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from cli.redis_server import free_port
 from common.models import Sample
-from common.redis_server import free_port
-from common.storage import UnsafePath, resolve_inside
+from common.platform.storage import UnsafePath, resolve_inside
 from tests.security.conftest import World
 from tests.support.services import start_web
 

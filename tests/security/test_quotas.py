@@ -16,8 +16,8 @@ from sqlalchemy import select, update
 
 from common import jobs
 from common.jobs import claim, dispatch, fair_order, reap, submit
+from common.jobs.broker import Publisher
 from common.models import Job
-from common.queue import Publisher
 from tests.security.conftest import Stack, World
 from web.app import create_app
 

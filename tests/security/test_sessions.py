@@ -9,7 +9,7 @@ import json
 import urllib.error
 import urllib.request
 
-from common.redis_server import free_port
+from cli.redis_server import free_port
 from tests.security.conftest import PASSWORDS, World, make_world
 from tests.support.services import start_web
 from web.app import SESSION_COOKIE, create_app

@@ -18,7 +18,7 @@ import numpy as np
 from common.architecture import layer_map
 from common.ml.presets import get_preset
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, GeneratorModel, Lineage, Sample
-from common.storage import atomic_write_bytes, png_bytes
+from common.platform.storage import atomic_write_bytes, png_bytes
 
 SHA = "0" * 64
 

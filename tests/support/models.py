@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config import Settings
+from common.platform.config import Settings
 
 
 def make_tiny_checkpoint(path: Path, preset: str = "tiny16", seed: int = 0) -> str:
@@ -24,7 +24,7 @@ def make_tiny_checkpoint(path: Path, preset: str = "tiny16", seed: int = 0) -> s
 
 
 def register_tiny_model(sessions, settings: Settings, name: str = "tiny", preset: str = "tiny16") -> int:
-    from common.registry import add_model
+    from common.research.registry import add_model
 
     path = settings.data_root / "models" / f"{name}.safetensors"
     make_tiny_checkpoint(path, preset)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from common.config import Settings
+from common.platform.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 PG_URL_ENV = "LATENTLAB_TEST_POSTGRES_URL"  # e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres

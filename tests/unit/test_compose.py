@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from cli.main import main as latentlab
-from common.config import ENV_NAMES
-from common.queue import QUEUES
+from common.jobs.broker import QUEUES
+from common.platform.config import ENV_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"redis", "postgres", "migrate", "web", "worker-gpu", "worker-cpu", "flower"}
@@ -115,10 +115,14 @@ def test_every_latentlab_variable_set_is_one_the_settings_know(services, dockerf
     for name, svc in services.items():
         for key in svc.get("environment") or {}:
             if key.startswith("LATENTLAB_"):
-                assert key in ENV_NAMES, f"{name} sets {key}, which common.config.Settings does not read"
+                assert key in ENV_NAMES, (
+                    f"{name} sets {key}, which common.platform.config.Settings does not read"
+                )
                 seen.add(key)
     for key in re.findall(r"\b(LATENTLAB_[A-Z_]+)=", dockerfile):
-        assert key in ENV_NAMES, f"the Dockerfile sets {key}, which common.config.Settings does not read"
+        assert key in ENV_NAMES, (
+            f"the Dockerfile sets {key}, which common.platform.config.Settings does not read"
+        )
     assert {"LATENTLAB_DATA", "LATENTLAB_DATABASE_URL", "LATENTLAB_REDIS_URL"} <= seen
 
 
@@ -179,7 +183,7 @@ def test_web_healthcheck_asks_a_route_the_app_serves(services, tmp_path, monkeyp
     path = re.search(r"http://127\.0\.0\.1:8000(/\S*?)['\"]", test).group(1)
     monkeypatch.setenv("LATENTLAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("LATENTLAB_SIGNING_KEY_FILE", str(tmp_path / "keys" / "signing.key"))
-    from common.config import Settings
+    from common.platform.config import Settings
     from web.app import create_app
 
     rules = {rule.rule for rule in create_app(Settings.from_env()).url_map.iter_rules()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ENV_NAMES, PREFIX, ConfigError, Settings
+from common.platform.config import ENV_NAMES, PREFIX, ConfigError, Settings
 
 
 def env(tmp_path: Path, **values: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from common.ml.checkpoints import file_sha256, load_generator
 from common.ml.demo import STUDENT_NAME, TEACHER_NAME, DigitsClassifier, eval_seeds, read_card
 from common.ml.generation import generate
 from common.ml.networks import EDMPrecond
-from common.registry import SHIPPED_MODELS_DIR
+from common.research.registry import SHIPPED_MODELS_DIR
 
 NAMES = (TEACHER_NAME, STUDENT_NAME)
 CARD_KEYS = {
@@ -108,10 +108,10 @@ def test_contact_sheet_is_shipped():
 def test_shipped_cards_register_into_a_fresh_database(tmp_path: Path, cards):
     from sqlalchemy import select
 
-    from common import migrate
-    from common.db import make_engine, session_factory
     from common.models import GeneratorModel
-    from common.registry import checkpoint_file, register_shipped_models
+    from common.platform import migrate
+    from common.platform.db import make_engine, session_factory
+    from common.research.registry import checkpoint_file, register_shipped_models
     from tests.conftest import make_settings
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'data' / 'latentlab.db'}")

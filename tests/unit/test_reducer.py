@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from common.reducer import (
+from common.maps.reducer import (
     FitParams,
     ReducerIntegrityError,
     default_pca_dims,
@@ -284,7 +284,7 @@ def _fake_cuml(monkeypatch, fail: bool):
     manifold.UMAP, neighbors.NearestNeighbors = UMAP, NearestNeighbors
     for mod in (root, manifold, neighbors):
         monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setattr("common.reducer.cuml_available", lambda: True)
+    monkeypatch.setattr("common.maps.reducer.cuml_available", lambda: True)
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -312,7 +312,7 @@ def test_cuml_is_used_when_present_and_the_cpu_takes_over_when_it_fails(fitted, 
 
 
 def test_warm_up_compiles_the_transform_kernels():
-    from common import warmup
+    from common.maps import warmup
 
     status = warmup.warm_up()
     assert status["warmed"] and status["error"] is None

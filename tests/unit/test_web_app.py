@@ -10,7 +10,7 @@ import sys
 import pytest
 from sqlalchemy import inspect
 
-from common.redis_server import free_port
+from cli.redis_server import free_port
 from web.app import CONTENT_SECURITY_POLICY, create_app
 
 

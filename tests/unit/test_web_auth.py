@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.accounts import issue_token
-from common.redis_server import free_port
+from cli.redis_server import free_port
+from common.platform.accounts import issue_token
 from web.app import SESSION_COOKIE, create_app
 from web.csrf import MESSAGE as CSRF_MESSAGE
 
@@ -163,7 +163,7 @@ def test_tokens_are_listed_created_once_and_revoked_by_their_owner_only(client, 
     bearer = {"Authorization": f"Bearer {raw}"}
     assert client.get("/api/v1/auth/me", headers=bearer).json["auth"] == "token"
 
-    from common.accounts import create_user
+    from common.platform.accounts import create_user
 
     with sessions.begin() as s:
         bob = create_user(s, "bob", "bob-password")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from common.accounts import create_user, issue_token
 from common.models import Job
+from common.platform.accounts import create_user, issue_token
 from web.app import create_app
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from common.accounts import create_user, issue_token
 from common.models import Embedding, Job, Sample
+from common.platform.accounts import create_user, issue_token
 from tests.support.lab import add_generation, ago, build_lab
 from web.app import create_app
 from web.blueprints import embeddings as embeddings_bp

@@ -11,11 +11,11 @@ import time
 import pytest
 import redis
 
-from common.accounts import create_user, issue_token
+from cli.redis_server import free_port
+from common.jobs.broker import EVENTS_CHANNEL
+from common.jobs.summary import queue_summary, visible_event
 from common.models import Job
-from common.queue import EVENTS_CHANNEL
-from common.queues import queue_summary, visible_event
-from common.redis_server import free_port
+from common.platform.accounts import create_user, issue_token
 from tests.support.sse import Stream
 from web.app import create_app
 from web.blueprints import events as events_bp

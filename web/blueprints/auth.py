@@ -8,9 +8,9 @@ from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from common.accounts import check_password, issue_token, revoke_token, set_password
-from common.errors import UserError
 from common.models import ApiToken, User
+from common.platform.accounts import check_password, issue_token, revoke_token, set_password
+from common.platform.errors import UserError
 from web import csrf
 from web.api import api_route
 from web.auth import (

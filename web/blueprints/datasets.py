@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from common.architecture import layer_table
-from common.datasets import GenerateDatasetParams, dataset_to_dict
-from common.embeddings import get_dataset
-from common.history import sample_to_dict
 from common.models import Dataset, GeneratorModel, Sample
-from common.registry import model_to_dict
+from common.research.datasets import GenerateDatasetParams, dataset_to_dict
+from common.research.embeddings import get_dataset
+from common.research.history import sample_to_dict
+from common.research.registry import model_to_dict
 from web.api import api_route
 from web.auth import get_db
 from web.blueprints.jobs import JobOut

@@ -25,10 +25,10 @@ from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from sqlalchemy import func, select
 
-from common.embeddings import FitEmbeddingParams, embedding_to_dict, get_embedding, points_columns
-from common.errors import UserError
 from common.models import Embedding, EmbeddingPoint, Generation, Job, Lineage
-from common.neighbors import find_neighbors
+from common.platform.errors import UserError
+from common.research.embeddings import FitEmbeddingParams, embedding_to_dict, get_embedding, points_columns
+from common.research.neighbors import find_neighbors
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut

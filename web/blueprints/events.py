@@ -1,8 +1,8 @@
 """``GET /api/v1/events``: Server-Sent Events for the signed-in user.
 
-* ``event: job`` for each published change of a job the user may see (``common.queues.visible_event``:
+* ``event: job`` for each published change of a job the user may see (``common.jobs.summary.visible_event``:
   their own, admins all; a chunk job's change as its parent's), relayed from the Redis pub/sub channel
-  ``common.queue.EVENTS_CHANNEL`` that ``common.jobs`` publishes to;
+  ``common.jobs.broker.EVENTS_CHANNEL`` that ``common.jobs`` publishes to;
 * ``event: queues`` with the ``GET /api/v1/queues`` body at once and every ``QUEUES_EVERY`` seconds;
 * ``: ping`` comments every ``PING_EVERY`` seconds and a ``retry:`` hint first.
 
@@ -29,9 +29,9 @@ import redis
 from flask import Blueprint, Response, request
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.errors import ServiceUnavailable
-from common.queue import EVENTS_CHANNEL
-from common.queues import queue_summary, visible_event
+from common.jobs.broker import EVENTS_CHANNEL
+from common.jobs.summary import queue_summary, visible_event
+from common.platform.errors import ServiceUnavailable
 from web.api import api_route
 from web.auth import Principal, principal, services
 

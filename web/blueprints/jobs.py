@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-import common.jobkinds  # noqa: F401  (registers every job kind)
+import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
-from common.errors import Conflict, NotFound, UserError
 from common.models import Job, User
 from common.models.jobs import JOB_STATUSES
+from common.platform.errors import Conflict, NotFound, UserError
 from web.api import api_route
 from web.auth import Principal, get_db, get_publisher, get_sessions, get_settings, principal
 

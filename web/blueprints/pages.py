@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, current_app, make_response, redirect, render_template, request
 from flask_login import current_user, login_required
 
-from common.errors import UserError
+from common.platform.errors import UserError
 from web import csrf
 from web.app import CONTENT_SECURITY_POLICY
 from web.auth import authenticate, end_all_sessions, principal, start_session

@@ -1,4 +1,4 @@
-"""``GET /api/v1/queues``: counts per queue and the active jobs in queue order (``common.queues``)."""
+"""``GET /api/v1/queues``: counts per queue and the active jobs in queue order (``common.jobs.summary``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel, Field
 
-from common.queues import queue_summary
+from common.jobs.summary import queue_summary
 from web.api import api_route
 from web.auth import get_db, principal
 

@@ -3,7 +3,7 @@ sample's record (recipe, parents, children, places on every map), its image, its
 generation history with filters.
 
 Images: the path comes from the database, never from the request; it is still resolved inside the data
-root (``common.storage.resolve_inside``: symlinks followed before the containment check) and opened
+root (``common.platform.storage.resolve_inside``: symlinks followed before the containment check) and opened
 with ``O_NOFOLLOW``, so a tampered row or a planted symlink answers 404 instead of serving another file.
 """
 
@@ -20,11 +20,11 @@ from flask import Blueprint, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
-from common.errors import NotFound
-from common.generations import GenerateFromNeighborsParams
-from common.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from common.models import EmbeddingPoint
-from common.storage import UnsafePath, resolve_inside
+from common.platform.errors import NotFound
+from common.platform.storage import UnsafePath, resolve_inside
+from common.research.generations import GenerateFromNeighborsParams
+from common.research.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut

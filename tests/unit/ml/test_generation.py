@@ -245,7 +245,7 @@ def test_variation_micro_batches_grow_with_the_request_on_the_cpu_only():
 
 
 def test_a_variation_is_reproduced_by_rerunning_its_micro_batch(tiny):
-    # what common.generations.replay does: the same seeds in the same micro-batch give the same bits
+    # what common.research.generations.replay does: the same seeds in the same micro-batch give the same bits
     seeds = [21, 22, 23, 24, 25]
     whole = generate(tiny, [4] * 5, seeds, micro_batch=4, return_float=True)
     again = generate(tiny, [4], seeds[4:], micro_batch=4, return_float=True)

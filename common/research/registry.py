@@ -18,15 +18,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.config import Settings
-from common.errors import Conflict, NotFound, UserError
 from common.models import GeneratorModel
 from common.models.base import row_id
-from common.storage import atomic_writer, resolve_inside, sha256_file
+from common.platform.config import Settings
+from common.platform.errors import Conflict, NotFound, UserError
+from common.platform.storage import atomic_writer, resolve_inside, sha256_file
 
 log = logging.getLogger(__name__)
 
-SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[2] / "data" / "models"
 MODEL_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 
 

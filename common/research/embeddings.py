@@ -19,14 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.config import Settings
-from common.datasets import iter_activation_batches, read_activations
-from common.db import insert_ignore
-from common.errors import Conflict, NotFound, UserError
 from common.jobs import RowId
-from common.models import Dataset, Embedding, EmbeddingPoint, Job, Sample, User
-from common.models.base import row_id
-from common.reducer import (
+from common.maps.reducer import (
     FitParams,
     Reducer,
     ReducerIntegrityError,
@@ -35,7 +29,13 @@ from common.reducer import (
     library_versions,
     load_reducer,
 )
-from common.reducer import save_reducer as _save
+from common.maps.reducer import save_reducer as _save
+from common.models import Dataset, Embedding, EmbeddingPoint, Job, Sample, User
+from common.models.base import row_id
+from common.platform.config import Settings
+from common.platform.db import insert_ignore
+from common.platform.errors import Conflict, NotFound, UserError
+from common.research.datasets import iter_activation_batches, read_activations
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
 
@@ -253,7 +253,7 @@ class ReducerCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        from common.storage import resolve_inside
+        from common.platform.storage import resolve_inside
 
         folder = resolve_inside(settings.data_root, emb.reducer_path)
         locations_of = _locations_loader(session)
@@ -329,7 +329,7 @@ def unplaced_samples(session: Session, emb: Embedding) -> list[int]:
 def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any]:
     """Place samples added after the fit (generated ones, dataset growth) with ``transform``; existing
     points never move."""
-    from common import warmup
+    from common.maps import warmup
 
     warm = warmup.status()  # before any work: was this process warmed up before its first job?
     p = ctx.params
@@ -417,9 +417,12 @@ def points_columns(session: Session, emb: Embedding, after: int | None = None) -
     return cols
 
 
-jobs.register_kind(
-    jobs.JobKind(
-        "fit_embedding", "embed", FitEmbeddingParams, prepare=prepare_fit_embedding, on_failed=on_fit_failed
-    )
+FIT_EMBEDDING_KIND = jobs.JobKind(
+    "fit_embedding", "embed", FitEmbeddingParams, prepare=prepare_fit_embedding, on_failed=on_fit_failed
 )
-jobs.register_kind(jobs.JobKind("reproject", "embed", ReprojectParams, prepare=prepare_reproject))
+REPROJECT_KIND = jobs.JobKind("reproject", "embed", ReprojectParams, prepare=prepare_reproject)
+
+KINDS = (
+    FIT_EMBEDDING_KIND,
+    REPROJECT_KIND,
+)

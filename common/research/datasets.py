@@ -32,12 +32,12 @@ from sqlalchemy.orm import Session
 
 from common import jobs
 from common.architecture import check_layers, layer_map
-from common.config import Settings
-from common.db import insert_ignore
-from common.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
 from common.models import Dataset, Job, Sample, User
-from common.registry import get_model
-from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
+from common.platform.config import Settings
+from common.platform.db import insert_ignore
+from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
+from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
+from common.research.registry import get_model
 
 CODE_VERSION = "latentlab-0.1"
 DEFAULT_LAYERS = ["encoder_bottleneck", "midblock"]
@@ -390,7 +390,7 @@ def read_activations(
 ) -> np.ndarray:
     """[n, D] activation vectors for (act_shard, act_row) locations, layers concatenated in sorted
     order (each flattened C·H·W). Shards are memory-mapped, read once per shard, never unpickled."""
-    from common.storage import resolve_inside
+    from common.platform.storage import resolve_inside
 
     layers = sorted(layers)
     if not locations:
@@ -423,15 +423,13 @@ def iter_activation_batches(
         yield read_activations(settings, locations[a : a + batch], layers)
 
 
-jobs.register_kind(
-    jobs.JobKind(
-        "generate_dataset",
-        "batch",
-        GenerateDatasetParams,
-        prepare=prepare_generate_dataset,
-        on_children_done=on_chunks_done,
-        on_failed=on_dataset_job_failed,
-    )
+GENERATE_DATASET_KIND = jobs.JobKind(
+    "generate_dataset",
+    "batch",
+    GenerateDatasetParams,
+    prepare=prepare_generate_dataset,
+    on_children_done=on_chunks_done,
+    on_failed=on_dataset_job_failed,
 )
 
 
@@ -445,4 +443,9 @@ class ChunkParams(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=1024)
 
 
-jobs.register_kind(jobs.JobKind("dataset_chunk", "batch", ChunkParams, internal=True))
+DATASET_CHUNK_KIND = jobs.JobKind("dataset_chunk", "batch", ChunkParams, internal=True)
+
+KINDS = (
+    GENERATE_DATASET_KIND,
+    DATASET_CHUNK_KIND,
+)

@@ -1,4 +1,9 @@
-"""Every job kind latentlab knows, with its queue and parameter schema (imported by ``common.jobs``)."""
+"""The ``ping`` job kind: sleeps and reports progress (a smoke test of the queue; test-only faults).
+
+Usage::
+
+    jobs.submit(session_factory, publisher, settings, owner=user, kind="ping", params={"seconds": 1})
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.config import Settings
-from common.errors import UserError
-from common.jobs import JobKind, register_kind
+from common.jobs.kinds import JobKind
 from common.models import User
+from common.platform.config import Settings
+from common.platform.errors import UserError
 
 
 class PingParams(BaseModel):
@@ -28,10 +33,4 @@ def _prepare_ping(session, params: PingParams, owner: User, settings: Settings) 
         )
 
 
-register_kind(JobKind("ping", "interactive", PingParams, prepare=_prepare_ping))
-
-
-# the research loop's kinds register themselves on import
-import common.datasets  # noqa: E402,F401
-import common.embeddings  # noqa: E402,F401
-import common.generations  # noqa: E402,F401
+KINDS = (JobKind("ping", "interactive", PingParams, prepare=_prepare_ping),)

@@ -18,11 +18,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from common.config import Settings
-from common.db import make_engine
 from common.models import Base
+from common.platform.config import Settings
+from common.platform.db import make_engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config(settings: Settings) -> Config:

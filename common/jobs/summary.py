@@ -4,7 +4,8 @@
 Counts come in two kinds per queue: ``queued``/``running`` count top-level jobs (what users submitted);
 ``chunks_queued``/``chunks_running`` count the chunk jobs of larger jobs (what workers actually take
 from the queue). A dataset job stays ``running`` while its chunks wait, and a queued job's ``position``
-counts every queued job ahead of it, chunks included (the same number as ``common.jobs.queue_position``).
+counts every queued job ahead of it, chunks included (the same number as
+``common.jobs.views.queue_position``).
 
 The job list holds active top-level jobs in queue order: per queue, running jobs (oldest first), then
 queued ones by position. The viewer's own jobs (an admin's: everyone's) come in full
@@ -25,10 +26,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.jobs import _event_for, job_to_dict
+from common.jobs.broker import QUEUES
+from common.jobs.views import event_for, job_to_dict
 from common.models import Job, User
 from common.models.jobs import ACTIVE_STATUSES
-from common.queue import QUEUES
 
 REDUCED_KEYS = ("queue", "kind", "status", "position", "owner", "progress")
 MAX_LISTED = 500
@@ -112,7 +113,7 @@ def visible_event(
     if parent_id is None:
         owner = event.get("owner_id")
         return event if owner is not None and (is_admin or owner == viewer_id) else None
-    parent = _event_for(session_factory, int(parent_id))
+    parent = event_for(session_factory, int(parent_id))
     if parent.get("status") == "gone" or not (is_admin or parent.get("owner_id") == viewer_id):
         return None
     parent["chunk"] = {

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from common.config import Settings
+from common.platform.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Generate from neighbours: combine the chosen samples' activations, clamp them into the generator with
 forward hooks, make new images, and record each one with its full recipe and lineage.
 
-Modes (DESIGN.md "Combining neighbours"):
+Modes (how the neighbours' activations are combined; the math is in ``combine_targets`` below):
 
 * ``activation_mean`` (default): the mean of the neighbours' real activations, full dimension;
 * ``umap_inverse``: the mean of the neighbours' 2-D points through the map's inverse (UMAP, PCA and
@@ -29,14 +29,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.config import Settings
-from common.datasets import CODE_VERSION, noise_seed, read_activations
-from common.db import insert_ignore
-from common.embeddings import ReducerCache, get_embedding
-from common.errors import UserError
 from common.jobs import RowId
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
-from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
+from common.platform.config import Settings
+from common.platform.db import insert_ignore
+from common.platform.errors import UserError
+from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
+from common.research.datasets import CODE_VERSION, noise_seed, read_activations
+from common.research.embeddings import ReducerCache, get_embedding
 
 MODES = ("activation_mean", "umap_inverse", "weighted")
 CLASS_MODES = ("selected", "neighbor_majority", "blend", "uniform", "none")
@@ -481,11 +481,11 @@ def _replay_batch(gen: Generation) -> tuple[list[int], int | None, int]:
     return seeds[first : first + k], k, v - first
 
 
-jobs.register_kind(
-    jobs.JobKind(
-        "generate_from_neighbors",
-        "interactive",
-        GenerateFromNeighborsParams,
-        prepare=prepare_generate_from_neighbors,
-    )
+GENERATE_FROM_NEIGHBORS_KIND = jobs.JobKind(
+    "generate_from_neighbors",
+    "interactive",
+    GenerateFromNeighborsParams,
+    prepare=prepare_generate_from_neighbors,
 )
+
+KINDS = (GENERATE_FROM_NEIGHBORS_KIND,)

@@ -18,10 +18,10 @@ from scipy.spatial import cKDTree
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.config import Settings
-from common.datasets import iter_activation_batches, read_activations
-from common.errors import UserError
 from common.models import Embedding, EmbeddingPoint, Sample
+from common.platform.config import Settings
+from common.platform.errors import UserError
+from common.research.datasets import iter_activation_batches, read_activations
 
 _trees: OrderedDict[tuple, tuple[np.ndarray, cKDTree]] = OrderedDict()
 _lock = threading.Lock()

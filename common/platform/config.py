@@ -5,7 +5,7 @@ Usage::
     settings = Settings.from_env()            # the process environment
     settings = Settings.from_env({"LATENTLAB_DATA": "/tmp/x"})   # tests build it explicitly
 
-Flask and Celery each get an explicit mapping from it (``web.app``, ``common.queue``); neither reads the
+Flask and Celery each get an explicit mapping from it (``web.app``, ``common.jobs.broker``); neither reads the
 other's configuration.
 """
 

@@ -16,10 +16,10 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from common.config import Settings
-from common.errors import UserError
 from common.models import GeneratorModel
-from common.registry import checkpoint_file
+from common.platform.config import Settings
+from common.platform.errors import UserError
+from common.research.registry import checkpoint_file
 
 
 class ModelCache:

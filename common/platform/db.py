@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.config import Settings
+from common.platform.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 

@@ -1,9 +1,9 @@
 """Warm a worker's embedding paths before its first job, so the first click does not stall.
 
-Measured (DESIGN.md): umap-learn's first ``transform`` in a fresh process takes 6–21 s (imports and numba
-compilation). latentlab's transform and inverse never import umap-learn (common.reducer); what is left
-is compiling the transform kernels of common.umap_kernels, about 10–20 s on a busy 2-core machine. Two
-mechanisms remove it from the first job:
+Measured when latentlab was designed: umap-learn's first ``transform`` in a fresh process takes 6–21 s
+(imports and numba compilation). latentlab's transform and inverse never import umap-learn
+(common.maps.reducer); what is left is compiling the transform kernels of common.maps.umap_kernels, about
+10–20 s on a busy 2-core machine. Two mechanisms remove it from the first job:
 
 * numba's on-disk cache (the kernels are ``cache=True``; ``configure_numba_cache`` says where), so a
   machine compiles them once per code version, not once per process;
@@ -71,8 +71,8 @@ def cache_dir() -> str:
 def _exercise() -> None:
     import numpy as np
 
-    from common import umap_kernels as kern
-    from common.reducer import Reducer, UmapMap
+    from common.maps import umap_kernels as kern
+    from common.maps.reducer import Reducer, UmapMap
 
     rng = np.random.default_rng(0)
     n, d, k = 64, 8, 8
@@ -93,7 +93,7 @@ def warm_up() -> dict[str, Any]:
     with _lock:
         if _state["pid"] == os.getpid():
             return status()
-        from common import umap_kernels
+        from common.maps import umap_kernels
 
         inherited = all(umap_kernels.compiled_signatures().values())
         t0 = time.perf_counter()
@@ -114,7 +114,7 @@ def warm_up() -> dict[str, Any]:
 
 def status() -> dict[str, Any]:
     """This process's warm-up record and the compiled signatures of the transform kernels now."""
-    from common import umap_kernels
+    from common.maps import umap_kernels
 
     return {
         "pid": os.getpid(),
@@ -130,7 +130,7 @@ def status() -> dict[str, Any]:
 def warm_up_after_fork() -> None:
     """In a pool child: re-run the warm-up (milliseconds with the parent's compiled kernels). Without them
     it runs in a thread, so the child still reports for work within Celery's 4 s start-up limit."""
-    from common import umap_kernels
+    from common.maps import umap_kernels
 
     if all(umap_kernels.compiled_signatures().values()):
         warm_up()

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from common.errors import NotFound
 from common.models import Dataset, Generation, Lineage, Sample, User
 from common.models.base import row_id
+from common.platform.errors import NotFound
 
 
 class HistoryQuery(BaseModel):

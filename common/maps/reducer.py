@@ -10,7 +10,7 @@ nearest-neighbour search index, no ``graph_`` and no second copy of the data.
 
 * ``transform``: umap-learn's algorithm (its small-data path) for every map size: exact neighbours in
   ``z`` (a matrix product, then exact distances of the candidates), then umap-learn's own fuzzy-set and
-  layout kernels (vendored in ``common.umap_kernels``: serving never imports umap-learn).
+  layout kernels (vendored in ``common.maps.umap_kernels``: serving never imports umap-learn).
 * ``inverse``: umap-learn's inverse restricted to the k nearest training points on the map: the
   membership-weighted mean of their ``z`` as the start, then the same fuzzy-set cross entropy (the input-
   space memberships exp(-(d - rho)/sigma) should equal the map's 1/(1 + a·r^2b)) lowered over convex
@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from common.storage import atomic_save_npy, atomic_write_bytes, sha256_file
+from common.platform.storage import atomic_save_npy, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class Reducer:
         """[m, d] -> [m, 2]: umap-learn's transform with exact neighbours."""
         from scipy.sparse import coo_matrix
 
-        from common import umap_kernels as kern
+        from common.maps import umap_kernels as kern
 
         mp = self.map
         zq = np.ascontiguousarray(np.atleast_2d(zq), dtype=np.float32)
@@ -303,7 +303,7 @@ class Reducer:
         """Exact k nearest training rows of each query row under the map's metric: ([m, k] int64,
         [m, k] float32 distances, nearest first). Candidates from a float32 matrix product, their
         distances then computed as umap-learn's metric functions compute them."""
-        from common import umap_kernels as kern
+        from common.maps import umap_kernels as kern
 
         metric = self.map.metric
         z = self.z
@@ -653,7 +653,7 @@ def _fit_map_cuml(z: np.ndarray, params: FitParams) -> tuple[UmapMap, np.ndarray
     from cuml.manifold import UMAP as CumlUMAP
     from cuml.neighbors import NearestNeighbors
 
-    from common import umap_kernels as kern
+    from common.maps import umap_kernels as kern
 
     n = z.shape[0]
     k = min(params.n_neighbors, n - 1)

@@ -18,9 +18,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.errors import Conflict, NotFound, UserError
 from common.models import ApiToken, User, utcnow
 from common.models.users import ROLES
+from common.platform.errors import Conflict, NotFound, UserError
 
 TOKEN_PREFIX = "ll_"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
