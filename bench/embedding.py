@@ -447,8 +447,8 @@ def make_dataset(root: Path, n: int, batch: int) -> None:
     has 2 shared cores); the activations are those ``generate`` captures for the same seeds. Resumable."""
     from sqlalchemy import select
 
-    from common.architecture import layer_map
     from common.jobs import now
+    from common.ml.activations import layer_map
     from common.ml.generation import generate
     from common.models import Dataset, GeneratorModel, Sample, User
     from common.platform import migrate

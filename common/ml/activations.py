@@ -1,19 +1,173 @@
-"""Per-sample activation vectors: layers concatenated in sorted layer-name order, each flattened C*H*W.
+"""The activation layout contract: which layers a generator has, and how one sample's activations are laid
+out as a vector. Torch is never imported here (the web and the submit-time checks use it without a model).
 
-The layout is the contract between capture, storage (activation shards), the embedding (UMAP/PCA) and
-masking: ``flatten_activations`` and ``split_flat`` invert each other exactly, for NumPy arrays and torch
-tensors alike. Sorting is plain ``sorted()`` on the names (so ``decoder_block_10`` sorts before
-``decoder_block_2``); flattening is row-major (C, then H, then W).
+* The layer table of an architecture, from its config alone: friendly name (``encoder_bottleneck``,
+  ``midblock``, …) -> module path in the ``EDMPrecond`` and (C, H, W) of its output (``layer_table``);
+  ``common.ml.hooks`` resolves the same names on a live model (a test checks the two agree).
+* The per-sample vector: layers concatenated in sorted layer-name order, each flattened C*H*W
+  (``flatten_activations`` / ``split_flat``, exact inverses for NumPy arrays and torch tensors alike).
+  Sorting is plain ``sorted()`` on the names (so ``decoder_block_10`` sorts before ``decoder_block_2``);
+  flattening is row-major (C, then H, then W). Capture, the dataset shards, the map's input and the
+  generation masks all use it.
+
+Usage::
+
+    layers = layer_table(config)   # [LayerInfo("encoder_block_0", "model.enc.16x16_conv", (32, 16, 16)), …]
+    X = flatten_activations({"midblock": a, "encoder_bottleneck": b})   # [B, D]
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["flat_dim", "flat_layout", "flatten_activations", "split_flat"]
+__all__ = [
+    "DHARIWAL_ARCHITECTURE",
+    "LAYER_TABLES",
+    "LayerInfo",
+    "check_layers",
+    "dhariwal_block_names",
+    "dhariwal_layer_table",
+    "flat_dim",
+    "flat_layout",
+    "flat_size",
+    "flatten_activations",
+    "layer_map",
+    "layer_table",
+    "layer_table_for_config",
+    "split_flat",
+]
+
+DHARIWAL_ARCHITECTURE = "dhariwal-unet"
+
+
+# -- the layer table ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str  # visualizer name, e.g. "encoder_bottleneck"
+    module: str  # module path in the EDMPrecond, e.g. "model.enc.8x8_block2"
+    shape: tuple[int, int, int]  # (C, H, W) of the module's output
+
+    @property
+    def size(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+
+def _dhariwal_blocks(config: Mapping[str, Any]) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+    """(enc, dec): ordered (entry name, (C, H, W)) as ``DhariwalUNet`` builds them, with its defaults for
+    what the config leaves out (tests/data/reference/DHARIWAL_UNET_SPEC.md, section 2.3)."""
+    res0 = int(config["img_resolution"])
+    mc = int(config.get("model_channels", 192))
+    mult = [int(m) for m in config.get("channel_mult", (1, 2, 3, 4))]
+    nb = int(config.get("num_blocks", 3))
+    levels = len(mult)
+    enc: list[tuple[str, tuple]] = []
+    c = int(config.get("img_channels", 3))
+    for lvl in range(levels):
+        res = res0 >> lvl
+        if lvl == 0:
+            c = mc * mult[0]
+            enc.append((f"{res}x{res}_conv", (c, res, res)))
+        else:
+            enc.append((f"{res}x{res}_down", (c, res, res)))
+        for idx in range(nb):
+            c = mc * mult[lvl]
+            enc.append((f"{res}x{res}_block{idx}", (c, res, res)))
+    dec: list[tuple[str, tuple]] = []
+    for lvl in reversed(range(levels)):
+        res = res0 >> lvl
+        if lvl == levels - 1:
+            dec.append((f"{res}x{res}_in0", (c, res, res)))
+            dec.append((f"{res}x{res}_in1", (c, res, res)))
+        else:
+            dec.append((f"{res}x{res}_up", (c, res, res)))
+        for idx in range(nb + 1):
+            c = mc * mult[lvl]
+            dec.append((f"{res}x{res}_block{idx}", (c, res, res)))
+    return enc, dec
+
+
+def dhariwal_block_names(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Usage: ``enc, dec = dhariwal_block_names(preset.config)`` -> the ``enc``/``dec`` entry names in order,
+    e.g. ``["64x64_conv", "64x64_block0", ...]`` (no model is built)."""
+    enc, dec = _dhariwal_blocks(config)
+    return [n for n, _ in enc], [n for n, _ in dec]
+
+
+def dhariwal_layer_table(enc_names: list[str], dec_names: list[str]) -> dict[str, str]:
+    """Usage: ``dhariwal_layer_table(enc, dec)`` -> ``{friendly name: "model.enc.<entry>", ...}`` in order.
+
+    The naming convention: ``encoder_block_<i>`` for every encoder entry but the last, which is
+    ``encoder_bottleneck``; ``midblock`` is the first decoder entry; ``decoder_block_<i>`` the others."""
+    table = {f"encoder_block_{i}": f"model.enc.{n}" for i, n in enumerate(enc_names[:-1])}
+    table["encoder_bottleneck"] = f"model.enc.{enc_names[-1]}"
+    table["midblock"] = f"model.dec.{dec_names[0]}"
+    table.update({f"decoder_block_{i}": f"model.dec.{n}" for i, n in enumerate(dec_names) if i > 0})
+    return table
+
+
+def _dhariwal_table(config: Mapping[str, Any]) -> list[LayerInfo]:
+    enc, dec = _dhariwal_blocks(config)
+    shapes = {f"model.enc.{n}": s for n, s in enc} | {f"model.dec.{n}": s for n, s in dec}
+    table = dhariwal_layer_table([n for n, _ in enc], [n for n, _ in dec])
+    return [LayerInfo(name, module, shapes[module]) for name, module in table.items()]
+
+
+# architecture -> builder(config) -> every hookable layer in forward order
+LAYER_TABLES: dict[str, Callable[[Mapping[str, Any]], list[LayerInfo]]] = {
+    DHARIWAL_ARCHITECTURE: _dhariwal_table,
+}
+
+
+def layer_table(config: Mapping[str, Any], architecture: str = DHARIWAL_ARCHITECTURE) -> list[LayerInfo]:
+    """Usage: ``layer_table(model.config)`` -> every hookable layer in forward order: encoder_block_0..,
+    encoder_bottleneck, midblock, decoder_block_1.. (the visualizer convention)."""
+    try:
+        builder = LAYER_TABLES[architecture]
+    except KeyError:
+        known = ", ".join(f"'{a}'" for a in sorted(LAYER_TABLES))
+        raise ValueError(f"unknown architecture '{architecture}'; latentlab knows {known}") from None
+    return builder(config)
+
+
+def layer_map(config: Mapping[str, Any], architecture: str = DHARIWAL_ARCHITECTURE) -> dict[str, LayerInfo]:
+    """Usage: ``layer_map(config)["midblock"].shape`` -> (C, H, W)."""
+    return {info.name: info for info in layer_table(config, architecture)}
+
+
+def layer_table_for_config(
+    config: Mapping[str, Any], architecture: str = DHARIWAL_ARCHITECTURE
+) -> dict[str, str]:
+    """Usage: ``layer_table_for_config(preset.config)`` -> ``{friendly name: module path}`` (no model)."""
+    if architecture not in LAYER_TABLES:
+        raise KeyError(f"unknown architecture {architecture!r}; known: {sorted(LAYER_TABLES)}")
+    return {info.name: info.module for info in layer_table(config, architecture)}
+
+
+def check_layers(
+    config: Mapping[str, Any], layers: list[str], architecture: str = DHARIWAL_ARCHITECTURE
+) -> list[str]:
+    """The layers, de-duplicated and sorted; raises KeyError listing the valid names for unknown ones."""
+    known = layer_map(config, architecture)
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise KeyError(f"unknown layer(s) {', '.join(unknown)}; valid layers: {', '.join(known)}")
+    return sorted(set(layers))
+
+
+def flat_size(config: Mapping[str, Any], layers: list[str]) -> int:
+    """Usage: ``flat_size(config, ["midblock"])`` -> D, the length of one sample's vector of those layers."""
+    known = layer_map(config)
+    return sum(known[name].size for name in layers)
+
+
+# -- the per-sample vector ---------------------------------------------------------------------------------
 
 
 def _is_torch(x: Any) -> bool:

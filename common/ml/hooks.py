@@ -24,13 +24,19 @@ its skip stack (the network appends the hook-returned tensor), as the reference 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.ml.activations import (
+    LAYER_TABLES,
+    dhariwal_block_names,
+    dhariwal_layer_table,
+    layer_table_for_config,
+)
 from common.ml.networks import DhariwalUNet, EDMPrecond
 
 __all__ = [
@@ -48,66 +54,12 @@ __all__ = [
     "module_path",
 ]
 
-DHARIWAL_ARCHITECTURE = "dhariwal-unet"
-
-# ----------------------------------------------------------------------------------------------------------
-# Mapping tables: friendly name -> module path, one builder per architecture.
-
-
-def dhariwal_block_names(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Usage: ``enc, dec = dhariwal_block_names(preset.config)`` -> the ``enc``/``dec`` entry names in order.
-
-    Pure Python (no model is built); follows tests/data/reference/DHARIWAL_UNET_SPEC.md section 2.3, e.g.
-    ``["64x64_conv", "64x64_block0", ...]``.
-    """
-    res0 = int(config["img_resolution"])
-    mult = list(config.get("channel_mult", (1, 2, 3, 4)))
-    num_blocks = int(config.get("num_blocks", 3))
-    enc: list[str] = []
-    dec: list[str] = []
-    for level in range(len(mult)):
-        tag = f"{res0 >> level}x{res0 >> level}"
-        enc.append(f"{tag}_conv" if level == 0 else f"{tag}_down")
-        enc.extend(f"{tag}_block{i}" for i in range(num_blocks))
-    for level in reversed(range(len(mult))):
-        tag = f"{res0 >> level}x{res0 >> level}"
-        dec.extend([f"{tag}_in0", f"{tag}_in1"] if level == len(mult) - 1 else [f"{tag}_up"])
-        dec.extend(f"{tag}_block{i}" for i in range(num_blocks + 1))
-    return enc, dec
-
-
-def dhariwal_layer_table(enc_names: list[str], dec_names: list[str]) -> dict[str, str]:
-    """Usage: ``dhariwal_layer_table(enc, dec)`` -> ``{friendly name: "model.enc.<entry>", ...}`` in order."""
-    table = {f"encoder_block_{i}": f"model.enc.{n}" for i, n in enumerate(enc_names[:-1])}
-    table["encoder_bottleneck"] = f"model.enc.{enc_names[-1]}"
-    table["midblock"] = f"model.dec.{dec_names[0]}"
-    table.update({f"decoder_block_{i}": f"model.dec.{n}" for i, n in enumerate(dec_names) if i > 0})
-    return table
-
-
-def _dhariwal_table_from_config(config: Mapping[str, Any]) -> dict[str, str]:
-    return dhariwal_layer_table(*dhariwal_block_names(config))
-
-
-# architecture -> builder(config) -> {friendly name: module path}
-LAYER_TABLES: dict[str, Callable[[Mapping[str, Any]], dict[str, str]]] = {
-    DHARIWAL_ARCHITECTURE: _dhariwal_table_from_config,
-}
+# The layer tables (friendly name -> module path, per architecture) live in the layout contract,
+# common/ml/activations.py; this module resolves those names on a live model.
 
 # Names that resolve but are not listed by layer_names (tests/data/reference/DHARIWAL_UNET_SPEC.md
 # section 6: the adapter resolves decoder_block_0 too).
 _ALIASES = {"decoder_block_0": "midblock"}
-
-
-def layer_table_for_config(
-    config: Mapping[str, Any], architecture: str = DHARIWAL_ARCHITECTURE
-) -> dict[str, str]:
-    """Usage: ``layer_table_for_config(preset.config)`` -> ``{friendly name: module path}`` (no model)."""
-    try:
-        builder = LAYER_TABLES[architecture]
-    except KeyError:
-        raise KeyError(f"unknown architecture {architecture!r}; known: {sorted(LAYER_TABLES)}") from None
-    return builder(config)
 
 
 def _unet(model: nn.Module) -> tuple[DhariwalUNet, str]:

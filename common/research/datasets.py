@@ -31,8 +31,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.architecture import check_layers, layer_map
+from common.ml.activations import check_layers, flatten_activations, layer_map
 from common.models import Dataset, Job, Sample, User
+from common.models.base import row_id
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
@@ -45,6 +46,18 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
 
 
 # -- where things live -----------------------------------------------------------------------------
+
+
+def get_dataset(session: Session, ref: str | int) -> Dataset:
+    """The dataset with id or name ``ref``; raises NotFound."""
+    ds = None
+    if row_id(ref) is not None:
+        ds = session.get(Dataset, row_id(ref))
+    if ds is None and isinstance(ref, str):
+        ds = session.scalar(select(Dataset).where(Dataset.name == ref))
+    if ds is None:
+        raise NotFound(f"No dataset '{ref}'.", field="dataset")
+    return ds
 
 
 def chunk_dir(dataset_id: int, chunk: int) -> str:
@@ -412,7 +425,7 @@ def read_activations(
             block[positions] = arr[rows]
         parts.append(block)
         widths.append(block.shape[1])
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    return flatten_activations(dict(zip(layers, parts, strict=True)))  # [n, D], the layout contract
 
 
 def iter_activation_batches(

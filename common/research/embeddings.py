@@ -35,24 +35,13 @@ from common.models.base import row_id
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, NotFound, UserError
-from common.research.datasets import iter_activation_batches, read_activations
+from common.research.datasets import get_dataset, iter_activation_batches, read_activations
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
 
 
 def embedding_dir(embedding_id: int) -> str:
     return f"embeddings/{embedding_id}"
-
-
-def get_dataset(session: Session, ref: str | int) -> Dataset:
-    ds = None
-    if row_id(ref) is not None:
-        ds = session.get(Dataset, row_id(ref))
-    if ds is None and isinstance(ref, str):
-        ds = session.scalar(select(Dataset).where(Dataset.name == ref))
-    if ds is None:
-        raise NotFound(f"No dataset '{ref}'.", field="dataset")
-    return ds
 
 
 def get_embedding(session: Session, embedding_id: int) -> Embedding:

@@ -1,12 +1,7 @@
 """Generate from neighbours: combine the chosen samples' activations, clamp them into the generator with
 forward hooks, make new images, and record each one with its full recipe and lineage.
 
-Modes (how the neighbours' activations are combined; the math is in ``combine_targets`` below):
-
-* ``activation_mean`` (default): the mean of the neighbours' real activations, full dimension;
-* ``umap_inverse``: the mean of the neighbours' 2-D points through the map's inverse (UMAP, PCA and
-  scaler undone), split per layer in sorted order;
-* ``weighted``: user weights over the neighbours (interpolation).
+How the neighbours combine (the modes, the masks, the class) is ``common/research/recipe.py``.
 
 After generating, the image's actual activations are captured and projected with the map's reducer, so
 each generation stores where it was meant to land and where it landed.
@@ -19,8 +14,6 @@ Usage (a worker)::
 from __future__ import annotations
 
 import secrets
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from common import jobs
 from common.jobs import RowId
+from common.ml.activations import flatten_activations, split_flat
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
@@ -37,9 +31,15 @@ from common.platform.errors import UserError
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
 from common.research.datasets import CODE_VERSION, noise_seed, read_activations
 from common.research.embeddings import ReducerCache, get_embedding
-
-MODES = ("activation_mean", "umap_inverse", "weighted")
-CLASS_MODES = ("selected", "neighbor_majority", "blend", "uniform", "none")
+from common.research.recipe import (
+    Recipe,
+    choose_class,
+    combine_activations,
+    labels_for,
+    masks_from_targets,
+    neighbour_weights,
+    weighted_center,
+)
 
 
 class GenerateFromNeighborsParams(BaseModel):
@@ -132,21 +132,6 @@ def prepare_generate_from_neighbors(
 # -- the recipe ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Recipe:
-    """Everything that determines a generation's images (recomputable from the database and shards)."""
-
-    masks: dict[str, np.ndarray]  # layer -> [1, C, H, W] float32
-    center: np.ndarray  # [2] intended point on the map
-    weights: np.ndarray  # [k] over the neighbours
-    labels: Any  # per-sample class labels for common.ml.generation.generate
-    label_mode: str
-    class_label: int | None
-    label_weights: dict[str, float] | None
-    roundtrip_error: float | None
-    diagnostics: dict[str, Any]
-
-
 def build_recipe(
     settings: Settings, session: Session, emb: Embedding, p: dict[str, Any], reducers: ReducerCache
 ) -> Recipe:
@@ -164,13 +149,8 @@ def build_recipe(
         )
     }
     k = len(neighbors)
-    if p["mode"] == "weighted":
-        w = np.asarray(p["weights"], dtype=np.float64)
-        w = w / w.sum()
-    else:
-        w = np.full(k, 1.0 / k)
-    nb_xy = np.array([points[s] for s in neighbors], dtype=np.float64)  # [k, 2]
-    center = (w[:, None] * nb_xy).sum(axis=0)  # [2]
+    w = neighbour_weights(p["mode"], k, p.get("weights"))  # [k]
+    center = weighted_center(w, np.array([points[s] for s in neighbors], dtype=np.float64))  # [2]
     layers = list(p["layers"])
     shapes = {name: tuple(ds.layer_shapes[name]) for name in ds.layers}
     roundtrip = None
@@ -183,67 +163,27 @@ def build_recipe(
         diagnostics.update(notes[0])  # nearest_sample_distance (+ _input_), inverse_warning (None if fine)
         if reducer.map.spacing > 0:  # in units of the map's typical distance between neighbouring samples
             diagnostics["roundtrip_in_spacings"] = roundtrip / reducer.map.spacing
-        parts, at = {}, 0
-        for name in reducer.layers:  # sorted, as the map concatenated them
-            size = int(np.prod(shapes[name]))
-            parts[name] = flat[0, at : at + size]
-            at += size
+        parts = split_flat(flat[0], {name: shapes[name] for name in reducer.layers})  # {name: [C, H, W]}
         targets = {name: parts[name] for name in layers}
         diagnostics["inverse_reprojected"] = [float(back[0]), float(back[1])]
     else:
         locs = [(samples[s].act_shard, samples[s].act_row) for s in neighbors]
         x = read_activations(settings, locs, layers).astype(np.float64)  # [k, D_masked]
-        combined = (w[:, None] * x).sum(axis=0)
-        targets, at = {}, 0
-        for name in sorted(layers):
-            size = int(np.prod(shapes[name]))
-            targets[name] = combined[at : at + size]
-            at += size
-    masks = {name: targets[name].astype(np.float32).reshape(1, *shapes[name]) for name in layers}
+        targets = combine_activations(x, w, {name: shapes[name] for name in layers})  # {name: [C, H, W]}
+    masks = masks_from_targets(targets, shapes, layers)
 
     label_dim = int(ds.model.config["label_dim"])
     cm = p["class"]
-    nb_classes = [samples[s].class_label for s in neighbors if samples[s].class_label is not None]
-    class_label, label_weights, label_mode = None, None, "onehot"
-    if cm == "selected":
-        class_label = samples[p["selected"]].class_label
-        if class_label is None:
-            cm = "neighbor_majority"
-    if cm == "neighbor_majority":
-        if not nb_classes:
-            raise UserError("None of the neighbours has a single class; pick 'blend', 'uniform' or a class.")
-        counts = Counter(nb_classes)
-        top = max(counts.values())
-        class_label = min(c for c, n in counts.items() if n == top)
-    elif cm == "blend":
-        acc: dict[int, float] = {}
-        for s, weight in zip(neighbors, w, strict=True):
-            c = samples[s].class_label
-            if c is not None:
-                acc[c] = acc.get(c, 0.0) + float(weight)
-        total = sum(acc.values()) or 1.0
-        label_weights = {str(c): v / total for c, v in sorted(acc.items())}
-        label_mode = "blend"
-    elif cm == "uniform":
-        label_mode = "uniform"
-    elif cm == "none":
-        label_mode = "null"
-    elif isinstance(cm, int):
-        class_label = cm
-    if label_mode == "onehot" and not 0 <= int(class_label) < label_dim:
-        raise UserError(f"class {class_label} is out of range for this model.")
+    class_label, label_weights, label_mode = choose_class(
+        cm,
+        samples[p["selected"]].class_label,
+        [samples[s].class_label for s in neighbors],
+        w,
+        label_dim,
+    )
     return Recipe(
         masks, center, w, class_label, label_mode, class_label, label_weights, roundtrip, diagnostics
     )
-
-
-def _labels_for(recipe: Recipe, n: int) -> tuple[Any, str]:
-    if recipe.label_mode == "onehot":
-        return [int(recipe.class_label)] * n, "onehot"
-    if recipe.label_mode == "blend":
-        row = {int(c): v for c, v in recipe.label_weights.items()}
-        return [row] * n, "blend"
-    return None, recipe.label_mode
 
 
 def render(
@@ -259,7 +199,7 @@ def render(
     """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult."""
     from common.ml.generation import generate
 
-    labels, mode = _labels_for(recipe, len(seeds))
+    labels, mode = labels_for(recipe, len(seeds))
     return generate(
         model,
         labels,
@@ -313,7 +253,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
     model_cache.assert_no_hooks()
     ctx.check()
     n = len(seeds)
-    actual_x = np.concatenate([res.activations[name].reshape(n, -1) for name in reducer.layers], axis=1)
+    actual_x = flatten_activations({name: res.activations[name] for name in reducer.layers})  # [n, D_map]
     actual = reducer.transform(actual_x)  # [n, 2]
     ctx.progress(0.8, "saving images and activations")
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from common.architecture import layer_map
+from common.ml.activations import layer_map
 from common.ml.presets import get_preset
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, GeneratorModel, Lineage, Sample
 from common.platform.storage import atomic_write_bytes, png_bytes

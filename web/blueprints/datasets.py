@@ -9,10 +9,9 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from common.architecture import layer_table
+from common.ml.activations import layer_table
 from common.models import Dataset, GeneratorModel, Sample
-from common.research.datasets import GenerateDatasetParams, dataset_to_dict
-from common.research.embeddings import get_dataset
+from common.research.datasets import GenerateDatasetParams, dataset_to_dict, get_dataset
 from common.research.history import sample_to_dict
 from common.research.registry import model_to_dict
 from web.api import api_route
