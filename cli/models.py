@@ -49,13 +49,11 @@ def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) ->
 @click.option("--json", "as_json", is_flag=True)
 def model_list(as_json: bool) -> None:
     """List registered models."""
-    from sqlalchemy import select
-
-    from common.models import GeneratorModel
     from common.registry import model_to_dict
+    from common.research_reads import list_models
 
     with open_sessions(load_settings())() as session:
-        rows = [model_to_dict(m) for m in session.scalars(select(GeneratorModel).order_by(GeneratorModel.id))]
+        rows = [model_to_dict(m) for m in list_models(session)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -96,13 +96,11 @@ def dataset_create(model, name, num_samples, classes, layers, seed, steps, batch
 @click.option("--json", "as_json", is_flag=True)
 def dataset_list(as_json: bool) -> None:
     """List datasets."""
-    from sqlalchemy import select
-
     from common.datasets import dataset_to_dict
-    from common.models import Dataset
+    from common.research_reads import list_datasets
 
     with open_sessions(load_settings())() as session:
-        rows = [dataset_to_dict(session, d) for d in session.scalars(select(Dataset).order_by(Dataset.id))]
+        rows = [dataset_to_dict(session, d) for d in list_datasets(session)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

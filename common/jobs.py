@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.config import Settings
 from common.errors import NotFound, QuotaExceeded, UserError, pydantic_message
+from common.job_reads import queue_positions
 from common.models import Job, User
 from common.models.jobs import ACTIVE_STATUSES, FINAL_STATUSES
 from common.queue import BrokerUnavailable, Publisher, worker_node
@@ -995,10 +996,7 @@ def queue_position(session: Session, job: Job) -> int | None:
     """1-based place of a queued job in its queue (jobs ahead of it + 1); None when not queued."""
     if job.status != "queued":
         return None
-    ahead = session.scalar(
-        select(func.count(Job.id)).where(Job.queue == job.queue, Job.status == "queued", Job.id < job.id)
-    )
-    return int(ahead) + 1
+    return queue_positions(session, [job.id]).get(job.id)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -18,12 +18,11 @@ from typing import Any
 
 from flask import Blueprint, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
 
+from common import research_reads
 from common.errors import NotFound
 from common.generations import GenerateFromNeighborsParams
 from common.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
-from common.models import EmbeddingPoint
 from common.storage import UnsafePath, resolve_inside
 from web.api import api_route
 from web.auth import get_db, get_settings
@@ -94,12 +93,7 @@ def get_sample_detail(sample_id: int):
     db = get_db()
     sample = get_sample(db, sample_id)
     out = sample_detail(db, sample)
-    rows = db.execute(
-        select(EmbeddingPoint.embedding_id, EmbeddingPoint.x, EmbeddingPoint.y)
-        .where(EmbeddingPoint.sample_id == sample.id)
-        .order_by(EmbeddingPoint.embedding_id)
-    )
-    out["points"] = {str(emb_id): [x, y] for emb_id, x, y in rows}
+    out["points"] = research_reads.sample_points(db, sample.id)
     return out
 
 
