@@ -23,10 +23,6 @@ def first_admin_id(session: Session) -> int | None:
     return session.scalar(select(User.id).where(User.role == "admin").order_by(User.id))
 
 
-def find_user(session: Session, username: str) -> User | None:
-    return session.scalar(select(User).where(User.username == username))
-
-
 def user_tokens(session: Session, user_id: int, limit: int | None = None) -> list[ApiToken]:
     """A user's API tokens, newest first (at most ``limit``)."""
     stmt = select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id.desc())
