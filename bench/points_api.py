@@ -36,8 +36,9 @@ from common.platform.accounts import create_user, issue_token  # noqa: E402
 from common.platform.config import Settings  # noqa: E402
 from common.platform.db import make_engine, session_factory  # noqa: E402
 from common.research.embeddings import points_columns  # noqa: E402
+from common.research.reads import map_stats  # noqa: E402
+from web import points_cache as points_module  # noqa: E402
 from web.app import create_app  # noqa: E402
-from web.blueprints import embeddings as points_module  # noqa: E402
 
 
 def fill(sessions, n: int) -> tuple[int, str]:
@@ -172,7 +173,7 @@ def main() -> None:
         body = points_module.encode_points(emb, labels, "x" * 32, cols)
         level = points_module.GZIP_LEVEL
         show(f"gzip level {level}", timed(lambda: gzip.compress(body, compresslevel=level, mtime=0), 3))
-        show("ETag query (count/max/sum)", timed(lambda: points_module.map_stats(s, emb), 10))
+        show("ETag query (count/max/sum)", timed(lambda: map_stats(s, emb.id), 10))
 
     app = create_app(settings)
     client = app.test_client()

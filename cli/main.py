@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import time
 
 import click
 
-from common.platform.config import ConfigError, Settings
-from common.platform.errors import UserError
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-class LatentlabGroup(click.Group):
-    """Turns the errors a user can cause into one readable line and a non-zero exit."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (UserError, ConfigError) as exc:
-            message = exc.message if isinstance(exc, UserError) else str(exc)
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(2 if isinstance(exc, UserError) and exc.status == 400 else 1)
-
-
-@click.group(cls=LatentlabGroup)
-@click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
-def main(verbose: bool) -> None:
-    """latentlab: look inside diffusion image generators."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
+import cli.models  # noqa: F401  (attaches the model commands to main)
+import cli.research  # noqa: F401  (attaches the research commands to main)
+from cli.base import (
+    job_owner,
+    load_settings,
+    main,
+    make_publisher,
+    open_sessions,
+    require_schema,
+    wait_for_job,
+)
 
 # -- database -----------------------------------------------------------------------------------------
 
@@ -63,7 +40,7 @@ def db_upgrade(revision: str, register_shipped: bool) -> None:
     if register_shipped:
         from common.research.registry import register_shipped_models
 
-        with _sessions(settings).begin() as session:
+        with open_sessions(settings).begin() as session:
             added = register_shipped_models(session, settings)
         click.echo(f"shipped models registered: {', '.join(added) or 'nothing new'}")
 
@@ -100,21 +77,6 @@ def db_check() -> None:
     click.echo("no drift")
 
 
-def _sessions(settings: Settings):
-    from common.platform.db import make_engine, session_factory
-
-    return session_factory(make_engine(settings))
-
-
-def _require_schema(settings: Settings) -> None:
-    from common.platform import migrate
-
-    if not migrate.is_current(settings):
-        raise click.ClickException(
-            "The database is not migrated to the latest schema; run `latentlab db upgrade`."
-        )
-
-
 # -- users --------------------------------------------------------------------------------------------
 
 
@@ -140,9 +102,9 @@ def user_add(name: str, admin: bool) -> None:
     from common.platform.accounts import create_user
 
     settings = load_settings()
-    _require_schema(settings)
+    require_schema(settings)
     password = _read_password(prompt=True)
-    with _sessions(settings).begin() as session:
+    with open_sessions(settings).begin() as session:
         u = create_user(session, name, password, role="admin" if admin else "member")
         click.echo(f"created {u.role} '{u.username}' (id {u.id})")
 
@@ -155,8 +117,8 @@ def user_token(name: str, label: str) -> None:
     from common.platform.accounts import get_user, issue_token
 
     settings = load_settings()
-    _require_schema(settings)
-    with _sessions(settings).begin() as session:
+    require_schema(settings)
+    with open_sessions(settings).begin() as session:
         raw = issue_token(session, get_user(session, name), label)
     click.echo(raw)
 
@@ -169,7 +131,7 @@ def user_passwd(name: str) -> None:
 
     settings = load_settings()
     password = _read_password(prompt=True)
-    with _sessions(settings).begin() as session:
+    with open_sessions(settings).begin() as session:
         set_password(session, get_user(session, name), password)
     click.echo("password changed")
 
@@ -177,12 +139,10 @@ def user_passwd(name: str) -> None:
 @user.command("list")
 def user_list() -> None:
     """List users."""
-    from sqlalchemy import select
+    from common.platform.account_reads import list_users
 
-    from common.models import User
-
-    with _sessions(load_settings())() as session:
-        for u in session.scalars(select(User).order_by(User.id)):
+    with open_sessions(load_settings())() as session:
+        for u in list_users(session):
             click.echo(f"{u.id}\t{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}")
 
 
@@ -232,7 +192,7 @@ def web(host: str, port: int, threads: int) -> None:
     from web.app import create_app
 
     settings = load_settings()
-    _require_schema(settings)
+    require_schema(settings)
     app = create_app(settings)
     click.echo(f"latentlab web on http://{host}:{port}/")
     serve(app, host=host, port=port, threads=threads, ident="latentlab", channel_timeout=300)
@@ -273,16 +233,6 @@ def job() -> None:
     """Submit and inspect jobs."""
 
 
-def _publisher(settings: Settings):
-    import redis
-
-    from common.jobs.broker import Publisher
-    from workers.app import celery_app
-
-    client = redis.Redis.from_url(settings.broker_url(), socket_connect_timeout=2, socket_timeout=5)
-    return Publisher(celery_app.send_task, client)
-
-
 @job.command("submit")
 @click.argument("kind")
 @click.option("--params", default="{}", help="Parameters as a JSON object.")
@@ -293,62 +243,19 @@ def job_submit(kind: str, params: str, username: str | None, wait: bool) -> None
     from common import jobs
 
     settings = load_settings()
-    _require_schema(settings)
+    require_schema(settings)
     try:
         parsed = json.loads(params)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--params is not valid JSON: {exc}") from None
-    sessions = _sessions(settings)
-    owner = _owner(sessions, username)
-    j = jobs.submit(sessions, _publisher(settings), settings, owner=owner, kind=kind, params=parsed)
+    sessions = open_sessions(settings)
+    owner = job_owner(sessions, username)
+    j = jobs.submit(sessions, make_publisher(settings), settings, owner=owner, kind=kind, params=parsed)
     click.echo(
         f"job {j.id} {j.status}{'' if j.published_at else ' (broker unreachable: will be published later)'}"
     )
     if wait:
         sys.exit(wait_for_job(sessions, j.id))
-
-
-def _owner(sessions, username: str | None) -> int:
-    from sqlalchemy import select
-
-    from common.models import User
-
-    with sessions() as session:
-        if username:
-            from common.platform.accounts import get_user
-
-            return get_user(session, username).id
-        uid = session.scalar(select(User.id).where(User.role == "admin").order_by(User.id))
-        if uid is None:
-            raise click.ClickException(
-                "No admin exists yet; run `latentlab up` once or `latentlab user add NAME --admin`."
-            )
-        return uid
-
-
-def wait_for_job(sessions, job_id: int, poll: float = 0.25) -> int:
-    """Show a progress bar until the job ends; returns the exit code (0 when it succeeded)."""
-    from tqdm import tqdm
-
-    from common.models import Job
-
-    with tqdm(
-        total=100, unit="%", desc=f"job {job_id}", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}"
-    ) as bar:
-        while True:
-            with sessions() as session:
-                j = session.get(Job, job_id)
-                bar.n = round(j.progress * 100)
-                bar.set_postfix_str(f"{j.status} {j.progress_message or ''}"[:60])
-                if j.is_final:
-                    bar.refresh()
-                    break
-            time.sleep(poll)
-    if j.status != "succeeded":
-        click.echo(f"job {job_id} {j.status}: {j.error or ''}", err=True)
-        return 1
-    click.echo(json.dumps(j.result or {}, indent=None))
-    return 0
 
 
 @job.command("show")
@@ -358,22 +265,12 @@ def job_show(job_id: int) -> None:
     from common.jobs import job_to_dict
     from common.models import Job
 
-    with _sessions(load_settings())() as session:
+    with open_sessions(load_settings())() as session:
         j = session.get(Job, job_id)
         if j is None:
             raise click.ClickException(f"No job {job_id}.")
         click.echo(json.dumps(job_to_dict(j), indent=2))
 
 
-def _register_command_modules() -> None:
-    # each feature's commands live in their own module and attach themselves to ``main``
-    import cli.models  # noqa: F401
-    import cli.research  # noqa: F401
-
-
 if __name__ == "__main__":
-    from cli.main import main as _main  # the importable module, with every command module attached
-
-    _main()
-else:
-    _register_command_modules()
+    main()

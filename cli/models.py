@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.main import _require_schema, _sessions, load_settings, main
+from cli.base import load_settings, main, open_sessions, require_schema
 
 
 @main.group()
@@ -29,7 +29,7 @@ def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) ->
     from common.research.registry import add_model
 
     settings = load_settings()
-    _require_schema(settings)
+    require_schema(settings)
     try:
         p = get_preset(preset)
     except KeyError as exc:
@@ -40,7 +40,7 @@ def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) ->
         click.echo(f"loading {checkpoint} strictly as {preset} …")
         loaded, _sha = load_generator(checkpoint, p.config, device="cpu")
         del loaded
-    with _sessions(settings).begin() as session:
+    with open_sessions(settings).begin() as session:
         m = add_model(session, settings, name, checkpoint=checkpoint, preset=preset)
         click.echo(f"registered model '{m.name}' (id {m.id}, sha256 {m.checkpoint_sha256[:16]}…)")
 
@@ -49,13 +49,11 @@ def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) ->
 @click.option("--json", "as_json", is_flag=True)
 def model_list(as_json: bool) -> None:
     """List registered models."""
-    from sqlalchemy import select
-
-    from common.models import GeneratorModel
+    from common.research.reads import list_models
     from common.research.registry import model_to_dict
 
-    with _sessions(load_settings())() as session:
-        rows = [model_to_dict(m) for m in session.scalars(select(GeneratorModel).order_by(GeneratorModel.id))]
+    with open_sessions(load_settings())() as session:
+        rows = [model_to_dict(m) for m in list_models(session)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -72,8 +70,8 @@ def model_register_shipped() -> None:
     from common.research.registry import register_shipped_models
 
     settings = load_settings()
-    _require_schema(settings)
-    with _sessions(settings).begin() as session:
+    require_schema(settings)
+    with open_sessions(settings).begin() as session:
         added = register_shipped_models(session, settings)
     click.echo(f"registered: {', '.join(added) or 'nothing new'}")
 

@@ -8,7 +8,15 @@ import sys
 
 import click
 
-from cli.main import _owner, _publisher, _require_schema, _sessions, load_settings, main, wait_for_job
+from cli.base import (
+    job_owner,
+    load_settings,
+    main,
+    make_publisher,
+    open_sessions,
+    require_schema,
+    wait_for_job,
+)
 
 
 def _csv_ints(value: str | None) -> list[int] | None:
@@ -28,11 +36,16 @@ def _submit(kind: str, params: dict, username: str | None, wait: bool) -> None:
     from common import jobs
 
     settings = load_settings()
-    _require_schema(settings)
-    sessions = _sessions(settings)
+    require_schema(settings)
+    sessions = open_sessions(settings)
     params = {k: v for k, v in params.items() if v is not None}
     job = jobs.submit(
-        sessions, _publisher(settings), settings, owner=_owner(sessions, username), kind=kind, params=params
+        sessions,
+        make_publisher(settings),
+        settings,
+        owner=job_owner(sessions, username),
+        kind=kind,
+        params=params,
     )
     note = "" if job.published_at else " (broker unreachable: it will be published when Redis is back)"
     click.echo(f"job {job.id} ({kind}) {job.status}{note}")
@@ -83,13 +96,11 @@ def dataset_create(model, name, num_samples, classes, layers, seed, steps, batch
 @click.option("--json", "as_json", is_flag=True)
 def dataset_list(as_json: bool) -> None:
     """List datasets."""
-    from sqlalchemy import select
-
-    from common.models import Dataset
     from common.research.datasets import dataset_to_dict
+    from common.research.reads import list_datasets
 
-    with _sessions(load_settings())() as session:
-        rows = [dataset_to_dict(session, d) for d in session.scalars(select(Dataset).order_by(Dataset.id))]
+    with open_sessions(load_settings())() as session:
+        rows = [dataset_to_dict(session, d) for d in list_datasets(session)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -219,7 +230,7 @@ def neighbors(embedding, sample, k, space):
     from common.research.neighbors import find_neighbors
 
     settings = load_settings()
-    with _sessions(settings)() as session:
+    with open_sessions(settings)() as session:
         hits = find_neighbors(settings, session, get_embedding(session, embedding), sample, k, space)
     for h in hits:
         click.echo(f"{h['sample_id']}\t{h['distance']:.6f}")
@@ -254,7 +265,7 @@ def history(user, dataset, class_label, parent, mode, since, limit, as_json):
         )
     except ValidationError as exc:
         raise UserError(pydantic_message(exc)[0]) from None
-    with _sessions(load_settings())() as session:
+    with open_sessions(load_settings())() as session:
         rows = read_history(session, q)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -280,7 +291,7 @@ def replay(sample: int, out: str | None) -> None:
     from common.research.modelcache import ModelCache
 
     settings = load_settings()
-    with _sessions(settings)() as session:
+    with open_sessions(settings)() as session:
         image, stored = do_replay(
             settings, session, sample, ModelCache(settings.model_cache_size), ReducerCache()
         )

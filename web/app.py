@@ -26,22 +26,12 @@ from common.platform.storage import UnsafePath, resolve_inside
 from web import auth, csrf, errors
 from web.queue import BrokerLink
 from web.ratelimit import LoginLimiter
+from web.security_headers import HSTS, SECURITY_HEADERS
 
 log = logging.getLogger("latentlab.web")
 
 MAX_BODY_BYTES = 1024 * 1024
 SESSION_COOKIE = "latentlab_session"
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-}
-HSTS = "max-age=31536000"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

@@ -4,8 +4,7 @@
 Counts come in two kinds per queue: ``queued``/``running`` count top-level jobs (what users submitted);
 ``chunks_queued``/``chunks_running`` count the chunk jobs of larger jobs (what workers actually take
 from the queue). A dataset job stays ``running`` while its chunks wait, and a queued job's ``position``
-counts every queued job ahead of it, chunks included (the same number as
-``common.jobs.views.queue_position``).
+counts every queued job ahead of it, chunks included (``common.jobs.reads.queue_positions``).
 
 The job list holds active top-level jobs in queue order: per queue, running jobs (oldest first), then
 queued ones by position. The viewer's own jobs (an admin's: everyone's) come in full
@@ -27,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.jobs.broker import QUEUES
+from common.jobs.reads import queue_positions
 from common.jobs.views import event_for, job_to_dict
 from common.models import Job, User
 from common.models.jobs import ACTIVE_STATUSES
@@ -54,20 +54,16 @@ def queue_summary(
     session: Session, *, viewer_id: int, is_admin: bool, limit: int = MAX_LISTED
 ) -> dict[str, Any]:
     """``{"queues": {queue: counts}, "jobs": [...], "truncated": bool}`` as seen by the viewer."""
-    ranked = (
-        select(Job.id, func.row_number().over(partition_by=Job.queue, order_by=Job.id).label("position"))
-        .where(Job.status == "queued")
-        .subquery()
-    )
     queue_order = {q: i for i, q in enumerate(QUEUES)}
-    rows = session.execute(
-        select(Job, User.username, ranked.c.position)
+    fetched = session.execute(
+        select(Job, User.username)
         .join(User, User.id == Job.owner_id)
-        .outerjoin(ranked, ranked.c.id == Job.id)
         .where(Job.status.in_(ACTIVE_STATUSES), Job.parent_id.is_(None))
         .order_by(Job.id)
         .limit(limit + 1)
     ).all()
+    positions = queue_positions(session, [job.id for job, _ in fetched[:limit] if job.status == "queued"])
+    rows = [(job, owner, positions.get(job.id)) for job, owner in fetched]
     truncated = len(rows) > limit
     rows = sorted(
         rows[:limit],
@@ -80,7 +76,6 @@ def queue_summary(
     )
     listed = []
     for job, owner, position in rows:
-        position = int(position) if position is not None else None
         if is_admin or job.owner_id == viewer_id:
             full = job_to_dict(job, position=position, owner_name=owner)
             full["published_at"] = job.published_at.isoformat() if job.published_at else None

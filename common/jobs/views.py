@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.jobs.reads import queue_positions
 from common.models import Job
 
 
@@ -44,10 +44,7 @@ def queue_position(session: Session, job: Job) -> int | None:
     """1-based place of a queued job in its queue (jobs ahead of it + 1); None when not queued."""
     if job.status != "queued":
         return None
-    ahead = session.scalar(
-        select(func.count(Job.id)).where(Job.queue == job.queue, Job.status == "queued", Job.id < job.id)
-    )
-    return int(ahead) + 1
+    return queue_positions(session, [job.id]).get(job.id)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import inspect
 
 from cli.redis_server import free_port
-from web.app import CONTENT_SECURITY_POLICY, create_app
+from web.app import create_app
+from web.security_headers import CONTENT_SECURITY_POLICY
 
 
 @pytest.fixture

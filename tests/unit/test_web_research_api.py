@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from common.models import Embedding, Job, Sample
 from common.platform.accounts import create_user, issue_token
 from tests.support.lab import add_generation, ago, build_lab
+from web import points_cache
 from web.app import create_app
-from web.blueprints import embeddings as embeddings_bp
 
 DTYPES = {"int32": np.int32, "float32": np.float32, "int16": np.int16, "uint8": np.uint8}
 
@@ -245,7 +245,7 @@ def test_points_decode_to_the_map_with_generated_points_marked(client, alice, la
 def test_points_answer_304_while_unchanged_and_a_new_etag_after_a_point_is_added(
     client, alice, lab, sessions, settings, member
 ):
-    cache = embeddings_bp.cache_for(client.application)
+    cache = points_cache.cache_for(client.application)
     url = f"/api/v1/embeddings/{lab.embedding_id}/points"
     first = client.get(url, headers=alice)
     etag = first.headers["ETag"]
@@ -262,16 +262,16 @@ def test_points_answer_304_while_unchanged_and_a_new_etag_after_a_point_is_added
     assert changed.status_code == 200 and changed.headers["ETag"] != etag and changed.json["n"] == 33
     # only the new point was read, and the answer is what a fresh read of the whole map gives
     assert (cache.full_reads, cache.tail_reads) == (reads[0], reads[1] + 1)
-    client.application.extensions[embeddings_bp.CACHE_KEY] = embeddings_bp.PointsCache()
+    client.application.extensions[points_cache.CACHE_KEY] = points_cache.PointsCache()
     try:
         fresh = client.get(url, headers=alice)
     finally:
-        client.application.extensions[embeddings_bp.CACHE_KEY] = cache
+        client.application.extensions[points_cache.CACHE_KEY] = cache
     assert fresh.data == changed.data and fresh.headers["ETag"] == changed.headers["ETag"]
 
 
 def test_points_after_a_removal_are_read_whole_and_get_a_new_etag(client, alice, lab, sessions):
-    cache = embeddings_bp.cache_for(client.application)
+    cache = points_cache.cache_for(client.application)
     url = f"/api/v1/embeddings/{lab.embedding_id}/points"
     before = client.get(url, headers=alice)
     with sessions.begin() as s:

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from common.models import ApiToken, User
+from common.platform.account_reads import user_tokens
 from common.platform.accounts import check_password, issue_token, revoke_token, set_password
 from common.platform.errors import UserError
 from web import csrf
@@ -186,9 +186,7 @@ def _token_dict(token: ApiToken, raw: str | None = None) -> dict:
 
 @api_route(bp, "/tokens", methods=["GET"], response=TokenList, summary="Your API tokens (newest first)")
 def list_tokens():
-    rows = get_db().scalars(
-        select(ApiToken).where(ApiToken.user_id == principal().id).order_by(ApiToken.id.desc())
-    )
+    rows = user_tokens(get_db(), principal().id)
     return {"tokens": [_token_dict(t) for t in rows]}
 
 
@@ -206,9 +204,7 @@ def create_token(body: NewToken):
     with get_sessions().begin() as db:
         raw = issue_token(db, db.get(User, user.id), body.name)
         # the new row is the newest of the user's whose prefix (its first characters) begins the raw token
-        recent = db.scalars(
-            select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc()).limit(20)
-        )
+        recent = user_tokens(db, user.id, limit=20)
         token = next(t for t in recent if raw.startswith(t.prefix))
         out = _token_dict(token, raw)
     return out, 201

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 
 from common.ml.activations import layer_table
-from common.models import Dataset, GeneratorModel, Sample
+from common.models import GeneratorModel
+from common.research import reads as research_reads
 from common.research.datasets import GenerateDatasetParams, dataset_to_dict, get_dataset
 from common.research.history import sample_to_dict
 from common.research.registry import model_to_dict
@@ -63,14 +63,13 @@ def _model_out(model: GeneratorModel) -> dict[str, Any]:
     summary="Registered generators, each with the layers a dataset can capture",
 )
 def list_models():
-    rows = get_db().scalars(select(GeneratorModel).order_by(GeneratorModel.id))
-    return {"models": [_model_out(m) for m in rows]}
+    return {"models": [_model_out(m) for m in research_reads.list_models(get_db())]}
 
 
 @api_route(bp, "/datasets", methods=["GET"], response=DatasetList, summary="Datasets, newest first")
 def list_datasets():
     db = get_db()
-    rows = db.scalars(select(Dataset).order_by(Dataset.id.desc()))
+    rows = research_reads.list_datasets(db, newest_first=True)
     return {"datasets": [dataset_to_dict(db, ds) for ds in rows]}
 
 
@@ -97,13 +96,7 @@ def get_dataset_detail(dataset_id: int):
     db = get_db()
     ds = get_dataset(db, dataset_id)
     out = dataset_to_dict(db, ds)
-    counts = db.execute(
-        select(Sample.class_label, func.count(Sample.id))
-        .where(Sample.dataset_id == ds.id, Sample.origin == "dataset")
-        .group_by(Sample.class_label)
-        .order_by(Sample.class_label)
-    )
-    out["class_counts"] = {str(-1 if c is None else c): int(n) for c, n in counts}
+    out["class_counts"] = research_reads.class_counts(db, ds.id)
     return out
 
 
@@ -118,13 +111,12 @@ def get_dataset_detail(dataset_id: int):
 def list_samples(dataset_id: int, query: SampleQuery):
     db = get_db()
     ds = get_dataset(db, dataset_id)
-    where = [Sample.dataset_id == ds.id]
-    if query.class_label is not None:
-        label = query.class_label
-        where.append(Sample.class_label.is_(None) if label == -1 else Sample.class_label == label)
-    if query.origin:
-        where.append(Sample.origin == query.origin)
-    total = db.scalar(select(func.count(Sample.id)).where(*where))
-    page = select(Sample).where(*where).order_by(Sample.id).limit(query.limit).offset(query.offset)
-    rows = db.scalars(page)
-    return {"total": int(total), "samples": [sample_to_dict(s) for s in rows]}
+    total, rows = research_reads.sample_page(
+        db,
+        ds.id,
+        class_label=query.class_label,
+        origin=query.origin,
+        limit=query.limit,
+        offset=query.offset,
+    )
+    return {"total": total, "samples": [sample_to_dict(s) for s in rows]}

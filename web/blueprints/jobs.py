@@ -12,14 +12,14 @@ from typing import Any, Literal
 
 from flask import Blueprint, url_for
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
-from common.models import Job, User
+from common.jobs import reads as job_reads
+from common.models import Job
 from common.models.jobs import JOB_STATUSES
-from common.platform.errors import Conflict, NotFound, UserError
+from common.platform.errors import Conflict, UserError
 from web.api import api_route
 from web.auth import Principal, get_db, get_publisher, get_sessions, get_settings, principal
 
@@ -107,46 +107,11 @@ def job_out(job: Job, owner: str | None, position: int | None) -> dict[str, Any]
     return out
 
 
-def _visible_job(db: Session, job_id: int, user: Principal) -> tuple[Job, str]:
-    row = db.execute(
-        select(Job, User.username).join(User, Job.owner_id == User.id).where(Job.id == job_id)
-    ).first()
-    if row is None or (row[0].owner_id != user.id and not user.is_admin):
-        raise NotFound(f"No job {job_id} of yours exists.")
-    return row[0], row[1]
-
-
-def _children_summary(db: Session, job_id: int) -> dict[str, int] | None:
-    counts = dict(
-        db.execute(
-            select(Job.status, func.count(Job.id)).where(Job.parent_id == job_id).group_by(Job.status)
-        ).all()
-    )
-    if not counts:
-        return None
-    summary = {status: int(counts.get(status, 0)) for status in JOB_STATUSES}
-    summary["total"] = sum(summary.values())
-    return summary
-
-
 def _detail(db: Session, job_id: int, user: Principal) -> dict[str, Any]:
-    job, owner = _visible_job(db, job_id, user)
+    job, owner = job_reads.visible_job(db, job_id, viewer_id=user.id, is_admin=user.is_admin)
     out = job_out(job, owner, jobs.queue_position(db, job))
-    out["children"] = _children_summary(db, job.id)
+    out["children"] = job_reads.children_summary(db, job.id)
     return out
-
-
-def _positions(db: Session, queued: list[int]) -> dict[int, int]:
-    """Queue positions of many queued jobs in one query (the same numbers as jobs.queue_position)."""
-    if not queued:
-        return {}
-    ranked = (
-        select(Job.id, func.row_number().over(partition_by=Job.queue, order_by=Job.id).label("position"))
-        .where(Job.status == "queued")
-        .subquery()
-    )
-    rows = db.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(queued)))
-    return {job_id: int(position) for job_id, position in rows}
 
 
 @api_route(
@@ -188,22 +153,19 @@ def submit_job(body: SubmitJob):
 )
 def list_jobs(query: JobListQuery):
     user = principal()
-    stmt = select(Job, User.username).join(User, Job.owner_id == User.id)
-    if not user.is_admin:
-        stmt = stmt.where(Job.owner_id == user.id)
-    if query.owner:
-        stmt = stmt.where(User.username == query.owner)
-    if query.kind:
-        stmt = stmt.where(Job.kind == query.kind)
-    if query.status:
-        stmt = stmt.where(Job.status == query.status)
-    if not query.include_children:
-        stmt = stmt.where(Job.parent_id.is_(None))
-    if query.before:
-        stmt = stmt.where(Job.id < query.before)
     db = get_db()
-    rows = db.execute(stmt.order_by(Job.id.desc()).limit(query.limit)).all()
-    positions = _positions(db, [job.id for job, _ in rows if job.status == "queued"])
+    rows = job_reads.list_jobs(
+        db,
+        viewer_id=user.id,
+        is_admin=user.is_admin,
+        owner=query.owner,
+        kind=query.kind,
+        status=query.status,
+        include_children=query.include_children,
+        before=query.before,
+        limit=query.limit,
+    )
+    positions = job_reads.queue_positions(db, [job.id for job, _ in rows if job.status == "queued"])
     listed = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
     next_before = rows[-1][0].id if len(rows) == query.limit else None
     return {"jobs": listed, "next_before": next_before}

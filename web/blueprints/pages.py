@@ -17,8 +17,8 @@ from flask_login import current_user, login_required
 
 from common.platform.errors import UserError
 from web import csrf
-from web.app import CONTENT_SECURITY_POLICY
 from web.auth import authenticate, end_all_sessions, principal, start_session
+from web.security_headers import EXPLORER_CSP
 
 bp = Blueprint("pages", __name__)
 
@@ -68,13 +68,6 @@ def dataset_page(dataset_id: int):
 @login_required
 def history_page():
     return render_template("history.html")
-
-
-# Plotly's WebGL traces (scattergl) compile their shaders with regl, which builds its draw functions with
-# ``Function(...)``; under ``script-src 'self'`` they fail ("WebGL is not supported"). The one page that
-# loads Plotly gets 'unsafe-eval' on top of the app's policy: still no inline scripts or styles, and no
-# other origin.
-EXPLORER_CSP = CONTENT_SECURITY_POLICY.replace("script-src 'self'", "script-src 'self' 'unsafe-eval'")
 
 
 @bp.get("/explorer")

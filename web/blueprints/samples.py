@@ -18,11 +18,10 @@ from typing import Any
 
 from flask import Blueprint, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
 
-from common.models import EmbeddingPoint
 from common.platform.errors import NotFound
 from common.platform.storage import UnsafePath, resolve_inside
+from common.research import reads as research_reads
 from common.research.generations import GenerateFromNeighborsParams
 from common.research.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from web.api import api_route
@@ -94,12 +93,7 @@ def get_sample_detail(sample_id: int):
     db = get_db()
     sample = get_sample(db, sample_id)
     out = sample_detail(db, sample)
-    rows = db.execute(
-        select(EmbeddingPoint.embedding_id, EmbeddingPoint.x, EmbeddingPoint.y)
-        .where(EmbeddingPoint.sample_id == sample.id)
-        .order_by(EmbeddingPoint.embedding_id)
-    )
-    out["points"] = {str(emb_id): [x, y] for emb_id, x, y in rows}
+    out["points"] = research_reads.sample_points(db, sample.id)
     return out
 
 

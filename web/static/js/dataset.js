@@ -2,7 +2,7 @@
 // filter.
 import { api } from "./api.js";
 import { getLive } from "./live.js";
-import { className, fmt, h, progressBar, say, showError, thumb, when } from "./ui.js";
+import { className, fmt, h, jobStatus, progressBar, say, showError, thumb, when } from "./ui.js";
 
 const page = document.getElementById("dataset-page");
 const datasetId = Number(page.dataset.datasetId);
@@ -179,10 +179,7 @@ els.fitForm.addEventListener("submit", async (e) => {
     loadMaps();
     getLive()
       .watchJob(job.id, (j) => {
-        const parts = [h("strong", { text: `Job ${j.id}: ` }), h("span", { class: `status-${j.status}`, text: j.status }), " "];
-        if (j.status === "running" || j.status === "queued") parts.push(progressBar(j.progress, "fit progress"), " ", j.progress_message || "");
-        if (j.status === "failed") parts.push(h("div", { class: "job-error", role: "alert", text: j.error || "" }));
-        els.fitJob.replaceChildren(h("p", {}, ...parts));
+        els.fitJob.replaceChildren(jobStatus(j, { what: "fit" }));
       })
       .then(loadMaps)
       .catch(() => {});

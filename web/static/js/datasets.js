@@ -1,7 +1,7 @@
 // The datasets page: every dataset with its progress, and a form that enqueues generate_dataset.
 import { api, ApiError } from "./api.js";
 import { describeMode, getLive } from "./live.js";
-import { fmt, h, progressBar, say, showError, when } from "./ui.js";
+import { fmt, h, jobStatus, progressBar, say, showError, when } from "./ui.js";
 
 const listEl = document.getElementById("datasets-list");
 const errorEl = document.getElementById("datasets-error");
@@ -135,12 +135,7 @@ function readForm() {
 }
 
 function renderJob(job) {
-  const parts = [h("strong", { text: `Job ${job.id}: ` }), h("span", { class: `status-${job.status}`, text: job.status })];
-  if (job.status === "queued" || job.status === "running") {
-    parts.push(" ", progressBar(job.progress, "dataset job progress"), " ", h("span", { class: "muted", text: job.progress_message || "" }));
-  }
-  if (job.status === "failed") parts.push(h("div", { class: "job-error", role: "alert", text: job.error || "" }));
-  jobEl.replaceChildren(h("p", {}, ...parts));
+  jobEl.replaceChildren(jobStatus(job, { what: "dataset" }));
 }
 
 form.addEventListener("submit", async (e) => {

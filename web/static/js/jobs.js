@@ -1,5 +1,6 @@
 // The jobs list ([data-jobs] elements) and the home page's test-job button.
 import { api, ApiError } from "./api.js";
+import { jobNote, when } from "./ui.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
@@ -10,20 +11,15 @@ function cell(text, className) {
   return td;
 }
 
-function when(iso) {
-  return iso ? new Date(iso).toLocaleString() : "";
-}
-
 function progressCell(job) {
   const td = document.createElement("td");
   const bar = document.createElement("progress");
   bar.max = 1;
   bar.value = job.progress || 0;
   td.append(bar);
-  const note = job.status === "queued" && job.position ? ` #${job.position} in queue` : "";
   const message = document.createElement("div");
   message.className = "muted";
-  message.textContent = (job.progress_message || "") + note;
+  message.textContent = jobNote(job);
   td.append(message);
   if (job.error) {
     const error = document.createElement("div");

@@ -2,7 +2,7 @@
 // from /api/v1/queues, pushed by the event stream ("queues" events) or polled when it is unavailable.
 import { api, currentUser } from "./api.js";
 import { describeMode, getLive } from "./live.js";
-import { h, progressBar, showError } from "./ui.js";
+import { h, jobNote, progressBar, showError } from "./ui.js";
 
 const user = currentUser();
 const summaryEl = document.getElementById("queue-summary");
@@ -51,7 +51,6 @@ function cancelButton(job) {
 }
 
 function jobRow(job) {
-  const detail = job.progress_message || (job.status === "queued" ? "waiting for a worker" : "");
   return h(
     "tr",
     { class: job.mine ? "is-mine" : "", dataset: { job: job.id === undefined ? "" : String(job.id) } },
@@ -61,7 +60,7 @@ function jobRow(job) {
     h("td", { text: job.kind }),
     h("td", { text: job.owner || "" }),
     h("td", { class: `status-${job.status}`, text: job.status }),
-    h("td", {}, progressBar(job.progress, `progress of ${job.kind}`), h("div", { class: "muted", text: detail })),
+    h("td", {}, progressBar(job.progress, `progress of ${job.kind}`), h("div", { class: "muted", text: jobNote(job) })),
     h("td", {}, cancelButton(job)),
   );
 }

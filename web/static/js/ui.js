@@ -71,3 +71,46 @@ export function debounce(fn, ms) {
     timer = setTimeout(() => fn(...args), ms);
   };
 }
+
+// What an active job is doing, in a few words: its progress message, else its place in the queue.
+export function jobNote(job) {
+  if (job.progress_message) return job.progress_message;
+  if (job.status === "queued") return job.position ? `#${job.position} in the queue` : "waiting for a worker";
+  return "";
+}
+
+// The one status line of a job, on every page that follows one: "Job 12 running", and while it is
+// active a progress bar, what it is doing and (with onCancel) a Cancel button; a failed job's error.
+// what: what the job makes ("generation", "fit"), for the progress label and the failure sentence.
+export function jobStatus(job, { what = "job", onCancel = null } = {}) {
+  const active = job.status === "queued" || job.status === "running";
+  const line = h(
+    "div",
+    { class: "job-status", dataset: { job: String(job.id), status: job.status } },
+    h("strong", { text: `Job ${job.id}` }),
+    " ",
+    h("span", { class: `status-${job.status}`, text: job.status }),
+  );
+  if (active) {
+    line.append(" ", progressBar(job.progress, `${what} job ${job.id} progress`), " ", h("span", { class: "muted", text: jobNote(job) }));
+    if (onCancel && !job.cancel_requested) {
+      line.append(
+        " ",
+        h("button", {
+          type: "button",
+          class: "danger small-btn",
+          text: "Cancel",
+          "aria-label": `Cancel job ${job.id}`,
+          onclick: (e) => {
+            e.target.disabled = true;
+            onCancel(job);
+          },
+        }),
+      );
+    }
+  }
+  if (job.status === "failed") {
+    line.append(h("p", { class: "job-error", role: "alert", text: `The ${what} failed: ${job.error || "no error text was recorded"}` }));
+  }
+  return line;
+}

@@ -1,0 +1,197 @@
+// The side panel's generate half: the form, the generate_from_neighbors job it submits (followed live,
+// with the shared job status line), and the new samples drawn on the map when it succeeds.
+import { api } from "../api.js";
+import { getLive } from "../live.js";
+import { fmt, h, jobStatus, say, thumb } from "../ui.js";
+import { $, els, state } from "./context.js";
+import { renderOverlay, selectFromPanel } from "./panel.js";
+import { drawPlot } from "./plot.js";
+
+// -- generate ---------------------------------------------------------------------------------------------
+
+export function fillGenerateForm() {
+  const labels = state.map.labelNames;
+  els.genClassExplicit.replaceChildren(...labels.map((name, i) => h("option", { value: String(i), text: `${i}: ${name}` })));
+  syncClassField();
+  fillLayers();
+}
+
+export function fillLayers() {
+  if (!state.emb) return;
+  const mapLayers = state.emb.layers || [];
+  const all = state.dataset && state.dataset.layers ? state.dataset.layers : mapLayers;
+  const previous = new Set([...els.genLayers.querySelectorAll("input:checked")].map((i) => i.value));
+  const inverse = els.genMode.value === "umap_inverse";
+  els.genLayers.replaceChildren(
+    ...all.map((name) => {
+      const onMap = mapLayers.includes(name);
+      const disabled = inverse && !onMap;
+      const checked = !disabled && (previous.size ? previous.has(name) : onMap);
+      return h(
+        "label",
+        { class: disabled ? "unavailable" : "", title: disabled ? "UMAP inverse can only mask the map's layers" : "" },
+        h("input", { type: "checkbox", name: "layers", value: name, checked, disabled }),
+        name,
+      );
+    }),
+  );
+}
+
+export function syncClassField() {
+  const explicit = els.genClass.value === "explicit";
+  for (const el of document.querySelectorAll(".explicit-class")) el.hidden = !explicit;
+}
+
+function intField(input, { min, max, name }) {
+  const raw = input.value.trim();
+  input.removeAttribute("aria-invalid");
+  if (raw === "") return undefined;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < min || v > max) {
+    input.setAttribute("aria-invalid", "true");
+    throw new Error(`${name} must be a whole number from ${min} to ${max}.`);
+  }
+  return v;
+}
+
+const FIELD_INPUTS = {
+  variations: "gen-variations",
+  steps: "gen-steps",
+  mask_steps: "gen-mask-steps",
+  seed: "gen-seed",
+  class: "gen-class",
+  mode: "gen-mode",
+};
+
+export async function submitGeneration(e) {
+  e.preventDefault();
+  say(els.genMessage, "");
+  for (const id of Object.values(FIELD_INPUTS)) $(id).removeAttribute("aria-invalid");
+  const sel = state.selection;
+  if (!state.emb || !sel) {
+    say(els.genMessage, "Choose a map first.", "error");
+    return;
+  }
+  if (sel.selected === null) {
+    say(els.genMessage, "Select a sample on the map first (click a point, or use Select by id).", "error");
+    return;
+  }
+  if (!sel.neighbours.length) {
+    say(
+      els.genMessage,
+      "Add at least one neighbour before generating: use Find neighbours, or click points near the selected one.",
+      "error",
+    );
+    return;
+  }
+  const body = { embedding: state.emb.id, selected: sel.selected, neighbors: sel.neighbours.map((n) => n.id) };
+  try {
+    body.mode = els.genMode.value;
+    body.variations = intField(els.genVariations, { min: 1, max: 64, name: "Variations" }) ?? 1;
+    const steps = intField(els.genSteps, { min: 1, max: 256, name: "Steps" });
+    if (steps !== undefined) body.steps = steps;
+    const maskSteps = intField(els.genMaskSteps, { min: 0, max: 256, name: "Mask steps" });
+    if (maskSteps !== undefined) body.mask_steps = maskSteps;
+    const seed = intField(els.genSeed, { min: 0, max: 2 ** 53 - 1, name: "Seed" });
+    if (seed !== undefined) body.seed = seed;
+    const layers = [...els.genLayers.querySelectorAll("input:checked")].map((i) => i.value);
+    if (!layers.length) throw new Error("Choose at least one layer to mask.");
+    body.layers = layers;
+    body.class = els.genClass.value === "explicit" ? Number(els.genClassExplicit.value) : els.genClass.value;
+    if (body.mode === "weighted") {
+      body.weights = sel.neighbours.map((n) => n.weight);
+      if (body.weights.some((w) => !(w >= 0)) || body.weights.reduce((a, b) => a + b, 0) <= 0) {
+        throw new Error("Weights must be zero or more, and at least one must be above zero.");
+      }
+    }
+  } catch (err) {
+    say(els.genMessage, err.message, "error");
+    return;
+  }
+  els.genBtn.disabled = true;
+  let job;
+  try {
+    job = await api("/api/v1/generations", { method: "POST", body });
+  } catch (err) {
+    say(els.genMessage, err.message, "error");
+    const input = err.field && FIELD_INPUTS[err.field.split(".")[0]];
+    if (input) $(input).setAttribute("aria-invalid", "true");
+    els.genBtn.disabled = false;
+    return;
+  }
+  els.genBtn.disabled = false;
+  followJob(job);
+}
+
+function renderJob(job) {
+  const cancel = async () => {
+    try {
+      await api(`/api/v1/jobs/${job.id}/cancel`, { method: "POST" });
+    } catch (err) {
+      say(els.genMessage, err.message, "error");
+    }
+  };
+  els.genJob.replaceChildren(jobStatus(job, { what: "generation", onCancel: cancel }));
+}
+
+async function followJob(job) {
+  state.job = job.id;
+  renderJob(job);
+  let final;
+  try {
+    final = await getLive().watchJob(job.id, (update) => {
+      if (state.job === job.id) renderJob({ ...job, ...update });
+    });
+  } catch (err) {
+    say(els.genMessage, `Lost track of job ${job.id}: ${err.message}`, "error");
+    return;
+  }
+  if (final.status === "succeeded") {
+    const ids = (final.result && final.result.samples) || [];
+    renderResults(ids); // the images load while the map's overlays are fetched
+    await refreshOverlays(new Set(ids));
+    say(els.genMessage, `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.`, "ok");
+  }
+}
+
+async function refreshOverlays(fresh = new Set()) {
+  const emb = state.emb;
+  let overlays;
+  try {
+    overlays = await api(`/api/v1/embeddings/${emb.id}/generations`);
+  } catch (err) {
+    say(els.genMessage, `Could not load the generations: ${err.message}`, "error");
+    return;
+  }
+  if (emb !== state.emb) return;
+  state.overlays = overlays;
+  state.fresh = fresh;
+  let added = false;
+  for (const g of overlays) {
+    if (g.actual && g.actual[0] !== null) added = state.map.addGenerated(g.sample_id, g.actual[0], g.actual[1]) || added;
+  }
+  if (added) await drawPlot();
+  renderOverlay();
+  els.status.textContent = els.status.textContent.replace(/^[\d,.\s]+points/, `${fmt(state.map.n + state.map.extra.size)} points`);
+}
+
+function renderResults(ids) {
+  els.genResults.replaceChildren(
+    ...ids.map((id) =>
+      h(
+        "li",
+        {},
+        h(
+          "button",
+          {
+            type: "button",
+            "aria-label": `Select new sample ${id}`,
+            onclick: () => selectFromPanel(id),
+          },
+          thumb(id, { alt: `generated sample ${id}` }),
+        ),
+        h("span", { text: `#${id}` }),
+      ),
+    ),
+  );
+}
