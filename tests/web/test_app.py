@@ -11,25 +11,8 @@ import pytest
 from sqlalchemy import inspect
 
 from common.redis_server import free_port
+from tests.support.web import sign_in
 from web.app import CONTENT_SECURITY_POLICY, create_app
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["latentlab"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def signed_in(client, username="alice", password="alice-password") -> str:
-    res = client.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert res.status_code == 200, res.json
-    return res.json["csrf_token"]
 
 
 def test_importing_web_pulls_in_no_torch_workers_or_cli():
@@ -79,7 +62,7 @@ def test_api_errors_are_json_sentences(app, client, member):
 
 
 def test_oversized_and_non_json_bodies_are_refused_with_a_sentence(client, member):
-    csrf = signed_in(client)
+    csrf = sign_in(client)
     big = client.post(
         "/api/v1/jobs",
         data=b'{"kind": "ping", "params": {"x": "' + b"a" * (1024 * 1024 + 10) + b'"}}',
@@ -125,7 +108,7 @@ def test_anonymous_index_redirects_to_login(client):
 
 def test_pages_use_no_inline_script_or_style(client, member):
     login_page = client.get("/login").get_data(as_text=True)
-    signed_in(client)
+    sign_in(client)
     home = client.get("/")
     assert home.status_code == 200
     html = home.get_data(as_text=True)

@@ -12,35 +12,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from common.accounts import create_user, issue_token
+from common.accounts import create_user
 from common.models import Embedding, Job, Sample
 from tests.support.lab import add_generation, ago, build_lab
-from web.app import create_app
 from web.blueprints import embeddings as embeddings_bp
 
 DTYPES = {"int32": np.int32, "float32": np.float32, "int16": np.int16, "uint8": np.uint8}
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["latentlab"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def bearer(sessions, user) -> dict[str, str]:
-    with sessions.begin() as s:
-        return {"Authorization": f"Bearer {issue_token(s, s.merge(user))}"}
-
-
-@pytest.fixture
-def alice(sessions, member):
-    return bearer(sessions, member)
 
 
 @pytest.fixture

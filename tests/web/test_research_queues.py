@@ -25,18 +25,6 @@ REDUCED = {"queue", "kind", "status", "position", "owner", "progress"}
 
 
 @pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["latentlab"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def people(sessions):
     """alice, bob (members) and root (admin): {name: (user id, bearer headers)}."""
     out = {}
