@@ -423,14 +423,9 @@ def first_call(n: int = 3000, dim: int = 2048) -> None:
 
 
 def scale_settings(root: Path):
-    from common.config import Settings
+    from tests.support.settings import make_settings
 
-    env = {
-        "LATENTLAB_DATA": str(root / "data"),
-        "LATENTLAB_SIGNING_KEY_FILE": str(root / "keys" / "signing.key"),
-        "LATENTLAB_SECRET_KEY": "bench-secret",
-    }
-    return Settings.from_env(env, chunk_size=1024)
+    return make_settings(root, chunk_size=1024)
 
 
 class _Stop(Exception):

@@ -30,25 +30,21 @@ sys.path.insert(0, str(REPO))
 
 from common import jobs, migrate  # noqa: E402
 from common.accounts import create_user, issue_token  # noqa: E402
-from common.config import Settings  # noqa: E402
 from common.db import make_engine, session_factory  # noqa: E402
 from common.models import EmbeddingPoint, Job, Sample  # noqa: E402
 from common.redis_server import RedisServer, free_port  # noqa: E402
 from common.registry import register_shipped_models  # noqa: E402
 from tests.support.services import start_web, start_worker  # noqa: E402
+from tests.support.settings import make_settings  # noqa: E402
+from tests.support.waiting import wait_for_job  # noqa: E402
 
 
 def wait(sessions, job_id: int, timeout: float = 1800) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as s:
-            j = s.get(Job, job_id)
-            if j.is_final:
-                if j.status != "succeeded":
-                    raise SystemExit(f"job {job_id} {j.status}: {j.error}")
-                return j
-        time.sleep(0.005)
-    raise SystemExit(f"job {job_id} timed out")
+    """The job once it succeeded (polled every 5 ms: the figures are end-to-end latencies)."""
+    j = wait_for_job(sessions, job_id, timeout=timeout, interval=0.005)
+    if j.status != "succeeded":
+        raise SystemExit(f"job {job_id} {j.status}: {j.error}")
+    return j
 
 
 def http(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, bytes]:
@@ -123,15 +119,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-pipeline-"))
     redis = RedisServer(tmp / "redis")
     redis.start()
-    settings = Settings.from_env(
-        {
-            "LATENTLAB_DATA": str(tmp / "data"),
-            "LATENTLAB_REDIS_URL": redis.url,
-            "LATENTLAB_SECRET_KEY": "bench",
-            "LATENTLAB_SIGNING_KEY_FILE": str(tmp / "keys" / "signing.key"),
-            "LATENTLAB_CHUNK_SIZE": "256",
-        }
-    )
+    settings = make_settings(tmp, redis_url=redis.url, chunk_size=256)
     migrate.upgrade(settings)
     sessions = session_factory(make_engine(settings))
     with sessions.begin() as s:

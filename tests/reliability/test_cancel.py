@@ -9,7 +9,8 @@ import pytest
 
 from common import jobs
 from common.models import User
-from tests.reliability.support import log_lines, temp_files, trace_of, wait_until
+from tests.reliability.support import log_lines, temp_files, trace_of
+from tests.support.waiting import wait_until
 
 SETTLE = 1.0  # seconds after cancel() returns in which a write already under way may still land
 

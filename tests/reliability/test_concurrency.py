@@ -10,8 +10,10 @@ import time
 import pytest
 
 from common.accounts import create_user, issue_token
-from tests.integration.test_web_jobs import Http, auth
-from tests.reliability.support import LOCKED, assert_exactly_once, wait_until
+from tests.reliability.support import LOCKED, assert_exactly_once
+from tests.support.waiting import wait_until
+from tests.support.web import Http
+from tests.support.web import bearer_header as auth
 
 USERS, ROUNDS = 8, 3
 

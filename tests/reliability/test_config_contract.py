@@ -15,7 +15,8 @@ from common.config import ConfigError, Settings
 from common.jobs import KINDS, get_kind, now
 from common.models import Job
 from common.queue import MARKER_PREFIX, celery_config, soft_time_limit, task_name
-from tests.reliability.support import log_lines, trace_of, wait_until
+from tests.reliability.support import log_lines, trace_of
+from tests.support.waiting import wait_until
 
 
 def test_celery_configuration_and_tasks_keep_the_at_least_once_contract(fast):

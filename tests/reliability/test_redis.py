@@ -19,8 +19,10 @@ from common.accounts import create_user, issue_token
 from common.models import Job
 from common.queue import Publisher
 from common.redis_server import RedisServer
-from tests.integration.test_web_jobs import Http, auth
-from tests.reliability.support import assert_exactly_once, log_lines, trace_of, wait_until
+from tests.reliability.support import assert_exactly_once, log_lines, trace_of
+from tests.support.waiting import wait_until
+from tests.support.web import Http
+from tests.support.web import bearer_header as auth
 
 
 @pytest.fixture

@@ -25,8 +25,10 @@ from sqlalchemy import func, select
 
 from common.accounts import create_user, issue_token
 from common.models import Embedding, EmbeddingPoint, Job, Sample
-from tests.integration.test_web_jobs import Http, auth
-from tests.reliability.support import LOCKED, assert_exactly_once, trace_of, wait_until
+from tests.reliability.support import LOCKED, assert_exactly_once, trace_of
+from tests.support.waiting import wait_until
+from tests.support.web import Http
+from tests.support.web import bearer_header as auth
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("LATENTLAB_SOAK") != "1", reason="the soak runs for minutes; set LATENTLAB_SOAK=1"

@@ -1,5 +1,6 @@
 """The web app in tests: the app under Flask's test client, bearer headers, sign-in, and a test client that
-sends the session's CSRF token. Shared by tests/web, tests/security and tests/integration.
+sends the session's CSRF token. Shared by tests/web, tests/security, tests/integration
+and tests/reliability; ``Http`` talks to a real ``latentlab web`` process over HTTP.
 
 Usage::
 
@@ -11,6 +12,10 @@ Usage::
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -68,3 +73,30 @@ class SessionClient:
     def cookie(self) -> str | None:
         found = self.raw.get_cookie(SESSION_COOKIE)
         return found.value if found else None
+
+
+class Http:
+    """A tiny JSON client over urllib (a cookie jar, so it can hold a browser session too)."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+
+    def call(self, method: str, path: str, body=None, headers=None, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with self.opener.open(request, timeout=30) as response:
+                status, payload = response.status, response.read()
+        except urllib.error.HTTPError as err:
+            status, payload = err.code, err.read()
+        try:
+            return status, json.loads(payload)
+        except ValueError:
+            return status, payload.decode(errors="replace")

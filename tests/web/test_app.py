@@ -25,7 +25,7 @@ def test_importing_web_pulls_in_no_torch_workers_or_cli():
 
 
 def test_create_app_runs_no_migrations(tmp_path, redis_url):
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}", redis_url)
     app = create_app(settings)

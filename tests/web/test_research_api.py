@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from common.accounts import create_user
 from common.models import Embedding, Job, Sample
-from tests.support.lab import add_generation, ago, build_lab
+from tests.support.seeded_map import add_generation, ago, seed_map
 from web.blueprints import embeddings as embeddings_bp
 
 DTYPES = {"int32": np.int32, "float32": np.float32, "int16": np.int16, "uint8": np.uint8}
@@ -28,7 +28,7 @@ def bob_user(sessions):
 
 @pytest.fixture
 def lab(sessions, settings, member, bob_user):
-    lab = build_lab(sessions, settings, owner_id=member.id, n=30)
+    lab = seed_map(sessions, settings, owner_id=member.id, n=30)
     ids = lab.sample_ids
     add_generation(
         sessions,
@@ -189,7 +189,7 @@ def test_dataset_samples_page_and_filter(client, alice, lab):
 
 
 def test_embeddings_list_filter_and_detail(client, alice, lab, sessions, settings, member):
-    other = build_lab(sessions, settings, owner_id=member.id, n=5, name="other", images=False)
+    other = seed_map(sessions, settings, owner_id=member.id, n=5, name="other", images=False)
     listed = client.get("/api/v1/embeddings", headers=alice).json["embeddings"]
     assert [e["id"] for e in listed] == [other.embedding_id, lab.embedding_id]
     only = client.get(f"/api/v1/embeddings?dataset={lab.dataset_id}", headers=alice).json["embeddings"]
