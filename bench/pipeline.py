@@ -5,7 +5,9 @@
 2. interactive generate-from-neighbours: median end-to-end latency (HTTP POST → image fetchable, warm
    worker) minus the in-process compute of the same request — the platform's overhead (target ≤ 100 ms);
 3. 16 variations in one job vs 16 single jobs (target ≥ 4× faster);
-4. re-projection distance (where the image landed vs where it was meant to land, in units of the
+4. cancel latency: cancel() of a running ping to its row saying cancelled, against one of its 1 s steps
+   (target < 5 s);
+5. re-projection distance (where the image landed vs where it was meant to land, in units of the
    neighbours' mean distance to their centre) for activation_mean vs umap_inverse, 100 trials each, with
    the round-trip error |umap(inverse(c)) − c| distribution.
 
@@ -319,7 +321,32 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
     }
     print("variations:", report["variations"], flush=True)
 
-    # 4. where images land: activation_mean vs umap_inverse, in process ----------------------------
+    # 4. cancel latency: a running 30 s ping cancelled (the figure tests/integration/test_job_pipe.py and
+    # tests/reliability/test_cancel.py no longer time); baseline: one of its steps (1 s), same run --------
+    latencies = []
+    for _ in range(3):
+        j = jobs.submit(
+            sessions, publisher, settings, owner=admin, kind="ping", params={"seconds": 30, "steps": 30}
+        )
+        wait_for_job(sessions, j.id, {"running"}, timeout=120, interval=0.005)
+        with sessions() as s:
+            user = s.merge(admin)
+        t0 = time.perf_counter()
+        jobs.cancel(sessions, j.id, user, publisher)
+        done = wait_for_job(sessions, j.id, timeout=60, interval=0.005)
+        latencies.append(time.perf_counter() - t0)
+        assert done.status == "cancelled", done.status
+    step_s = 30 / 30
+    report["cancel"] = {
+        "cancel_to_cancelled_median_s": round(statistics.median(latencies), 3),
+        "max_s": round(max(latencies), 3),
+        "ping_step_s": step_s,
+        "ratio_to_one_step": round(statistics.median(latencies) / step_s, 2),
+        "target": "< 5 s",
+    }
+    print("cancel:", report["cancel"], flush=True)
+
+    # 5. where images land: activation_mean vs umap_inverse, in process ----------------------------
     with sessions() as s:
         pts = {p.sample_id: (p.x, p.y) for p in s.query(EmbeddingPoint).filter_by(embedding_id=emb_id)}
         emb = get_embedding(s, emb_id)

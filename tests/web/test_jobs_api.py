@@ -3,8 +3,6 @@ against a real migrated database and a real redis-server; no worker runs, so job
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from common.accounts import create_user
@@ -152,11 +150,8 @@ def test_submit_without_any_broker_keeps_a_durable_unpublished_row(settings, ses
     app = create_app(settings.with_(redis_url=""))  # embedded mode, no URL file yet
     try:
         headers = issue_bearer(sessions, member)
-        t0 = time.monotonic()
         res = app.test_client().post("/api/v1/jobs", json={"kind": "ping"}, headers=headers)
-        elapsed = time.monotonic() - t0
         assert res.status_code == 202 and res.json["published_at"] is None, res.json
-        assert elapsed < 5
         with sessions() as s:
             job = s.get(Job, res.json["id"])
             assert job.status == "queued" and job.published_at is None
