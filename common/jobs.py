@@ -39,12 +39,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.config import Settings
 from common.errors import NotFound, QuotaExceeded, UserError, pydantic_message
 from common.models import Job, User
+from common.models.base import MAX_ROW_ID
 from common.models.jobs import ACTIVE_STATUSES, FINAL_STATUSES
 from common.queue import BrokerUnavailable, Publisher, worker_node
 
 log = logging.getLogger(__name__)
 
-RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # a database id (refuses what no backend can bind)
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]  # a database id (refuses what no backend can store)
 
 
 def now() -> datetime:

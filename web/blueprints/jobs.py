@@ -19,6 +19,7 @@ import common.jobkinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.errors import Conflict, NotFound, UserError
 from common.models import Job, User
+from common.models.base import MAX_ROW_ID
 from common.models.jobs import JOB_STATUSES
 from web.api import api_route
 from web.auth import Principal, get_db, get_publisher, get_sessions, get_settings, principal
@@ -50,7 +51,7 @@ class JobListQuery(BaseModel):
     )
     limit: int = Field(default=50, ge=1, le=500)
     before: int | None = Field(
-        default=None, ge=1, le=2**63 - 1, description="only jobs with a smaller id (next page)"
+        default=None, ge=1, le=MAX_ROW_ID, description="only jobs with a smaller id (next page)"
     )
     include_children: bool = Field(default=False, description="also list the chunk jobs of larger jobs")
 

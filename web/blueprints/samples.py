@@ -24,11 +24,12 @@ from common.errors import NotFound
 from common.generations import GenerateFromNeighborsParams
 from common.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from common.models import EmbeddingPoint
+from common.models.base import MAX_ROW_ID
 from common.storage import UnsafePath, resolve_inside
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
-from web.research import MAX_INT, bound_ids, submit_kind
+from web.research import bound_ids, submit_kind
 
 log = logging.getLogger("latentlab.web")
 
@@ -47,13 +48,13 @@ class LineageQuery(BaseModel):
 
 class HistoryParams(HistoryQuery):
     limit: int = Field(default=100, ge=1, le=500)
-    parent: int | None = Field(default=None, ge=1, le=MAX_INT, description="only children of this sample")
-    embedding: int | None = Field(default=None, ge=1, le=MAX_INT)
+    parent: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only children of this sample")
+    embedding: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
 
     @field_validator("dataset")
     @classmethod
     def _id_in_range(cls, value: str | None) -> str | None:
-        if value is not None and value.isdigit() and int(value) > MAX_INT:
+        if value is not None and value.isdigit() and int(value) > MAX_ROW_ID:
             raise ValueError("no dataset has this id")
         return value
 
