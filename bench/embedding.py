@@ -358,7 +358,7 @@ if mode == "umap-learn":
     out["first_inverse_s"] = time.perf_counter() - t
 else:
     from common.maps.reducer import load_reducer
-    from common.maps import warmup
+    from common import warmup
     if mode == "warmed":
         t = time.perf_counter(); warmup.warm_up(); out["warm_up_s"] = time.perf_counter() - t
     sha = open(os.path.join(folder, "sha")).read()
@@ -423,14 +423,9 @@ def first_call(n: int = 3000, dim: int = 2048) -> None:
 
 
 def scale_settings(root: Path):
-    from common.platform.config import Settings
+    from tests.support.settings import make_settings
 
-    env = {
-        "LATENTLAB_DATA": str(root / "data"),
-        "LATENTLAB_SIGNING_KEY_FILE": str(root / "keys" / "signing.key"),
-        "LATENTLAB_SECRET_KEY": "bench-secret",
-    }
-    return Settings.from_env(env, chunk_size=1024)
+    return make_settings(root, chunk_size=1024)
 
 
 class _Stop(Exception):

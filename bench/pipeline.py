@@ -5,7 +5,9 @@
 2. interactive generate-from-neighbours: median end-to-end latency (HTTP POST → image fetchable, warm
    worker) minus the in-process compute of the same request — the platform's overhead (target ≤ 100 ms);
 3. 16 variations in one job vs 16 single jobs (target ≥ 4× faster);
-4. re-projection distance (where the image landed vs where it was meant to land, in units of the
+4. cancel latency: cancel() of a running ping to its row saying cancelled, against one of its 1 s steps
+   (target < 5 s);
+5. re-projection distance (where the image landed vs where it was meant to land, in units of the
    neighbours' mean distance to their centre) for activation_mean vs umap_inverse, 100 trials each, with
    the round-trip error |umap(inverse(c)) − c| distribution.
 
@@ -33,23 +35,19 @@ from common import jobs  # noqa: E402
 from common.models import EmbeddingPoint, Job, Sample  # noqa: E402
 from common.platform import migrate  # noqa: E402
 from common.platform.accounts import create_user, issue_token  # noqa: E402
-from common.platform.config import Settings  # noqa: E402
 from common.platform.db import make_engine, session_factory  # noqa: E402
 from common.research.registry import register_shipped_models  # noqa: E402
 from tests.support.services import start_web, start_worker  # noqa: E402
+from tests.support.settings import make_settings  # noqa: E402
+from tests.support.waiting import wait_for_job  # noqa: E402
 
 
 def wait(sessions, job_id: int, timeout: float = 1800) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as s:
-            j = s.get(Job, job_id)
-            if j.is_final:
-                if j.status != "succeeded":
-                    raise SystemExit(f"job {job_id} {j.status}: {j.error}")
-                return j
-        time.sleep(0.005)
-    raise SystemExit(f"job {job_id} timed out")
+    """The job once it succeeded (polled every 5 ms: the figures are end-to-end latencies)."""
+    j = wait_for_job(sessions, job_id, timeout=timeout, interval=0.005)
+    if j.status != "succeeded":
+        raise SystemExit(f"job {job_id} {j.status}: {j.error}")
+    return j
 
 
 def http(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, bytes]:
@@ -124,15 +122,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-pipeline-"))
     redis = RedisServer(tmp / "redis")
     redis.start()
-    settings = Settings.from_env(
-        {
-            "LATENTLAB_DATA": str(tmp / "data"),
-            "LATENTLAB_REDIS_URL": redis.url,
-            "LATENTLAB_SECRET_KEY": "bench",
-            "LATENTLAB_SIGNING_KEY_FILE": str(tmp / "keys" / "signing.key"),
-            "LATENTLAB_CHUNK_SIZE": "256",
-        }
-    )
+    settings = make_settings(tmp, redis_url=redis.url, chunk_size=256)
     migrate.upgrade(settings)
     sessions = session_factory(make_engine(settings))
     with sessions.begin() as s:
@@ -332,7 +322,32 @@ def run(args, settings, sessions, publisher, admin, token, base) -> dict:
     }
     print("variations:", report["variations"], flush=True)
 
-    # 4. where images land: activation_mean vs umap_inverse, in process ----------------------------
+    # 4. cancel latency: a running 30 s ping cancelled (the figure tests/integration/test_job_pipe.py and
+    # tests/reliability/test_cancel.py no longer time); baseline: one of its steps (1 s), same run --------
+    latencies = []
+    for _ in range(3):
+        j = jobs.submit(
+            sessions, publisher, settings, owner=admin, kind="ping", params={"seconds": 30, "steps": 30}
+        )
+        wait_for_job(sessions, j.id, {"running"}, timeout=120, interval=0.005)
+        with sessions() as s:
+            user = s.merge(admin)
+        t0 = time.perf_counter()
+        jobs.cancel(sessions, j.id, user, publisher)
+        done = wait_for_job(sessions, j.id, timeout=60, interval=0.005)
+        latencies.append(time.perf_counter() - t0)
+        assert done.status == "cancelled", done.status
+    step_s = 30 / 30
+    report["cancel"] = {
+        "cancel_to_cancelled_median_s": round(statistics.median(latencies), 3),
+        "max_s": round(max(latencies), 3),
+        "ping_step_s": step_s,
+        "ratio_to_one_step": round(statistics.median(latencies) / step_s, 2),
+        "target": "< 5 s",
+    }
+    print("cancel:", report["cancel"], flush=True)
+
+    # 5. where images land: activation_mean vs umap_inverse, in process ----------------------------
     with sessions() as s:
         pts = {p.sample_id: (p.x, p.y) for p in s.query(EmbeddingPoint).filter_by(embedding_id=emb_id)}
         emb = get_embedding(s, emb_id)

@@ -33,10 +33,10 @@ from sqlalchemy import insert, select  # noqa: E402
 from common.models import Dataset, Embedding, EmbeddingPoint, GeneratorModel, Sample  # noqa: E402
 from common.platform import migrate  # noqa: E402
 from common.platform.accounts import create_user, issue_token  # noqa: E402
-from common.platform.config import Settings  # noqa: E402
 from common.platform.db import make_engine, session_factory  # noqa: E402
 from common.research.embeddings import points_columns  # noqa: E402
 from common.research.reads import map_stats  # noqa: E402
+from tests.support.settings import make_settings  # noqa: E402
 from web import points_cache as points_module  # noqa: E402
 from web.app import create_app  # noqa: E402
 
@@ -144,14 +144,8 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-points-"))
-    env = {
-        "LATENTLAB_DATA": str(tmp / "data"),
-        "LATENTLAB_DATABASE_URL": args.database_url or f"sqlite:///{tmp / 'data' / 'bench.db'}",
-        "LATENTLAB_SECRET_KEY": "bench",
-        "LATENTLAB_SIGNING_KEY_FILE": str(tmp / "signing.key"),
-        "LATENTLAB_REDIS_URL": os.environ.get("LATENTLAB_REDIS_URL", "redis://127.0.0.1:1/0"),
-    }
-    settings = Settings.from_env(env)
+    redis_url = os.environ.get("LATENTLAB_REDIS_URL", "redis://127.0.0.1:1/0")
+    settings = make_settings(tmp, args.database_url or None, redis_url)
     migrate.upgrade(settings)
     engine = make_engine(settings)
     sessions = session_factory(engine)

@@ -34,13 +34,14 @@ from sqlalchemy import insert
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.redis_server import RedisServer  # noqa: E402
+from cli.redis_server import RedisServer, free_port  # noqa: E402
 from common.models import Dataset, Embedding, EmbeddingPoint, GeneratorModel, Sample  # noqa: E402
 from common.platform import migrate  # noqa: E402
 from common.platform.accounts import create_user  # noqa: E402
 from common.platform.db import make_engine, session_factory  # noqa: E402
-from tests.e2e.lab import CHROMIUM, CHROMIUM_ARGS, free_port, make_settings  # noqa: E402
+from tests.e2e.lab import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.support.services import start_web  # noqa: E402
+from tests.support.settings import make_settings  # noqa: E402
 
 SHA = "0" * 64
 CLASSES = 10
@@ -214,7 +215,7 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="latentlab-bench-web-"))
     redis = RedisServer(root / "redis")
     redis_url = redis.start()
-    settings = make_settings(root, redis_url)
+    settings = make_settings(root, redis_url=redis_url)
     migrate.upgrade(settings)
     engine = make_engine(settings)
     sessions = session_factory(engine)

@@ -4,13 +4,12 @@ web servers started through the ``latentlab`` CLI."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cli.redis_server import RedisServer
 from common.platform.config import Settings
 from tests.support.services import postgres_admin_url, postgres_database
+from tests.support.settings import make_settings
 
 
 def pytest_addoption(parser):
@@ -50,17 +49,6 @@ def database_url(db_backend, tmp_path):
             yield url
     else:
         yield f"sqlite:///{tmp_path / 'data' / 'latentlab.db'}"
-
-
-def make_settings(tmp_path: Path, database_url: str, redis_url: str = "", **overrides) -> Settings:
-    env = {
-        "LATENTLAB_DATA": str(tmp_path / "data"),
-        "LATENTLAB_DATABASE_URL": database_url,
-        "LATENTLAB_REDIS_URL": redis_url,
-        "LATENTLAB_SECRET_KEY": "test-secret-key",
-        "LATENTLAB_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.key"),
-    }
-    return Settings.from_env(env, **overrides)
 
 
 @pytest.fixture

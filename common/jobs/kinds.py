@@ -22,9 +22,10 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from common.models import Job
+from common.models.base import MAX_ROW_ID
 from common.platform.errors import UserError, pydantic_message
 
-RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # a database id (refuses what no backend can bind)
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]  # a database id (refuses what no backend can store)
 
 KIND_TABLE = "common.research.kinds"  # the module whose ``KINDS`` dict is the kind table
 

@@ -17,7 +17,9 @@ NAMING_CONVENTION = {
 }
 
 
-MAX_ROW_ID = 2**63 - 1  # the largest id every backend can bind (SQLite and PostgreSQL BIGINT)
+# the largest id every backend can store: ids are INTEGER columns, 32-bit on PostgreSQL (a larger one is
+# an out-of-range error there, where SQLite simply finds no row)
+MAX_ROW_ID = 2**31 - 1
 
 
 def row_id(ref: object) -> int | None:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from common.models import Dataset, Generation, Lineage, Sample, User
-from common.models.base import row_id
+from common.models.base import MAX_ROW_ID, row_id
 from common.platform.errors import NotFound
 
 
@@ -27,9 +27,9 @@ class HistoryQuery(BaseModel):
     user: str | None = Field(default=None, max_length=64, description="creator's username")
     dataset: str | None = Field(default=None, max_length=100, description="dataset name or id")
     class_label: int | None = Field(default=None, alias="class", ge=0, le=100_000)
-    parent: int | None = Field(default=None, ge=1, le=2**63 - 1, description="only children of this sample")
+    parent: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only children of this sample")
     mode: Literal["activation_mean", "umap_inverse", "weighted"] | None = None
-    embedding: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    embedding: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 
+from cli.redis_server import free_port
 from common import jobs
-from common.models import Job, Sample
+from common.models import Sample
 from common.platform import migrate
 from common.platform.config import Settings
 from common.platform.db import make_engine, session_factory
 from tests.support.services import start_web, start_worker
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for_job
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -38,24 +39,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PASSWORDS = {"admin": "admin-password-1", "alice": "alice-password-1", "bob": "bob-password-1"}
-FINAL = {"succeeded", "failed", "cancelled"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_settings(root: Path, redis_url: str, **overrides) -> Settings:
-    env = {
-        "LATENTLAB_DATA": str(root / "data"),
-        "LATENTLAB_DATABASE_URL": f"sqlite:///{root / 'data' / 'latentlab.db'}",
-        "LATENTLAB_REDIS_URL": redis_url,
-        "LATENTLAB_SECRET_KEY": "e2e-secret-key",
-        "LATENTLAB_SIGNING_KEY_FILE": str(root / "keys" / "signing.key"),
-    }
-    return Settings.from_env(env, **overrides)
 
 
 def register_model(sessions, settings: Settings) -> str:
@@ -72,20 +55,10 @@ def register_model(sessions, settings: Settings) -> str:
     return "tiny"
 
 
-def wait_job(sessions, job_id: int, timeout: float = 600.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sessions() as s:
-            job = s.get(Job, job_id)
-            if job.status in FINAL:
-                s.expunge(job)
-                return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
-
-
 @dataclass
-class Lab:
+class RunningLab:
+    """A lab with its processes up and a demo dataset and map made by real jobs (see ``running_lab``)."""
+
     url: str
     settings: Settings
     sessions: object
@@ -106,7 +79,7 @@ def running_lab(root: Path, redis_url: str, *, samples: int = 60, port: int | No
     from workers.app import make_celery
 
     root.mkdir(parents=True, exist_ok=True)
-    settings = make_settings(root, redis_url, chunk_size=32)
+    settings = make_settings(root, redis_url=redis_url, chunk_size=32)
     migrate.upgrade(settings)
     engine = make_engine(settings)
     sessions = session_factory(engine)
@@ -132,7 +105,7 @@ def running_lab(root: Path, redis_url: str, *, samples: int = 60, port: int | No
             kind="generate_dataset",
             params={"model": model, "name": "demo", "num_samples": samples, "seed": 5},
         )
-        done = wait_job(sessions, ds_job.id)
+        done = wait_for_job(sessions, ds_job.id, timeout=600)
         assert done.status == "succeeded", f"dataset job: {done.error}"
         emb_job = jobs.submit(
             sessions,
@@ -142,14 +115,14 @@ def running_lab(root: Path, redis_url: str, *, samples: int = 60, port: int | No
             kind="fit_embedding",
             params={"dataset": "demo", "n_neighbors": 8, "seed": 1},
         )
-        done = wait_job(sessions, emb_job.id)
+        done = wait_for_job(sessions, emb_job.id, timeout=600)
         assert done.status == "succeeded", f"fit job: {done.error}"
         dataset_id = ds_job.params["dataset_id"] if "dataset_id" in ds_job.params else None
         with sessions() as s:
             ids = list(s.scalars(select(Sample.id).where(Sample.origin == "dataset").order_by(Sample.index)))
             if dataset_id is None:
                 dataset_id = s.get(Sample, ids[0]).dataset_id
-        yield Lab(
+        yield RunningLab(
             url=f"http://127.0.0.1:{port}",
             settings=settings,
             sessions=sessions,
@@ -185,6 +158,6 @@ def artifacts_dir() -> Path:
     return path
 
 
-def copy_logs(lab: Lab, name: str) -> None:
+def copy_logs(lab: RunningLab, name: str) -> None:
     if lab.log_dir and lab.log_dir.exists():
         shutil.copytree(lab.log_dir, artifacts_dir() / f"{name}-logs", dirs_exist_ok=True)

@@ -10,7 +10,8 @@ import uuid
 from sqlalchemy import select, update
 
 from common.models import Job, Sample
-from tests.e2e.lab import artifacts_dir, wait_job
+from tests.e2e.lab import artifacts_dir
+from tests.support.waiting import wait_for_job
 
 READY = "() => window.__latentlab && window.__latentlab.explorer && window.__latentlab.explorer.ready"
 GENERATION_TIMEOUT_MS = 300_000
@@ -366,7 +367,7 @@ def test_datasets_jobs_and_dataset_pages(lab, signed_in):
         f"tr.textContent.includes('{name}') && tr.textContent.includes('ready'))",
         timeout=GENERATION_TIMEOUT_MS,
     )
-    assert wait_job(lab.sessions, job_id).status == "succeeded"
+    assert wait_for_job(lab.sessions, job_id, timeout=600).status == "succeeded"
 
     # the queue dashboard: a running job of mine with a progress bar and a cancel button
     status, job = page.evaluate(
@@ -382,7 +383,7 @@ def test_datasets_jobs_and_dataset_pages(lab, signed_in):
     page.wait_for_function(
         f"() => !document.querySelector(\"#queue-jobs tr[data-job='{job['id']}']\")", timeout=60_000
     )
-    assert wait_job(lab.sessions, job["id"]).status == "cancelled"
+    assert wait_for_job(lab.sessions, job["id"], timeout=600).status == "cancelled"
 
     page = alice.goto(f"/datasets/{lab.dataset_id}")
     page.wait_for_function("() => document.querySelectorAll('#sample-grid figure').length === 60")

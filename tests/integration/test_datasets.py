@@ -12,9 +12,9 @@ from common import jobs
 from common.models import Dataset, Job, Sample
 from common.platform.errors import Conflict, UserError
 from common.research.datasets import class_for, noise_seed
-from tests.integration.test_job_pipe import wait_status
 from tests.support.models import register_tiny_model
 from tests.support.services import start_worker
+from tests.support.waiting import follow_job
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_dataset_is_generated_in_chunks_by_two_workers(
             kind="generate_dataset",
             params={"model": "tiny", "name": "demo", "num_samples": 30, "batch_size": 5, "seed": 7},
         )
-        done, seen = wait_status(sessions, job.id, {"succeeded", "failed"}, timeout=180)
+        done, seen = follow_job(sessions, job.id, {"succeeded", "failed"}, timeout=180)
         assert done.status == "succeeded", done.error
         with sessions() as s:
             children = s.scalars(select(Job).where(Job.parent_id == job.id)).all()
@@ -79,7 +79,7 @@ def test_dataset_is_generated_in_chunks_by_two_workers(
             kind="generate_dataset",
             params={"model": "tiny", "name": "demo", "num_samples": 37, "batch_size": 3, "seed": 7},
         )
-        done, _ = wait_status(sessions, grow.id, {"succeeded", "failed"}, timeout=180)
+        done, _ = follow_job(sessions, grow.id, {"succeeded", "failed"}, timeout=180)
         assert done.status == "succeeded", done.error
         rows = outputs_exactly_once(settings, sessions, ds.id, 37)
         for r in rows[:30]:

@@ -10,14 +10,14 @@ from sqlalchemy import select
 
 from common import jobs
 from common.models import Embedding, Generation, Sample
-from tests.integration.test_job_pipe import wait_status
 from tests.support.models import register_tiny_model
 from tests.support.services import start_worker
+from tests.support.waiting import follow_job
 
 
 def run_job(sessions, publisher, settings, owner, kind, params, want="succeeded", timeout=300):
     job = jobs.submit(sessions, publisher, settings, owner=owner, kind=kind, params=params)
-    done, _ = wait_status(sessions, job.id, {"succeeded", "failed", "cancelled"}, timeout=timeout)
+    done, _ = follow_job(sessions, job.id, {"succeeded", "failed", "cancelled"}, timeout=timeout)
     assert done.status == want, f"{kind}: {done.status} {done.error}"
     return done
 

@@ -172,12 +172,10 @@ def test_event_stream_answers_503_json_when_the_broker_is_down(settings, people,
         settings, tmp_path, port, extra_env={"LATENTLAB_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     )
     try:
-        t0 = time.monotonic()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/api/v1/events", headers={"Authorization": f"Bearer {people['alice']}"})
         res = conn.getresponse()
         body = json.loads(res.read())
-        assert time.monotonic() - t0 < 5
         assert res.status == 503 and "poll" in body["error"]
         conn.close()
     finally:

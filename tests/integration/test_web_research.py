@@ -19,9 +19,10 @@ from sqlalchemy import func, select
 from common.models import Dataset, Embedding, Job, Sample
 from common.platform.accounts import create_user, issue_token
 from common.research.datasets import read_activations
-from tests.support.lab import build_lab
 from tests.support.models import register_tiny_model
+from tests.support.seeded_map import seed_map
 from tests.support.services import start_worker
+from tests.support.waiting import poll_job
 from web.app import create_app
 
 DTYPES = {"int32": np.int32, "float32": np.float32, "int16": np.int16, "uint8": np.uint8}
@@ -52,14 +53,9 @@ def submit(client, headers, path, body) -> dict:
 
 
 def wait_job(client, headers, job_id, timeout=300.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            assert job["status"] == "succeeded", job
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+    job, _ = poll_job(lambda: client.get(f"/api/v1/jobs/{job_id}", headers=headers).json, timeout=timeout)
+    assert job["status"] == "succeeded", job
+    return job
 
 
 def decode_points(body: dict) -> dict[str, np.ndarray]:
@@ -223,7 +219,7 @@ def test_research_loop_over_the_api_with_a_real_worker(env, sessions):
         assert res.status_code == 404 and b"root:" not in res.data, tampered
 
     # -- bad requests: 400 naming the field, nothing written ----------------------------------------
-    fitting_ds = build_lab(sessions, settings, owner_id=1, n=4, name="elsewhere", images=False)
+    fitting_ds = seed_map(sessions, settings, owner_id=1, n=4, name="elsewhere", images=False)
     with sessions.begin() as s:
         s.get(Dataset, fitting_ds.dataset_id).status = "generating"
         still = Embedding(

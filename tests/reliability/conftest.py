@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.reliability.support import Lab
+from tests.reliability.support import FaultLab
 
 # short, still ordered (task_time_limit < visibility_timeout < stale_after); tests that need a small
 # visibility timeout override these
@@ -71,7 +71,7 @@ def lab(fast, sessions, publisher, admin, tmp_path, numba_cache):
     # one torch thread per process: on a shared 2-core machine torch's default thread pool spins and runs
     # the tiny test generator 20x slower
     env = {"NUMBA_CACHE_DIR": numba_cache, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    lab = Lab(fast, sessions, publisher, admin, tmp_path, env)
+    lab = FaultLab(fast, sessions, publisher, admin, tmp_path, env)
     yield lab
     lab.close()
 

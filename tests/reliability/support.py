@@ -1,5 +1,5 @@
-"""Helpers of the fault tests: a ``Lab`` that starts real workers (and web servers) with short timings and
-always kills them, waits, and the checks that define "exactly once".
+"""Helpers of the fault tests: a ``FaultLab`` that starts real workers (and web servers) with short timings
+and always kills them, waits, and the checks that define "exactly once".
 
 Usage::
 
@@ -12,40 +12,22 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from cli.redis_server import free_port
 from common import jobs
 from common.models import Job, Sample
 from common.models.jobs import FINAL_STATUSES
 from common.platform.config import Settings
 from common.platform.storage import TMP_MARK
-from tests.support.services import Proc, env_for, start_web
+from tests.support.services import Proc, Processes
+from tests.support.waiting import wait_for_job
 
 LAYERS = ("encoder_bottleneck", "midblock")
 LOCKED = "database is locked"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def pid_of(worker: str) -> int:
@@ -57,74 +39,16 @@ def main_pid_of(worker: str) -> int:
     return int(worker.split("/", 1)[0].rsplit(":", 1)[1])
 
 
-@dataclass
-class Lab:
-    """Real services for one test: workers and web servers it starts are killed (whole process groups)
-    when the test ends, whatever happened."""
+class FaultLab(Processes):
+    """The fault tests' lab: the workers and web servers a test starts (``Processes``: whole process
+    groups, killed when the test ends, whatever happened) plus job helpers, all with the short fault
+    timings of ``settings``."""
 
-    settings: Settings
-    sessions: Any
-    publisher: Any
-    owner: Any
-    log_dir: Path
-    worker_env: dict[str, str]
-    procs: list[Proc] = field(default_factory=list)
-
-    # -- processes --------------------------------------------------------------------------------
-
-    def worker(self, name: str | None = None, **kwargs) -> Proc:
-        return self.workers([name], **kwargs)[0]
-
-    def workers(
-        self,
-        names: list[str | None],
-        *,
-        queues: str = "interactive,batch,embed",
-        concurrency: int = 1,
-        settings: Settings | None = None,
-    ) -> list[Proc]:
-        """Start several workers at once (they boot in parallel) and wait until each is ready."""
-        import sys
-        import uuid
-
-        settings = settings or self.settings
-        started = []
-        for name in names:
-            name = name or f"w{uuid.uuid4().hex[:6]}"
-            args = [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "worker",
-                f"--queues={queues}",
-                f"--concurrency={concurrency}",
-                f"--hostname={name}@%h",
-            ]
-            proc = Proc(args, env_for(settings, **self.worker_env), self.log_dir / f"worker-{name}.log")
-            self.procs.append(proc)
-            started.append(proc)
-        for proc in started:
-            proc.wait_for_log("ready.", timeout=180)
-        return started
-
-    def web(self, *, port: int | None = None, settings: Settings | None = None, **env: str) -> tuple:
-        port = port or free_port()
-        proc = start_web(settings or self.settings, self.log_dir, port, extra_env={**self.worker_env, **env})
-        self.procs.append(proc)
-        return proc, f"http://127.0.0.1:{port}"
-
-    def close(self) -> None:
-        procs, self.procs = self.procs, []
-        for proc in procs:
-            if proc.alive():
-                try:
-                    os.killpg(proc.pid, signal.SIGCONT)  # a test that froze a worker may have failed
-                except ProcessLookupError:
-                    pass
-            proc.kill_group()
-
-    def logs(self) -> str:
-        return "\n".join(p.log_text() for p in self.procs)
+    def __init__(self, settings: Settings, sessions, publisher, owner, log_dir: Path, worker_env: dict):
+        super().__init__(settings, log_dir, worker_env)
+        self.sessions = sessions
+        self.publisher = publisher
+        self.owner = owner
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -143,14 +67,9 @@ class Lab:
             return list(s.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.id)))
 
     def wait(self, job_id: int, statuses=FINAL_STATUSES, timeout: float = 240) -> Job:
-        def reached():
-            job = self.job(job_id)
-            return job if job.status in statuses else None
-
-        try:
-            return wait_until(reached, timeout, f"job {job_id} to reach {sorted(statuses)}", interval=0.1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; now {self.job(job_id)!r}\n{self.logs()[-4000:]}") from None
+        return wait_for_job(
+            self.sessions, job_id, statuses, timeout=timeout, context=lambda: self.logs()[-4000:]
+        )
 
     def count_samples(self, dataset_id: int) -> int:
         with self.sessions() as s:

@@ -10,8 +10,10 @@ import time
 import pytest
 
 from common.platform.accounts import create_user, issue_token
-from tests.integration.test_web_jobs import Http, auth
-from tests.reliability.support import LOCKED, assert_exactly_once, wait_until
+from tests.reliability.support import LOCKED, assert_exactly_once
+from tests.support.waiting import poll_job, wait_until
+from tests.support.web import Http
+from tests.support.web import bearer_header as auth
 
 USERS, ROUNDS = 8, 3
 
@@ -46,14 +48,14 @@ def test_eight_users_and_a_dataset_job_without_database_is_locked(lab, tiny_mode
                 with lock:
                     answers.append(status)
                 assert status == 202, job
-                deadline = time.monotonic() + 180
-                while time.monotonic() < deadline:
-                    status, now = web.call("GET", f"/api/v1/jobs/{job['id']}", headers=auth(token))
+
+                def read(job_id=job["id"]) -> dict:
+                    status, now = web.call("GET", f"/api/v1/jobs/{job_id}", headers=auth(token))
                     with lock:
                         answers.append(status)
-                    if status == 200 and now["status"] in ("succeeded", "failed", "cancelled"):
-                        break
-                    time.sleep(0.1)
+                    return now if status == 200 else {"status": f"HTTP {status}"}
+
+                now, _ = poll_job(read, timeout=180, interval=0.1)
                 with lock:
                     finished.append(now)
         except Exception as exc:  # reported below, with the rest

@@ -15,7 +15,8 @@ from common.jobs import KINDS, get_kind, now
 from common.jobs.broker import MARKER_PREFIX, celery_config, soft_time_limit, task_name
 from common.models import Job
 from common.platform.config import ConfigError, Settings
-from tests.reliability.support import log_lines, trace_of, wait_until
+from tests.reliability.support import log_lines, trace_of
+from tests.support.waiting import wait_until
 
 
 def test_celery_configuration_and_tasks_keep_the_at_least_once_contract(fast):

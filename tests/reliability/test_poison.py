@@ -8,7 +8,8 @@ import time
 import redis
 
 from common.platform.accounts import create_user
-from tests.reliability.support import trace_of, wait_until
+from tests.reliability.support import trace_of
+from tests.support.waiting import wait_until
 
 
 def test_poison_job_fails_after_the_attempt_limit_and_others_all_succeed(lab):

@@ -25,8 +25,10 @@ from sqlalchemy import func, select
 
 from common.models import Embedding, EmbeddingPoint, Job, Sample
 from common.platform.accounts import create_user, issue_token
-from tests.integration.test_web_jobs import Http, auth
-from tests.reliability.support import LOCKED, assert_exactly_once, trace_of, wait_until
+from tests.reliability.support import LOCKED, assert_exactly_once, trace_of
+from tests.support.waiting import poll_job, wait_until
+from tests.support.web import Http
+from tests.support.web import bearer_header as auth
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("LATENTLAB_SOAK") != "1", reason="the soak runs for minutes; set LATENTLAB_SOAK=1"
@@ -34,7 +36,6 @@ pytestmark = pytest.mark.skipif(
 
 USERS = 4
 SAMPLE_EVERY = 20.0  # seconds between memory samples
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def rss_mb(proc: psutil.Process) -> float:
@@ -51,14 +52,13 @@ def rss_mb(proc: psutil.Process) -> float:
 def run_job(web: Http, token: str, kind: str, params: dict, timeout: float = 600) -> dict:
     status, job = web.call("POST", "/api/v1/jobs", {"kind": kind, "params": params}, auth(token))
     assert status == 202, (kind, status, job)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def read() -> dict:
         status, now = web.call("GET", f"/api/v1/jobs/{job['id']}", headers=auth(token))
         assert status == 200, now
-        if now["status"] in FINAL:
-            return now
-        time.sleep(0.25)
-    raise AssertionError(f"{kind} job {job['id']} did not finish in {timeout:.0f}s")
+        return now
+
+    return poll_job(read, timeout=timeout, interval=0.25, context=lambda: f"{kind} job {job['id']}")[0]
 
 
 @pytest.mark.timeout(1200 + 900)  # the load phase (at most 1,200 s) plus setup and checks

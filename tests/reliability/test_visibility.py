@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from tests.reliability.support import log_lines, main_pid_of, trace_of, wait_until
+from tests.reliability.support import log_lines, main_pid_of, trace_of
+from tests.support.waiting import wait_until
 
 VISIBILITY = {"task_time_limit": 14, "visibility_timeout": 16, "stale_after": 60}
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from tests.reliability.support import assert_exactly_once, log_lines, main_pid_of, pid_of, wait_until
+from tests.reliability.support import assert_exactly_once, log_lines, main_pid_of, pid_of
+from tests.support.waiting import wait_until
 
 DATASET = {"model": "tiny", "num_samples": 200, "batch_size": 10, "seed": 5}
 

@@ -9,7 +9,6 @@ see: a job's result, progress message and error, and the token's prefix.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +17,10 @@ from sqlalchemy import select
 
 from common.models import ApiToken, Job, User
 from common.platform.accounts import create_user, issue_token
-from tests.support.lab import Lab, add_generation, build_lab
-from web.app import SESSION_COOKIE, create_app
+from tests.support.seeded_map import SeededMap, add_generation, seed_map
+from tests.support.waiting import wait_for_job
+from tests.support.web import SessionClient, bearer_header
+from web.app import create_app
 
 A_SECRET = "alice-private-7f3a9c"
 PASSWORDS = {"A": "alice-password", "B": "bob-password-2", "admin": "root-password-3"}
@@ -33,7 +34,7 @@ class World:
     app: object
     users: dict[str, int]
     tokens: dict[str, str]  # identity -> raw bearer token
-    lab: Lab
+    lab: SeededMap
     generated_id: int
     job_id: int  # A's finished job, with A_SECRET in its result, message and error
     token_id: int  # A's token (its raw value is tokens["A"])
@@ -88,25 +89,7 @@ class World:
         self._clients.clear()
 
     def bearer(self, who: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[who]}"}
-
-
-class SessionClient:
-    """Flask's test client plus the session's CSRF token on POST/PUT/PATCH/DELETE."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.csrf: str | None = None
-
-    def open(self, method: str, path: str, **kwargs):
-        headers = dict(kwargs.pop("headers", None) or {})
-        if method in ("POST", "PUT", "PATCH", "DELETE") and self.csrf and "X-CSRFToken" not in headers:
-            headers["X-CSRFToken"] = self.csrf
-        return self.raw.open(path, method=method, headers=headers, **kwargs)
-
-    def cookie(self) -> str | None:
-        found = self.raw.get_cookie(SESSION_COOKIE)
-        return found.value if found else None
+        return bearer_header(self.tokens[who])
 
 
 def make_members(sessions) -> tuple[dict[str, int], dict[str, str]]:
@@ -122,7 +105,7 @@ def make_members(sessions) -> tuple[dict[str, int], dict[str, str]]:
 
 def make_world(settings, sessions, **app_overrides) -> World:
     users, tokens = make_members(sessions)
-    lab = build_lab(sessions, settings, owner_id=users["A"], n=12, name="alice-digits")
+    lab = seed_map(sessions, settings, owner_id=users["A"], n=12, name="alice-digits")
     generated = add_generation(
         sessions,
         settings,
@@ -175,7 +158,7 @@ class Stack:
     log_dir: Any
     users: dict[str, int]
     tokens: dict[str, str]
-    lab: Lab
+    lab: SeededMap
     web_url: str = ""
     procs: list = field(default_factory=list)
 
@@ -215,32 +198,10 @@ class Stack:
             return s.get(Job, job_id)
 
     def wait(self, job_id: int, timeout: float = 120.0) -> Job:
-        from common.models.jobs import FINAL_STATUSES
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if job.status in FINAL_STATUSES:
-                return job
-            time.sleep(0.1)
-        raise AssertionError(
-            f"job {job_id} still {self.job(job_id).status} after {timeout}s\n{self.logs()[-3000:]}"
-        )
+        return wait_for_job(self.sessions, job_id, timeout=timeout, context=lambda: self.logs()[-3000:])
 
     def logs(self) -> str:
         return "\n".join(p.log_text() for p in self.procs)
-
-
-def start_worker_proc(settings, log_dir, name: str, env: dict[str, str]):
-    import sys
-
-    from tests.support.services import Proc, env_for
-
-    args = [sys.executable, "-m", "cli.main", "worker", "--queues=interactive,batch,embed", "--concurrency=1"]
-    args.append(f"--hostname={name}@%h")
-    proc = Proc(args, env_for(settings, **env), log_dir / f"worker-{name}.log")
-    proc.wait_for_log("ready.", timeout=240)
-    return proc
 
 
 @pytest.fixture(scope="package")
@@ -252,8 +213,8 @@ def stack(tmp_path_factory, db_backend):
     from cli.redis_server import RedisServer, free_port
     from common.platform import migrate
     from common.platform.db import make_engine, session_factory
-    from tests.conftest import make_settings
-    from tests.support.services import postgres_database, start_web
+    from tests.support.services import postgres_database, start_web, start_worker
+    from tests.support.settings import make_settings
 
     root = tmp_path_factory.mktemp("stack")
     redis = RedisServer(root / "redis")
@@ -271,13 +232,13 @@ def stack(tmp_path_factory, db_backend):
         cleanup.callback(engine.dispose)
         sessions = session_factory(engine)
         users, tokens = make_members(sessions)
-        lab = build_lab(sessions, settings, owner_id=users["A"], n=12, name="stack-digits")
+        lab = seed_map(sessions, settings, owner_id=users["A"], n=12, name="stack-digits")
         log_dir = root / "logs"
         log_dir.mkdir()
         st = Stack(settings, sessions, log_dir, users, tokens, lab)
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LATENTLAB_SECRET_KEY": ""}
         try:
-            st.procs.append(start_worker_proc(settings, log_dir, "sec", env))
+            st.procs.append(start_worker(settings, log_dir, name="sec", extra_env=env, ready_timeout=240))
             port = free_port()
             st.procs.append(start_web(settings, log_dir, port, extra_env=env))
             st.web_url = f"http://127.0.0.1:{port}"

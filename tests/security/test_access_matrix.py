@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.security.conftest import A_SECRET, NAMES, PASSWORDS, World
-from tests.support.lab import build_lab
+from tests.support.seeded_map import seed_map
 from tests.support.sse import Stream
 
 IDENTITIES = ("anon", "A", "B", "admin")
@@ -89,7 +89,7 @@ def revoke_left_alone(w: World, who: str, res, ctx) -> None:
 def grow_fresh_dataset(w: World, who: str):
     """A's own small dataset (ready), grown with its own settings: only A or an admin may."""
     name = f"alice-grow-{who}-{uuid.uuid4().hex[:8]}"
-    build_lab(w.sessions, w.settings, owner_id=w.users["A"], n=2, name=name, images=False)
+    seed_map(w.sessions, w.settings, owner_id=w.users["A"], n=2, name=name, images=False)
     w.scratch = name
     body = {"model": f"model-{name}", "name": name, "num_samples": 4, "layers": ["midblock"], "seed": 0}
     return "/api/v1/datasets", {"json": body}

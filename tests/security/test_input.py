@@ -167,7 +167,9 @@ def test_malformed_bodies_are_400_sentences(world: World):
 
 EXAMPLES_PER_OPERATION = 24  # positive and negative each; about 33 operations: ~1,500 requests
 SKIPPED = {
-    "/api/v1/events": "a stream that lasts 10 minutes; its errors are covered in test_web_research_queues",
+    "/api/v1/events": (
+        "a stream that lasts 10 minutes; its errors are covered in tests/web/test_research_queues.py"
+    ),
 }
 
 

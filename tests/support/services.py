@@ -125,7 +125,7 @@ class Proc:
         self._log.close()
 
 
-def start_worker(
+def launch_worker(
     settings: Settings,
     log_dir: Path,
     *,
@@ -134,6 +134,7 @@ def start_worker(
     name: str | None = None,
     extra_env: dict | None = None,
 ) -> Proc:
+    """Start ``latentlab worker`` (its own process group, its log in ``log_dir``) without waiting for it."""
     name = name or f"w{uuid.uuid4().hex[:6]}"
     args = [
         sys.executable,
@@ -144,8 +145,24 @@ def start_worker(
         f"--concurrency={concurrency}",
         f"--hostname={name}@%h",
     ]
-    proc = Proc(args, env_for(settings, **(extra_env or {})), log_dir / f"worker-{name}.log")
-    proc.wait_for_log("ready.", timeout=120)
+    return Proc(args, env_for(settings, **(extra_env or {})), log_dir / f"worker-{name}.log")
+
+
+def start_worker(
+    settings: Settings,
+    log_dir: Path,
+    *,
+    queues: str = "interactive,batch,embed",
+    concurrency: int = 1,
+    name: str | None = None,
+    extra_env: dict | None = None,
+    ready_timeout: float = 120.0,
+) -> Proc:
+    """A ``latentlab worker`` that said it is ready (fails with its log if it exits or stays silent)."""
+    proc = launch_worker(
+        settings, log_dir, queues=queues, concurrency=concurrency, name=name, extra_env=extra_env
+    )
+    proc.wait_for_log("ready.", timeout=ready_timeout)
     return proc
 
 
@@ -154,3 +171,73 @@ def start_web(settings: Settings, log_dir: Path, port: int, extra_env: dict | No
     proc = Proc(args, env_for(settings, **(extra_env or {})), log_dir / f"web-{port}.log")
     proc.wait_for_log("Serving on", timeout=60)
     return proc
+
+
+class Processes:
+    """The worker and web processes one test (or one fixture) started: each a whole process group, all
+    killed by ``close()`` whatever happened; ``env`` goes to every one of them.
+
+    Usage::
+
+        procs = Processes(settings, tmp_path, {"OMP_NUM_THREADS": "1"})
+        procs.worker(name="a"); web, url = procs.web()
+        ...
+        procs.close()
+    """
+
+    def __init__(self, settings: Settings, log_dir: Path, env: dict[str, str] | None = None):
+        self.settings = settings
+        self.log_dir = log_dir
+        self.env = dict(env or {})
+        self.procs: list[Proc] = []
+
+    def worker(self, name: str | None = None, **kwargs) -> Proc:
+        return self.workers([name], **kwargs)[0]
+
+    def workers(
+        self,
+        names: list[str | None],
+        *,
+        queues: str = "interactive,batch,embed",
+        concurrency: int = 1,
+        settings: Settings | None = None,
+        ready_timeout: float = 180.0,
+    ) -> list[Proc]:
+        """Start several workers at once (they boot in parallel) and wait until each is ready."""
+        started = []
+        for name in names:
+            proc = launch_worker(
+                settings or self.settings,
+                self.log_dir,
+                queues=queues,
+                concurrency=concurrency,
+                name=name,
+                extra_env=self.env,
+            )
+            self.procs.append(proc)
+            started.append(proc)
+        for proc in started:
+            proc.wait_for_log("ready.", timeout=ready_timeout)
+        return started
+
+    def web(self, *, port: int | None = None, settings: Settings | None = None, **env: str) -> tuple:
+        """A ``latentlab web`` server that is serving; returns (process, base URL)."""
+        from cli.redis_server import free_port
+
+        port = port or free_port()
+        proc = start_web(settings or self.settings, self.log_dir, port, extra_env={**self.env, **env})
+        self.procs.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    def logs(self) -> str:
+        return "\n".join(p.log_text() for p in self.procs)
+
+    def close(self) -> None:
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.alive():
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)  # a test that froze a worker may have failed
+                except ProcessLookupError:
+                    pass
+            proc.kill_group()

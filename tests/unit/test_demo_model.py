@@ -112,7 +112,7 @@ def test_shipped_cards_register_into_a_fresh_database(tmp_path: Path, cards):
     from common.platform import migrate
     from common.platform.db import make_engine, session_factory
     from common.research.registry import checkpoint_file, register_shipped_models
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'data' / 'latentlab.db'}")
     migrate.upgrade(settings)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from common.models.base import MAX_ROW_ID
 from common.platform.errors import UserError
 from common.research import reads as research_reads
 from common.research.embeddings import FitEmbeddingParams, embedding_to_dict, get_embedding
@@ -18,7 +19,7 @@ from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
 from web.points_cache import EncodedPoints, cache_for, encode_points, points_etag
-from web.research import MAX_INT, bound_ids, submit_kind
+from web.research import bound_ids, submit_kind
 
 bp = Blueprint("embeddings", __name__, url_prefix="/api/v1")
 bp.url_value_preprocessor(bound_ids)
@@ -27,7 +28,7 @@ bp.url_value_preprocessor(bound_ids)
 class EmbeddingListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: int | None = Field(default=None, ge=1, le=MAX_INT, description="only maps of this dataset id")
+    dataset: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only maps of this dataset id")
 
 
 class EmbeddingList(BaseModel):
@@ -37,7 +38,7 @@ class EmbeddingList(BaseModel):
 class NeighborQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sample: int = Field(ge=1, le=MAX_INT, description="the sample whose neighbours to find")
+    sample: int = Field(ge=1, le=MAX_ROW_ID, description="the sample whose neighbours to find")
     k: int = Field(default=10, ge=1, le=200)
     space: Literal["2d", "full"] = Field(
         default="2d", description="2d: distance on the map; full: in the map's activation space"

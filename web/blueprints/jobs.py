@@ -18,6 +18,7 @@ import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.jobs import reads as job_reads
 from common.models import Job
+from common.models.base import MAX_ROW_ID
 from common.models.jobs import JOB_STATUSES
 from common.platform.errors import Conflict, UserError
 from web.api import api_route
@@ -50,7 +51,7 @@ class JobListQuery(BaseModel):
     )
     limit: int = Field(default=50, ge=1, le=500)
     before: int | None = Field(
-        default=None, ge=1, le=2**63 - 1, description="only jobs with a smaller id (next page)"
+        default=None, ge=1, le=MAX_ROW_ID, description="only jobs with a smaller id (next page)"
     )
     include_children: bool = Field(default=False, description="also list the chunk jobs of larger jobs")
 

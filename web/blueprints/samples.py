@@ -19,6 +19,7 @@ from typing import Any
 from flask import Blueprint, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.models.base import MAX_ROW_ID
 from common.platform.errors import NotFound
 from common.platform.storage import UnsafePath, resolve_inside
 from common.research import reads as research_reads
@@ -27,7 +28,7 @@ from common.research.history import HistoryQuery, get_sample, history, lineage_g
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
-from web.research import MAX_INT, bound_ids, submit_kind
+from web.research import bound_ids, submit_kind
 
 log = logging.getLogger("latentlab.web")
 
@@ -46,13 +47,13 @@ class LineageQuery(BaseModel):
 
 class HistoryParams(HistoryQuery):
     limit: int = Field(default=100, ge=1, le=500)
-    parent: int | None = Field(default=None, ge=1, le=MAX_INT, description="only children of this sample")
-    embedding: int | None = Field(default=None, ge=1, le=MAX_INT)
+    parent: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only children of this sample")
+    embedding: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
 
     @field_validator("dataset")
     @classmethod
     def _id_in_range(cls, value: str | None) -> str | None:
-        if value is not None and value.isdigit() and int(value) > MAX_INT:
+        if value is not None and value.isdigit() and int(value) > MAX_ROW_ID:
             raise ValueError("no dataset has this id")
         return value
 

@@ -3,28 +3,11 @@ migrated database and a real redis-server."""
 
 from __future__ import annotations
 
-import pytest
-
 from cli.redis_server import free_port
 from common.platform.accounts import issue_token
+from tests.support.web import login
 from web.app import SESSION_COOKIE, create_app
 from web.csrf import MESSAGE as CSRF_MESSAGE
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["latentlab"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def login(client, username="alice", password="alice-password", **kwargs):
-    return client.post("/api/v1/auth/login", json={"username": username, "password": password}, **kwargs)
 
 
 def token_for(sessions, user, name="t") -> str:

@@ -3,47 +3,24 @@ against a real migrated database and a real redis-server; no worker runs, so job
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from common.models import Job
-from common.platform.accounts import create_user, issue_token
+from common.platform.accounts import create_user
+from tests.support.web import issue_bearer
 from web.app import create_app
 
 
 @pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["latentlab"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def bearer(sessions, user) -> dict[str, str]:
-    with sessions.begin() as s:
-        return {"Authorization": f"Bearer {issue_token(s, s.merge(user))}"}
-
-
-@pytest.fixture
-def alice(sessions, member):
-    return bearer(sessions, member)
-
-
-@pytest.fixture
 def boss(sessions, admin):
-    return bearer(sessions, admin)
+    return issue_bearer(sessions, admin)
 
 
 @pytest.fixture
 def bob(sessions):
     with sessions.begin() as s:
         user = create_user(s, "bob", "bob-password")
-    return bearer(sessions, user)
+    return issue_bearer(sessions, user)
 
 
 def submit(client, headers, **params):
@@ -172,12 +149,9 @@ def test_listing_filters_pages_and_hides_chunk_jobs(client, sessions, alice, mem
 def test_submit_without_any_broker_keeps_a_durable_unpublished_row(settings, sessions, member):
     app = create_app(settings.with_(redis_url=""))  # embedded mode, no URL file yet
     try:
-        headers = bearer(sessions, member)
-        t0 = time.monotonic()
+        headers = issue_bearer(sessions, member)
         res = app.test_client().post("/api/v1/jobs", json={"kind": "ping"}, headers=headers)
-        elapsed = time.monotonic() - t0
         assert res.status_code == 202 and res.json["published_at"] is None, res.json
-        assert elapsed < 5
         with sessions() as s:
             job = s.get(Job, res.json["id"])
             assert job.status == "queued" and job.published_at is None

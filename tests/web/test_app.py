@@ -11,26 +11,9 @@ import pytest
 from sqlalchemy import inspect
 
 from cli.redis_server import free_port
+from tests.support.web import sign_in
 from web.app import create_app
 from web.security_headers import CONTENT_SECURITY_POLICY
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["latentlab"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def signed_in(client, username="alice", password="alice-password") -> str:
-    res = client.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert res.status_code == 200, res.json
-    return res.json["csrf_token"]
 
 
 def test_importing_web_pulls_in_no_torch_workers_or_cli():
@@ -43,7 +26,7 @@ def test_importing_web_pulls_in_no_torch_workers_or_cli():
 
 
 def test_create_app_runs_no_migrations(tmp_path, redis_url):
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}", redis_url)
     app = create_app(settings)
@@ -80,7 +63,7 @@ def test_api_errors_are_json_sentences(app, client, member):
 
 
 def test_oversized_and_non_json_bodies_are_refused_with_a_sentence(client, member):
-    csrf = signed_in(client)
+    csrf = sign_in(client)
     big = client.post(
         "/api/v1/jobs",
         data=b'{"kind": "ping", "params": {"x": "' + b"a" * (1024 * 1024 + 10) + b'"}}',
@@ -126,7 +109,7 @@ def test_anonymous_index_redirects_to_login(client):
 
 def test_pages_use_no_inline_script_or_style(client, member):
     login_page = client.get("/login").get_data(as_text=True)
-    signed_in(client)
+    sign_in(client)
     home = client.get("/")
     assert home.status_code == 200
     html = home.get_data(as_text=True)

@@ -1,10 +1,10 @@
-"""Lab data written straight into the real database (no worker, no model): a dataset with samples and
-PNG files, a fitted-looking map with points, and generations with lineage. For tests of the read side
-(the web API) that do not need real activations.
+"""A seeded map: lab data written straight into the real database (no worker, no model): a dataset with
+samples and PNG files, a fitted-looking map with points, and generations with lineage. For tests of the read
+side (the web API) that do not need real activations.
 
 Usage::
 
-    lab = build_lab(sessions, settings, owner_id=user.id, n=30)
+    lab = seed_map(sessions, settings, owner_id=user.id, n=30)
     lab.sample_ids, lab.embedding_id, lab.generated_ids
 """
 
@@ -24,7 +24,7 @@ SHA = "0" * 64
 
 
 @dataclass
-class Lab:
+class SeededMap:
     model_id: int
     dataset_id: int
     embedding_id: int
@@ -37,7 +37,7 @@ def _png(seed: int) -> bytes:
     return png_bytes(rng.integers(0, 256, size=(8, 8), dtype=np.uint8))
 
 
-def build_lab(
+def seed_map(
     sessions,
     settings,
     *,
@@ -46,7 +46,7 @@ def build_lab(
     classes: int = 3,
     name: str = "fake",
     images: bool = True,
-) -> Lab:
+) -> SeededMap:
     """A ready dataset of ``n`` samples (classes cycling), a ready map with every sample on it at
     (i, i % 7), and PNGs under the data root."""
     config = {**get_preset("tiny16").config, "label_dim": classes}
@@ -107,7 +107,7 @@ def build_lab(
             EmbeddingPoint(embedding_id=emb.id, sample_id=smp.id, x=float(i), y=float(i % 7))
             for i, smp in enumerate(samples)
         )
-        lab = Lab(model.id, ds.id, emb.id, [smp.id for smp in samples])
+        lab = SeededMap(model.id, ds.id, emb.id, [smp.id for smp in samples])
     if images:
         with sessions() as s:
             for sid in lab.sample_ids:
@@ -119,7 +119,7 @@ def build_lab(
 def add_generation(
     sessions,
     settings,
-    lab: Lab,
+    lab: SeededMap,
     *,
     owner_id: int,
     selected: int,
