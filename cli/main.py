@@ -20,6 +20,26 @@ def load_settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+class RowIdType(click.ParamType):
+    """A row id on the command line: ASCII digits without a leading zero, like the API (``int()`` would
+    read "٣" as 3 and "007" as 7)."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        from common.models.base import ID_SPELLING, row_id
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        found = row_id(str(value).strip())
+        if found is None:
+            self.fail(f"{value!r} is not an id; {ID_SPELLING} (1 to 2**63-1).", param, ctx)
+        return found
+
+
+ROW_ID = RowIdType()
+
+
 class LatentlabGroup(click.Group):
     """Turns the errors a user can cause into one readable line and a non-zero exit."""
 
@@ -235,7 +255,17 @@ def web(host: str, port: int, threads: int) -> None:
     _require_schema(settings)
     app = create_app(settings)
     click.echo(f"latentlab web on http://{host}:{port}/")
-    serve(app, host=host, port=port, threads=threads, ident="latentlab", channel_timeout=300)
+    serve(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="latentlab",
+        channel_timeout=300,
+        # a larger Content-Length is refused before any of the body is read (waitress's default is 1 GiB,
+        # buffered to disk before Flask could check it)
+        max_request_body_size=settings.max_body_bytes,
+    )
 
 
 @main.command()
@@ -352,7 +382,7 @@ def wait_for_job(sessions, job_id: int, poll: float = 0.25) -> int:
 
 
 @job.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 def job_show(job_id: int) -> None:
     """Print a job as JSON."""
     from common.jobs import job_to_dict

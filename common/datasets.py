@@ -89,6 +89,13 @@ class GenerateDatasetParams(BaseModel):
         default="float32", description="storage type of the activation shards (and GPU inference precision)"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _name_not_digits(cls, v: str) -> str:
+        if v.isdigit():  # a dataset is found by id or name: "3" would be shadowed by dataset 3
+            raise ValueError("a dataset name must contain a letter or a symbol, not only digits")
+        return v
+
     @field_validator("classes")
     @classmethod
     def _classes_not_empty(cls, v):

@@ -23,9 +23,8 @@ from common.config import Settings
 from common.datasets import iter_activation_batches, read_activations
 from common.db import insert_ignore
 from common.errors import Conflict, NotFound, UserError
-from common.jobs import RowId
 from common.models import Dataset, Embedding, EmbeddingPoint, Job, Sample, User
-from common.models.base import row_id
+from common.models.base import RowId, refuse_odd_id, row_id
 from common.reducer import (
     FitParams,
     Reducer,
@@ -46,6 +45,8 @@ def embedding_dir(embedding_id: int) -> str:
 
 def get_dataset(session: Session, ref: str | int) -> Dataset:
     ds = None
+    if isinstance(ref, str):
+        refuse_odd_id(ref, "dataset")
     if row_id(ref) is not None:
         ds = session.get(Dataset, row_id(ref))
     if ds is None and isinstance(ref, str):

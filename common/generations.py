@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,12 +34,18 @@ from common.datasets import CODE_VERSION, noise_seed, read_activations
 from common.db import insert_ignore
 from common.embeddings import ReducerCache, get_embedding
 from common.errors import UserError
-from common.jobs import RowId
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
+from common.models.base import RowId
 from common.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
 
 MODES = ("activation_mean", "umap_inverse", "weighted")
 CLASS_MODES = ("selected", "neighbor_majority", "blend", "uniform", "none")
+MAX_WEIGHT = 1e6
+
+
+# a neighbour's weight: bounded so that their sum stays finite (1e308 + 1e308 overflows to inf, and
+# normalising by inf put the generation at (0, 0))
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
 
 
 class GenerateFromNeighborsParams(BaseModel):
@@ -51,7 +57,9 @@ class GenerateFromNeighborsParams(BaseModel):
         min_length=1, max_length=256, description="sample ids whose activations combine"
     )
     mode: Literal["activation_mean", "umap_inverse", "weighted"] = "activation_mean"
-    weights: list[float] | None = Field(default=None, description="for mode 'weighted': one per neighbour")
+    weights: list[Weight] | None = Field(
+        default=None, max_length=256, description="for mode 'weighted': one per neighbour (0 to 1e6)"
+    )
     layers: list[str] | None = Field(
         default=None, max_length=64, description="layers to mask (default: the map's)"
     )

@@ -30,9 +30,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,8 +43,6 @@ from common.models.jobs import ACTIVE_STATUSES, FINAL_STATUSES
 from common.queue import BrokerUnavailable, Publisher, worker_node
 
 log = logging.getLogger(__name__)
-
-RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]  # a database id (refuses what no backend can bind)
 
 
 def now() -> datetime:

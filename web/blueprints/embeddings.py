@@ -28,11 +28,12 @@ from sqlalchemy import func, select
 from common.embeddings import FitEmbeddingParams, embedding_to_dict, get_embedding, points_columns
 from common.errors import UserError
 from common.models import Embedding, EmbeddingPoint, Generation, Job, Lineage
+from common.models.base import RowId
 from common.neighbors import find_neighbors
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
-from web.research import MAX_INT, bound_ids, submit_kind
+from web.research import bound_ids, submit_kind
 
 bp = Blueprint("embeddings", __name__, url_prefix="/api/v1")
 bp.url_value_preprocessor(bound_ids)
@@ -53,7 +54,7 @@ DTYPE_NAMES = {"<i4": "int32", "<f4": "float32", "<i2": "int16", "u1": "uint8"}
 class EmbeddingListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: int | None = Field(default=None, ge=1, le=MAX_INT, description="only maps of this dataset id")
+    dataset: RowId | None = Field(default=None, description="only maps of this dataset id")
 
 
 class EmbeddingList(BaseModel):
@@ -63,7 +64,7 @@ class EmbeddingList(BaseModel):
 class NeighborQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sample: int = Field(ge=1, le=MAX_INT, description="the sample whose neighbours to find")
+    sample: RowId = Field(description="the sample whose neighbours to find")
     k: int = Field(default=10, ge=1, le=200)
     space: Literal["2d", "full"] = Field(
         default="2d", description="2d: distance on the map; full: in the map's activation space"

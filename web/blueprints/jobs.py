@@ -19,6 +19,7 @@ import common.jobkinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.errors import Conflict, NotFound, UserError
 from common.models import Job, User
+from common.models.base import RowId
 from common.models.jobs import JOB_STATUSES
 from web.api import api_route
 from web.auth import Principal, get_db, get_publisher, get_sessions, get_settings, principal
@@ -49,9 +50,7 @@ class JobListQuery(BaseModel):
         default=None, min_length=1, max_length=200, description="a username (members: only their own)"
     )
     limit: int = Field(default=50, ge=1, le=500)
-    before: int | None = Field(
-        default=None, ge=1, le=2**63 - 1, description="only jobs with a smaller id (next page)"
-    )
+    before: RowId | None = Field(default=None, description="only jobs with a smaller id (next page)")
     include_children: bool = Field(default=False, description="also list the chunk jobs of larger jobs")
 
 

@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import stat
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, send_file
@@ -24,6 +23,7 @@ from common.errors import NotFound
 from common.generations import GenerateFromNeighborsParams
 from common.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from common.models import EmbeddingPoint
+from common.models.base import ID_SPELLING, is_id_text, looks_numeric
 from common.storage import UnsafePath, resolve_inside
 from web.api import api_route
 from web.auth import get_db, get_settings
@@ -47,22 +47,15 @@ class LineageQuery(BaseModel):
 
 class HistoryParams(HistoryQuery):
     limit: int = Field(default=100, ge=1, le=500)
-    parent: int | None = Field(default=None, ge=1, le=MAX_INT, description="only children of this sample")
-    embedding: int | None = Field(default=None, ge=1, le=MAX_INT)
 
     @field_validator("dataset")
     @classmethod
     def _id_in_range(cls, value: str | None) -> str | None:
-        if value is not None and value.isdigit() and int(value) > MAX_INT:
-            raise ValueError("no dataset has this id")
-        return value
-
-    @field_validator("since", "until")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        # a time without an offset means UTC (the database stores UTC)
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
+        if value is not None and looks_numeric(value):
+            if not is_id_text(value):
+                raise ValueError(ID_SPELLING)
+            if len(value) > 19 or int(value) > MAX_INT:
+                raise ValueError("no dataset has this id")
         return value
 
 
