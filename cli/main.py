@@ -381,6 +381,28 @@ def wait_for_job(sessions, job_id: int, poll: float = 0.25) -> int:
     return 0
 
 
+@job.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    type=click.FloatRange(0, 36_500),
+    help="Delete finished jobs that ended more than this many days ago (not those a dataset, map or "
+    "generation was made by).",
+)
+def job_prune(older_than: float) -> None:
+    """Delete old finished jobs (the reaper does this hourly past LATENTLAB_JOB_RETENTION_DAYS)."""
+    from common.retention import prune_jobs
+
+    settings = load_settings()
+    _require_schema(settings)
+    deleted = prune_jobs(_sessions(settings), older_than)
+    click.echo(f"deleted {deleted} finished jobs older than {older_than:g} days")
+
+
+main.add_command(job, "jobs")  # ``latentlab jobs prune`` reads as well as ``latentlab job prune``
+
+
 @job.command("show")
 @click.argument("job_id", type=ROW_ID)
 def job_show(job_id: int) -> None:

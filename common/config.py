@@ -75,6 +75,9 @@ class Settings:
     # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
     torch_threads: int = 0
     worker_concurrency: int = 1
+    # finished jobs older than this many days are deleted by the reaper (hourly), except those a dataset,
+    # map or generation was made by; 0: kept forever (``latentlab jobs prune --older-than DAYS`` by hand)
+    job_retention_days: float = 90.0
 
     # quotas (per user)
     max_active_jobs_per_queue: int = 32
@@ -149,6 +152,8 @@ class Settings:
             raise ConfigError("LATENTLAB_CHUNK_SIZE must be between 1 and 4096.")
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("LATENTLAB_TRUSTED_PROXIES must be between 0 and 10 (the proxies in front).")
+        if not 0 <= self.job_retention_days <= 36_500:
+            raise ConfigError("LATENTLAB_JOB_RETENTION_DAYS must be 0 (keep forever) to 36500 days.")
         if self.event_streams_per_user < 1:
             raise ConfigError("LATENTLAB_EVENT_STREAMS_PER_USER must be at least 1.")
         if not 1024 <= self.max_body_bytes <= 1024**3:

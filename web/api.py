@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Blueprint, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.errors import UserError, pydantic_message
 from web.auth import admin_required, current_user_required
@@ -159,6 +159,26 @@ def refuse_nul_in_args_and_form() -> None:
         for key, value in request.form.items(multi=True):
             refuse_nul(key, key)
             refuse_nul(value, key)
+
+
+MAX_PAGE = 500  # the most rows one page of a list answers (datasets, maps, tokens, samples, jobs)
+
+
+class PageQuery(BaseModel):
+    """``?limit=&offset=`` of a list endpoint; without them, the first page (of ``limit``'s default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE, description=f"rows per page (at most {MAX_PAGE})")
+    offset: int = Field(default=0, ge=0, le=10_000_000, description="rows to skip (the previous next_offset)")
+
+
+def one_page(session, stmt, query: PageQuery) -> tuple[list[Any], int | None]:
+    """The rows of ``stmt`` (an ordered ``select`` of one entity) on the page ``query`` asks for, and the
+    offset of the next page (None on the last): one row more than the page is read to know."""
+    rows = list(session.scalars(stmt.limit(query.limit + 1).offset(query.offset)))
+    more = len(rows) > query.limit
+    return rows[: query.limit], (query.offset + query.limit if more else None)
 
 
 def parse_body(model: type[M]) -> M:

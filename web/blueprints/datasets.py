@@ -15,7 +15,7 @@ from common.embeddings import get_dataset
 from common.history import sample_to_dict
 from common.models import Dataset, GeneratorModel, Sample
 from common.registry import model_to_dict
-from web.api import api_route
+from web.api import PageQuery, api_route, one_page
 from web.auth import get_db
 from web.blueprints.jobs import JobOut
 from web.research import bound_ids, submit_kind
@@ -30,6 +30,7 @@ class ModelList(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[dict[str, Any]]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
 
 
 class SampleQuery(BaseModel):
@@ -68,11 +69,13 @@ def list_models():
     return {"models": [_model_out(m) for m in rows]}
 
 
-@api_route(bp, "/datasets", methods=["GET"], response=DatasetList, summary="Datasets, newest first")
-def list_datasets():
+@api_route(
+    bp, "/datasets", methods=["GET"], query=PageQuery, response=DatasetList, summary="Datasets, newest first"
+)
+def list_datasets(query: PageQuery):
     db = get_db()
-    rows = db.scalars(select(Dataset).order_by(Dataset.id.desc()))
-    return {"datasets": [dataset_to_dict(db, ds) for ds in rows]}
+    rows, next_offset = one_page(db, select(Dataset).order_by(Dataset.id.desc()), query)
+    return {"datasets": [dataset_to_dict(db, ds) for ds in rows], "next_offset": next_offset}
 
 
 @api_route(

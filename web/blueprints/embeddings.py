@@ -30,7 +30,7 @@ from common.errors import UserError
 from common.models import Embedding, EmbeddingPoint, Generation, Job, Lineage
 from common.models.base import RowId
 from common.neighbors import find_neighbors
-from web.api import api_route
+from web.api import PageQuery, api_route, one_page
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
 from web.research import bound_ids, submit_kind
@@ -51,14 +51,13 @@ COLUMN_TYPES = {
 DTYPE_NAMES = {"<i4": "int32", "<f4": "float32", "<i2": "int16", "u1": "uint8"}
 
 
-class EmbeddingListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EmbeddingListQuery(PageQuery):
     dataset: RowId | None = Field(default=None, description="only maps of this dataset id")
 
 
 class EmbeddingList(BaseModel):
     embeddings: list[dict[str, Any]]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
 
 
 class NeighborQuery(BaseModel):
@@ -271,7 +270,8 @@ def list_embeddings(query: EmbeddingListQuery):
     stmt = select(Embedding).order_by(Embedding.id.desc())
     if query.dataset is not None:
         stmt = stmt.where(Embedding.dataset_id == query.dataset)
-    return {"embeddings": [embedding_to_dict(e) for e in get_db().scalars(stmt)]}
+    rows, next_offset = one_page(get_db(), stmt, query)
+    return {"embeddings": [embedding_to_dict(e) for e in rows], "next_offset": next_offset}
 
 
 @api_route(

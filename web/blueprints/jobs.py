@@ -83,6 +83,10 @@ class JobOut(BaseModel):
     children: dict[str, int] | None = Field(
         default=None, description="chunk jobs per status (and total), for a job split into chunks"
     )
+    params_truncated: dict[str, int] | None = Field(
+        default=None,
+        description="in listings: list parameters cut to their first 20 items, with their full length",
+    )
 
 
 class JobList(BaseModel):
@@ -100,9 +104,20 @@ class KindList(BaseModel):
     kinds: list[KindOut]
 
 
-def job_out(job: Job, owner: str | None, position: int | None) -> dict[str, Any]:
+LISTED_ITEMS = 20  # a list parameter longer than this is cut to its first items in job listings
+
+
+def job_out(job: Job, owner: str | None, position: int | None, *, listed: bool = False) -> dict[str, Any]:
+    """A job as the API answers it; ``listed``: as a row of ``GET /api/v1/jobs``, where a long list
+    parameter (a reproject of 100,000 ids) keeps its first ``LISTED_ITEMS`` items and is named in
+    ``params_truncated`` (``GET /api/v1/jobs/<id>`` has them all)."""
     out = jobs.job_to_dict(job, position=position, owner_name=owner)
     out["published_at"] = job.published_at.isoformat() if job.published_at else None
+    if listed and isinstance(out["params"], dict):
+        long = [k for k, v in out["params"].items() if isinstance(v, list) and len(v) > LISTED_ITEMS]
+        if long:
+            out["params"] = {k: v[:LISTED_ITEMS] if k in long else v for k, v in out["params"].items()}
+            out["params_truncated"] = {k: len(job.params[k]) for k in long}
     return out
 
 
@@ -203,7 +218,7 @@ def list_jobs(query: JobListQuery):
     db = get_db()
     rows = db.execute(stmt.order_by(Job.id.desc()).limit(query.limit)).all()
     positions = _positions(db, [job.id for job, _ in rows if job.status == "queued"])
-    listed = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
+    listed = [job_out(job, owner, positions.get(job.id), listed=True) for job, owner in rows]
     next_before = rows[-1][0].id if len(rows) == query.limit else None
     return {"jobs": listed, "next_before": next_before}
 
