@@ -27,13 +27,13 @@ class RowIdType(click.ParamType):
     name = "id"
 
     def convert(self, value, param, ctx):
-        from common.models.base import ID_SPELLING, row_id
+        from common.models.base import ID_SPELLING, MAX_ROW_ID, row_id
 
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         found = row_id(str(value).strip())
         if found is None:
-            self.fail(f"{value!r} is not an id; {ID_SPELLING} (1 to 2**63-1).", param, ctx)
+            self.fail(f"{value!r} is not an id; {ID_SPELLING} (1 to {MAX_ROW_ID}).", param, ctx)
         return found
 
 

@@ -75,7 +75,7 @@ class Settings:
     # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
     torch_threads: int = 0
     worker_concurrency: int = 1
-    # finished jobs older than this many days are deleted by the reaper (hourly), except those a dataset,
+    # finished jobs older than this many days are deleted by the reaper (hourly), except those a sample,
     # map or generation was made by; 0: kept forever (``latentlab jobs prune --older-than DAYS`` by hand)
     job_retention_days: float = 90.0
 

@@ -4,8 +4,8 @@
   ``POST /api/v1/jobs`` with the kind fixed. Their body *is* the kind's params object, so an error's
   ``field`` is a path in the body (``"neighbors"``), where ``POST /api/v1/jobs`` says
   ``"params.neighbors"``.
-* ``bound_ids``: ids in paths and bodies beyond a 64-bit integer answer 404 / 400 instead of reaching the
-  database (SQLite cannot even bind them).
+* ``bound_ids``: ids in paths beyond ``MAX_ROW_ID`` (2^31-1, PostgreSQL's INTEGER) answer 404 instead
+  of reaching the database (PostgreSQL answers "integer out of range"; SQLite cannot bind 2^63).
 
 Usage (in a blueprint)::
 
@@ -23,16 +23,17 @@ from pydantic import BaseModel
 import common.jobkinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.errors import NotFound, UserError
+from common.models.base import MAX_ROW_ID
 from web.auth import get_db, get_publisher, get_sessions, get_settings, principal
 from web.blueprints.jobs import job_out
 
-MAX_INT = 2**63 - 1
+MAX_INT = 2**63 - 1  # any number in a body (seeds are 64-bit); ids are bounded by MAX_ROW_ID
 
 
 def bound_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
     """``url_value_preprocessor``: an id in the path that no row can have is simply not found."""
     for name, value in (values or {}).items():
-        if isinstance(value, int) and value > MAX_INT:
+        if isinstance(value, int) and value > MAX_ROW_ID:
             raise NotFound(f"No {name.removesuffix('_id')} {value}.", field=name)
 
 

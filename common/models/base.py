@@ -20,7 +20,9 @@ NAMING_CONVENTION = {
 }
 
 
-MAX_ROW_ID = 2**63 - 1  # the largest id every backend can bind (SQLite and PostgreSQL BIGINT)
+# the largest id every backend can hold: the id columns are INTEGER, 32 bits on PostgreSQL (a larger
+# number in a query is "integer out of range" there, a 500 before this bound)
+MAX_ROW_ID = 2**31 - 1
 
 
 ID_SPELLING = "write ids with the ASCII digits 0-9 and no leading zeros"

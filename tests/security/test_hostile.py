@@ -280,3 +280,34 @@ def test_all_digit_names_and_overflowing_weights_are_refused(world: World, quiet
     assert count(world, Dataset) == datasets_before and count(world, Job) == jobs_before
     with world.sessions() as s, pytest.raises(UserError, match="only digits"):
         add_model(s, world.settings, "42", checkpoint="missing.safetensors")
+
+
+def test_ids_beyond_postgresqls_integer_are_404_in_paths_and_400_in_queries_and_bodies(
+    world: World, quiet_log
+):
+    """The id columns are INTEGER (32 bits on PostgreSQL): 2^31 reached the database as "integer out of
+    range", a 500 the fuzz run found on PostgreSQL only."""
+    big = 2**31
+    client = world.app.test_client()
+    bearer = world.bearer("A")
+    for path in (
+        f"/api/v1/datasets/{big}",
+        f"/api/v1/embeddings/{big}/generations",
+        f"/api/v1/samples/{big}",
+    ):
+        assert client.get(path, headers=bearer).status_code == 404, path
+    for path, field in (
+        (f"/api/v1/embeddings?dataset={big}", "dataset"),
+        (f"/api/v1/history?embedding={big}", "embedding"),
+    ):
+        assert_refused(client.get(path, headers=bearer), field)
+    generation = {
+        "embedding": big,
+        "selected": world.lab.sample_ids[0],
+        "neighbors": world.lab.sample_ids[1:2],
+    }
+    assert_refused(client.post("/api/v1/generations", json=generation, headers=bearer), "embedding")
+    res = client.get(f"/api/v1/history?dataset={big}", headers=bearer)
+    assert_refused(res, "dataset")
+    ok = client.get(f"/api/v1/samples/{2**31 - 1}", headers=bearer)
+    assert ok.status_code == 404  # the largest id is simply not found

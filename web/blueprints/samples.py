@@ -23,12 +23,12 @@ from common.errors import NotFound
 from common.generations import GenerateFromNeighborsParams
 from common.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from common.models import EmbeddingPoint
-from common.models.base import ID_SPELLING, is_id_text, looks_numeric
+from common.models.base import ID_SPELLING, MAX_ROW_ID, is_id_text, looks_numeric
 from common.storage import UnsafePath, resolve_inside
 from web.api import api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
-from web.research import MAX_INT, bound_ids, submit_kind
+from web.research import bound_ids, submit_kind
 
 log = logging.getLogger("latentlab.web")
 
@@ -54,7 +54,7 @@ class HistoryParams(HistoryQuery):
         if value is not None and looks_numeric(value):
             if not is_id_text(value):
                 raise ValueError(ID_SPELLING)
-            if len(value) > 19 or int(value) > MAX_INT:
+            if len(value) > 19 or int(value) > MAX_ROW_ID:
                 raise ValueError("no dataset has this id")
         return value
 
