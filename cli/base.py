@@ -25,6 +25,26 @@ def load_settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+class RowIdType(click.ParamType):
+    """A row id on the command line: ASCII digits without a leading zero, like the API (``int()`` would
+    read "٣" as 3 and "007" as 7)."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        from common.models.base import ID_SPELLING, MAX_ROW_ID, row_id
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        found = row_id(str(value).strip())
+        if found is None:
+            self.fail(f"{value!r} is not an id; {ID_SPELLING} (1 to {MAX_ROW_ID}).", param, ctx)
+        return found
+
+
+ROW_ID = RowIdType()
+
+
 class LatentlabGroup(click.Group):
     """Turns the errors a user can cause into one readable line and a non-zero exit."""
 

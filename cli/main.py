@@ -10,6 +10,7 @@ import click
 import cli.models  # noqa: F401  (attaches the model commands to main)
 import cli.research  # noqa: F401  (attaches the research commands to main)
 from cli.base import (
+    ROW_ID,
     job_owner,
     load_settings,
     main,
@@ -195,7 +196,17 @@ def web(host: str, port: int, threads: int) -> None:
     require_schema(settings)
     app = create_app(settings)
     click.echo(f"latentlab web on http://{host}:{port}/")
-    serve(app, host=host, port=port, threads=threads, ident="latentlab", channel_timeout=300)
+    serve(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="latentlab",
+        channel_timeout=300,
+        # a larger Content-Length is refused before any of the body is read (waitress's default is 1 GiB,
+        # buffered to disk before Flask could check it)
+        max_request_body_size=settings.max_body_bytes,
+    )
 
 
 @main.command()
@@ -258,8 +269,30 @@ def job_submit(kind: str, params: str, username: str | None, wait: bool) -> None
         sys.exit(wait_for_job(sessions, j.id))
 
 
+@job.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    type=click.FloatRange(0, 36_500),
+    help="Delete finished jobs that ended more than this many days ago (not those a dataset, map or "
+    "generation was made by).",
+)
+def job_prune(older_than: float) -> None:
+    """Delete old finished jobs (the reaper does this hourly past LATENTLAB_JOB_RETENTION_DAYS)."""
+    from common.jobs.retention import prune_jobs
+
+    settings = load_settings()
+    require_schema(settings)
+    deleted = prune_jobs(open_sessions(settings), older_than)
+    click.echo(f"deleted {deleted} finished jobs older than {older_than:g} days")
+
+
+main.add_command(job, "jobs")  # ``latentlab jobs prune`` reads as well as ``latentlab job prune``
+
+
 @job.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 def job_show(job_id: int) -> None:
     """Print a job as JSON."""
     from common.jobs import job_to_dict

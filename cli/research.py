@@ -9,6 +9,7 @@ import sys
 import click
 
 from cli.base import (
+    ROW_ID,
     job_owner,
     load_settings,
     main,
@@ -26,6 +27,12 @@ def _csv_ints(value: str | None) -> list[int] | None:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of integers") from None
+
+
+def _csv_ids(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    return [ROW_ID.convert(v.strip(), None, None) for v in value.split(",") if v.strip()]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -149,18 +156,18 @@ def embed(
 
 
 @main.command()
-@click.option("--embedding", required=True, type=int)
+@click.option("--embedding", required=True, type=ROW_ID)
 @click.option("--samples", default=None, help="Comma-separated sample ids (default: all not yet placed).")
 @as_option
 @wait_option
 def reproject(embedding, samples, username, wait):
     """Enqueue a reproject job: place samples added after the fit, without moving existing points."""
-    _submit("reproject", {"embedding": embedding, "samples": _csv_ints(samples)}, username, wait)
+    _submit("reproject", {"embedding": embedding, "samples": _csv_ids(samples)}, username, wait)
 
 
 @main.command()
-@click.option("--embedding", required=True, type=int)
-@click.option("--selected", required=True, type=int, help="The selected sample id.")
+@click.option("--embedding", required=True, type=ROW_ID)
+@click.option("--selected", required=True, type=ROW_ID, help="The selected sample id.")
 @click.option("--neighbors", required=True, help="Comma-separated neighbour sample ids.")
 @click.option(
     "--mode",
@@ -206,7 +213,7 @@ def generate(
     params = {
         "embedding": embedding,
         "selected": selected,
-        "neighbors": _csv_ints(neighbors),
+        "neighbors": _csv_ids(neighbors),
         "mode": mode,
         "weights": weight_list,
         "layers": _csv(layers),
@@ -220,8 +227,8 @@ def generate(
 
 
 @main.command()
-@click.option("--embedding", required=True, type=int)
-@click.option("--sample", required=True, type=int)
+@click.option("--embedding", required=True, type=ROW_ID)
+@click.option("--sample", required=True, type=ROW_ID)
 @click.option("-k", default=10, show_default=True, type=click.IntRange(1, 500))
 @click.option("--space", type=click.Choice(["2d", "full"]), default="2d", show_default=True)
 def neighbors(embedding, sample, k, space):
@@ -240,7 +247,7 @@ def neighbors(embedding, sample, k, space):
 @click.option("--user", default=None)
 @click.option("--dataset", default=None)
 @click.option("--class", "class_label", default=None, type=int)
-@click.option("--parent", default=None, type=int)
+@click.option("--parent", default=None, type=ROW_ID)
 @click.option("--mode", type=click.Choice(["activation_mean", "umap_inverse", "weighted"]), default=None)
 @click.option("--since", default=None, help="ISO date or datetime.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Blueprint, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.platform.errors import UserError, pydantic_message
 from web.auth import admin_required, current_user_required
@@ -122,17 +122,55 @@ def _refuse_constant(name: str) -> None:
 
 
 def _check_json(data: Any) -> None:
-    """Refuse nesting deeper than ``MAX_JSON_DEPTH`` and non-finite numbers (iteratively: no recursion)."""
-    stack = [(data, 1)]
+    """Refuse nesting deeper than ``MAX_JSON_DEPTH``, non-finite numbers and NUL characters in strings
+    (iteratively: no recursion)."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
     while stack:
-        value, depth = stack.pop()
+        value, depth, path = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(NOT_FINITE)
+        if isinstance(value, str):
+            refuse_nul(value, path)
         if isinstance(value, dict | list):
             if depth > MAX_JSON_DEPTH:
                 raise UserError(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth + 1) for child in children)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, child in items:
+                where = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str):
+                    refuse_nul(key, where)
+                stack.append((child, depth + 1, where))
+
+
+def refuse_nul(text: str, field: str) -> None:
+    """UserError(400) naming ``field`` for a NUL character: PostgreSQL cannot store one in text, and no
+    name, path or parameter here means one."""
+    if "\x00" in text:
+        raise UserError(f"'{field}' contains a NUL character (\\u0000); remove it.", field=field or None)
+
+
+def refuse_nul_in_args_and_form() -> None:
+    """``before_request``: the query string and a form body, once for every route (JSON bodies are checked
+    by ``json_object``)."""
+    for key, value in request.args.items(multi=True):
+        refuse_nul(key, key)
+        refuse_nul(value, key)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for key, value in request.form.items(multi=True):
+            refuse_nul(key, key)
+            refuse_nul(value, key)
+
+
+MAX_PAGE = 500  # the most rows one page of a list answers (datasets, maps, tokens, samples, jobs)
+
+
+class PageQuery(BaseModel):
+    """``?limit=&offset=`` of a list endpoint; without them, the first page (of ``limit``'s default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE, description=f"rows per page (at most {MAX_PAGE})")
+    offset: int = Field(default=0, ge=0, le=10_000_000, description="rows to skip (the previous next_offset)")
 
 
 def parse_body(model: type[M]) -> M:

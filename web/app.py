@@ -19,9 +19,12 @@ from flask import Flask, abort, g, has_request_context, request, send_from_direc
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter, ValidationError
 
+from common.models.base import ID_SPELLING, is_id_text, looks_numeric
 from common.platform.config import Settings
 from common.platform.db import make_engine, session_factory
+from common.platform.errors import UserError
 from common.platform.storage import UnsafePath, resolve_inside
 from web import auth, csrf, errors
 from web.queue import BrokerLink
@@ -30,7 +33,6 @@ from web.security_headers import HSTS, SECURITY_HEADERS
 
 log = logging.getLogger("latentlab.web")
 
-MAX_BODY_BYTES = 1024 * 1024
 SESSION_COOKIE = "latentlab_session"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -47,12 +49,32 @@ class LatentlabFlask(Flask):
         root = Path(os.path.realpath(self.static_folder))
         try:
             path = resolve_inside(root, filename)
-        except UnsafePath:
-            abort(404)
-        if not path.is_file():
+            if not path.is_file():
+                abort(404)
+        except (UnsafePath, OSError):  # OSError: a name the file system cannot even look up
             abort(404)
         relative = path.relative_to(root).as_posix()
         return send_from_directory(root, relative, max_age=self.get_send_file_max_age(relative))
+
+
+class OddId(str):
+    """A path id written with other digits ("٣", "²", "007"); ``_refuse_odd_ids`` answers 400 naming it."""
+
+
+class RowIdConverter(IntegerConverter):
+    """The ``int`` converter of every route: ids are ASCII digits without a leading zero. Werkzeug's own
+    matches any Unicode decimal digit (``/samples/٣`` reached sample 3) and leading zeros; here digits of
+    another spelling become an ``OddId`` (400 naming the variable, before the view runs), and anything else
+    does not match (404 as before)."""
+
+    regex = r"[^/]+"
+
+    def to_python(self, value: str):
+        if is_id_text(value) or value == "0":
+            return int(value)
+        if looks_numeric(value):
+            return OddId(value)
+        raise ValidationError()
 
 
 class SessionCookies(SecureCookieSessionInterface):
@@ -86,10 +108,12 @@ def configure(app: Flask, settings: Settings) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
         # the lifetime counts from sign-in (or the last change), not from the last request
         SESSION_REFRESH_EACH_REQUEST=False,
-        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
-        MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
+        # the same limit is waitress's max_request_body_size (``latentlab web``), checked before reading
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.max_body_bytes,
     )
     app.json.sort_keys = False
+    app.url_map.converters["int"] = RowIdConverter
     app.session_interface = SessionCookies()
     if settings.trusted_proxies:
         # believe X-Forwarded-* only from the proxies we were told about; otherwise any client could
@@ -125,15 +149,24 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_request_hooks(app: Flask) -> None:
+    from web.api import refuse_nul_in_args_and_form
     from web.research import bound_ids
 
     # every blueprint: an id in a path that no row can have (beyond 64 bits) is a 404, not a 500
+    app.url_value_preprocessor(_refuse_odd_ids)
     app.url_value_preprocessor(bound_ids)
     app.before_request(_assign_request_id)
+    app.before_request(refuse_nul_in_args_and_form)
     app.before_request(csrf.check_csrf)
     app.after_request(_add_headers)
     app.teardown_appcontext(auth.close_db)
     app.context_processor(lambda: {"csrf_token": csrf.csrf_token})
+
+
+def _refuse_odd_ids(_endpoint: str | None, values: dict | None) -> None:
+    for name, value in (values or {}).items():
+        if isinstance(value, OddId):
+            raise UserError(f"'{name}': {str(value)!r} is not an id; {ID_SPELLING}.", field=name)
 
 
 def _assign_request_id() -> None:

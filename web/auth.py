@@ -39,7 +39,7 @@ from web.csrf import csrf_token
 WRONG_CREDENTIALS = "Wrong username or password."
 SIGN_IN_MESSAGE = "sign in or send Authorization: Bearer <token>"
 BAD_TOKEN_MESSAGE = (
-    "the API token is unknown, revoked or malformed; create a new one with POST /api/v1/tokens "
+    "the API token is unknown, revoked, expired or malformed; create a new one with POST /api/v1/tokens "
     "and send it as Authorization: Bearer <token>"
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify, render_template, request
+from flask import Flask, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from common.platform.errors import UserError
@@ -57,10 +57,16 @@ def _sentence(exc: HTTPException, status: int) -> str:
         allowed = sorted(m for m in valid if m not in ("OPTIONS", "HEAD"))
         return f"{method} is not allowed on {path}; use {', '.join(allowed) or 'another method'}."
     if status == 413:
-        return "The request body is larger than 1 MB; send less data in one request."
+        return f"The request body is larger than {body_limit()}; send less data in one request."
     if status == 400:
         return "The request is malformed; send a JSON object with Content-Type: application/json."
     return exc.description or exc.name
+
+
+def body_limit() -> str:
+    """The body limit in words: "1 MB" (MiB, as everywhere here), else a count of bytes."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+    return f"{limit // 2**20} MB" if limit and limit % 2**20 == 0 else f"{limit:,} bytes"
 
 
 def _unexpected(exc: BaseException):

@@ -4,8 +4,8 @@
   ``POST /api/v1/jobs`` with the kind fixed. Their body *is* the kind's params object, so an error's
   ``field`` is a path in the body (``"neighbors"``), where ``POST /api/v1/jobs`` says
   ``"params.neighbors"``.
-* ``bound_ids``: ids in paths beyond what an id column holds (``MAX_ROW_ID``) answer 404 instead of
-  reaching the database (PostgreSQL refuses them as out of range; SQLite cannot bind beyond 64 bits).
+* ``bound_ids``: ids in paths beyond ``MAX_ROW_ID`` (2^31-1, PostgreSQL's INTEGER) answer 404 instead
+  of reaching the database (PostgreSQL answers "integer out of range"; SQLite cannot bind 2^63).
 
 Usage (in a blueprint)::
 
@@ -27,7 +27,7 @@ from common.platform.errors import NotFound, UserError
 from web.auth import get_db, get_publisher, get_sessions, get_settings, principal
 from web.blueprints.jobs import job_out
 
-MAX_INT = 2**63 - 1  # the largest number any column holds (seeds are BIGINT)
+MAX_INT = 2**63 - 1  # any number in a body (seeds are 64-bit); ids are bounded by MAX_ROW_ID
 
 
 def bound_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:

@@ -1,5 +1,6 @@
 """The threads of a worker's main process: the reaper (publishes jobs the broker lost, re-queues dead
-ones) and the liveness key that tells the reaper this worker is alive.
+ones, and hourly deletes finished jobs past ``LATENTLAB_JOB_RETENTION_DAYS``: ``common.jobs.retention``)
+and the liveness key that tells the reaper this worker is alive.
 
 Several workers may run the reaper; a Redis lock makes one pass happen per interval across all of them.
 """
@@ -10,9 +11,12 @@ import logging
 import threading
 
 from common.jobs import reap
+from common.jobs.retention import prune_jobs
 
 log = logging.getLogger("latentlab.reaper")
 LOCK_KEY = "latentlab:reaper-lock"
+PRUNE_KEY = "latentlab:prune-lock"
+PRUNE_EVERY = 3600  # seconds between two prunes of finished jobs, across all workers
 
 
 def reap_once(state) -> None:
@@ -28,6 +32,11 @@ def reap_once(state) -> None:
             report.failed,
             report.settled,
         )
+    days = state.settings.job_retention_days
+    if days > 0 and state.redis.set(PRUNE_KEY, state.worker_id, nx=True, ex=PRUNE_EVERY):
+        deleted = prune_jobs(state.session_factory, days)
+        if deleted:
+            log.info("reaper: deleted %s finished jobs older than %s days", deleted, days)
 
 
 def start_liveness_thread(state) -> threading.Thread:

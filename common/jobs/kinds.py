@@ -16,16 +16,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from common.models import Job
-from common.models.base import MAX_ROW_ID
+from common.models.base import RowId  # noqa: F401  (re-exported: jobs.RowId)
 from common.platform.errors import UserError, pydantic_message
-
-RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]  # a database id (refuses what no backend can store)
 
 KIND_TABLE = "common.research.kinds"  # the module whose ``KINDS`` dict is the kind table
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase
 
@@ -17,21 +18,45 @@ NAMING_CONVENTION = {
 }
 
 
-# the largest id every backend can store: ids are INTEGER columns, 32-bit on PostgreSQL (a larger one is
-# an out-of-range error there, where SQLite simply finds no row)
+# the largest id every backend can hold: the id columns are INTEGER, 32 bits on PostgreSQL (a larger
+# number in a query is "integer out of range" there, a 500 before this bound)
 MAX_ROW_ID = 2**31 - 1
 
 
+ID_SPELLING = "write ids with the ASCII digits 0-9 and no leading zeros"
+
+
+def is_id_text(text: str) -> bool:
+    """``text`` is an id as this lab writes one: ASCII digits, no leading zero ("42", not "042" or "٤٢")."""
+    return text.isascii() and text.isdigit() and text[0] != "0"
+
+
+def looks_numeric(text: str) -> bool:
+    """Digits of any script ("٣", "²", "007"): text that means a number, so never a name."""
+    return text.isnumeric()
+
+
 def row_id(ref: object) -> int | None:
-    """``ref`` as a row id when it is an int or a string of digits in range, else None."""
+    """``ref`` as a row id when it is an int or a string of ASCII digits (no leading zero) in range, else
+    None (a name, or an id no row can have)."""
     if isinstance(ref, bool):
         return None
     if isinstance(ref, int):
         return ref if 1 <= ref <= MAX_ROW_ID else None
-    if isinstance(ref, str) and ref.isdigit() and len(ref) <= 19:
+    if isinstance(ref, str) and is_id_text(ref) and len(ref) <= 19:
         value = int(ref)
         return value if 1 <= value <= MAX_ROW_ID else None
     return None
+
+
+def _id_spelling(value: object) -> object:
+    if isinstance(value, str) and not is_id_text(value.strip()):
+        raise ValueError(ID_SPELLING)
+    return value
+
+
+# a database id in a body or a query string: refuses what no backend can bind and other spellings of digits
+RowId = Annotated[int, BeforeValidator(_id_spelling), Field(ge=1, le=MAX_ROW_ID)]
 
 
 def utcnow() -> datetime:

@@ -48,5 +48,6 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # null: never (``POST /api/v1/tokens`` ``expires_in_days``)
 
     user: Mapped[User] = relationship(back_populates="tokens")

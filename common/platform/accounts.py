@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -87,13 +88,27 @@ def _digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def issue_token(session: Session, user: User, name: str = "default") -> str:
-    """Create a personal API token; returns the raw token (shown once, never stored)."""
+MAX_TOKEN_DAYS = 3650
+
+
+def issue_token(
+    session: Session, user: User, name: str = "default", expires_in_days: int | None = None
+) -> str:
+    """Create a personal API token; returns the raw token (shown once, never stored). With
+    ``expires_in_days`` it stops working that many days from now."""
     name = (name or "default").strip()
     if not 1 <= len(name) <= 64:
         raise UserError("A token name has 1–64 characters.", field="name")
+    expires_at = None
+    if expires_in_days is not None:
+        if not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+            raise UserError(f"'expires_in_days' must be 1 to {MAX_TOKEN_DAYS}.", field="expires_in_days")
+        expires_at = utcnow() + timedelta(days=expires_in_days)
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=user.id, name=name, token_hash=_digest(raw), prefix=raw[:10]))
+    token = ApiToken(
+        user_id=user.id, name=name, token_hash=_digest(raw), prefix=raw[:10], expires_at=expires_at
+    )
+    session.add(token)
     session.flush()
     return raw
 
@@ -105,6 +120,8 @@ def user_for_token(session: Session, raw: str) -> User | None:
     if token is None or token.revoked_at is not None or not token.user.active:
         return None
     stamp = utcnow()
+    if token.expires_at is not None and token.expires_at <= stamp:
+        return None
     # a write per request would serialise every Bearer call on SQLite; a minute's precision is enough
     if token.last_used_at is None or (stamp - token.last_used_at).total_seconds() > 60:
         token.last_used_at = stamp

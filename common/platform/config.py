@@ -75,6 +75,9 @@ class Settings:
     # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
     torch_threads: int = 0
     worker_concurrency: int = 1
+    # finished jobs older than this many days are deleted by the reaper (hourly), except those a sample,
+    # map or generation was made by; 0: kept forever (``latentlab jobs prune --older-than DAYS`` by hand)
+    job_retention_days: float = 90.0
 
     # quotas (per user)
     max_active_jobs_per_queue: int = 32
@@ -92,6 +95,12 @@ class Settings:
     trusted_proxies: int = 0
     session_hours: float = 12.0
     login_attempts_per_minute: int = 10
+    # live event streams (GET /api/v1/events) one member may hold open in one web process; each process
+    # serves at most 4 in all, so one member's tabs never take every slot
+    event_streams_per_user: int = 2
+    # the largest request body, in bytes: waitress refuses a larger Content-Length before reading it, and
+    # Flask answers 413 for a larger body that reaches it
+    max_body_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -143,6 +152,12 @@ class Settings:
             raise ConfigError("LATENTLAB_CHUNK_SIZE must be between 1 and 4096.")
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("LATENTLAB_TRUSTED_PROXIES must be between 0 and 10 (the proxies in front).")
+        if not 0 <= self.job_retention_days <= 36_500:
+            raise ConfigError("LATENTLAB_JOB_RETENTION_DAYS must be 0 (keep forever) to 36500 days.")
+        if self.event_streams_per_user < 1:
+            raise ConfigError("LATENTLAB_EVENT_STREAMS_PER_USER must be at least 1.")
+        if not 1024 <= self.max_body_bytes <= 1024**3:
+            raise ConfigError("LATENTLAB_MAX_BODY_BYTES must be between 1024 and 1073741824 (1 GiB).")
         if self.fair_share_waiting < 0:
             raise ConfigError("LATENTLAB_FAIR_SHARE_WAITING must be 0 (no limit) or more.")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -117,3 +118,10 @@ def insert_ignore(session: Session, table, rows: list[dict]) -> int:
     # count the rows the database says it inserted
     stmt = insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
     return len(session.execute(stmt, rows).all())
+
+
+def page(session: Session, stmt, limit: int, offset: int = 0) -> tuple[list[Any], int | None]:
+    """The rows of ``stmt`` (an ordered ``select`` of one entity) from ``offset``, at most ``limit``, and the
+    offset of the next page (None on the last): one row more than the page is read to know."""
+    rows = list(session.scalars(stmt.limit(limit + 1).offset(offset)))
+    return rows[:limit], (offset + limit if len(rows) > limit else None)

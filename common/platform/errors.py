@@ -43,7 +43,7 @@ def pydantic_message(exc) -> tuple[str, str | None]:
     """One readable sentence (and the offending field) from a pydantic ValidationError."""
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    msg = first.get("msg", "is invalid")
+    msg = first.get("msg", "is invalid").removeprefix("Value error, ")
     if first.get("type") == "missing":
         return f"'{loc}' is required.", loc or None
     if first.get("type") == "extra_forbidden":

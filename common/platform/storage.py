@@ -32,6 +32,10 @@ class UnsafePath(ValueError):
     """A path that would leave the data root (``..``, absolute, encoded, or through a symlink)."""
 
 
+NAME_MAX = 255  # bytes in one path component (Linux, macOS); a longer one is ENAMETOOLONG on lookup
+PATH_MAX = 4096
+
+
 def resolve_inside(root: Path, relative: str | os.PathLike) -> Path:
     """The real path of ``relative`` under ``root``; raises UnsafePath if it escapes ``root``.
 
@@ -47,6 +51,8 @@ def resolve_inside(root: Path, relative: str | os.PathLike) -> Path:
     # a backslash is a separator on Windows (and in URLs some servers rewrite): no stored path has one
     if "\x00" in text or "\\" in text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
         raise UnsafePath(f"'{relative}' is not a relative path inside the data root")
+    if len(text.encode()) > PATH_MAX or any(len(part.encode()) > NAME_MAX for part in text.split("/")):
+        raise UnsafePath("the path is longer than any file name here can be")
     root_real = Path(os.path.realpath(root))
     candidate = Path(os.path.realpath(root_real / text))
     if candidate != root_real and root_real not in candidate.parents:

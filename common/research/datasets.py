@@ -37,6 +37,7 @@ from common.models.base import row_id
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
+from common.platform.ids import refuse_odd_id
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
 from common.research.registry import get_model
 
@@ -49,8 +50,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
 
 
 def get_dataset(session: Session, ref: str | int) -> Dataset:
-    """The dataset with id or name ``ref``; raises NotFound."""
+    """The dataset with id or name ``ref``; raises NotFound (UserError for an id spelt oddly: "٣", "007")."""
     ds = None
+    if isinstance(ref, str):
+        refuse_odd_id(ref, "dataset")
     if row_id(ref) is not None:
         ds = session.get(Dataset, row_id(ref))
     if ds is None and isinstance(ref, str):
@@ -101,6 +104,13 @@ class GenerateDatasetParams(BaseModel):
     dtype: Literal["float16", "float32"] = Field(
         default="float32", description="storage type of the activation shards (and GPU inference precision)"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_digits(cls, v: str) -> str:
+        if v.isdigit():  # a dataset is found by id or name: "3" would be shadowed by dataset 3
+            raise ValueError("a dataset name must contain a letter or a symbol, not only digits")
+        return v
 
     @field_validator("classes")
     @classmethod

@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.jobs import RowId
 from common.maps.reducer import (
     FitParams,
     Reducer,
@@ -31,7 +30,7 @@ from common.maps.reducer import (
 )
 from common.maps.reducer import save_reducer as _save
 from common.models import Dataset, Embedding, EmbeddingPoint, Job, Sample, User
-from common.models.base import row_id
+from common.models.base import RowId, row_id
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, NotFound, UserError

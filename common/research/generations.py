@@ -14,7 +14,7 @@ Usage (a worker)::
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,9 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.jobs import RowId
 from common.ml.activations import flatten_activations, split_flat
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
+from common.models.base import RowId
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import UserError
@@ -41,6 +41,13 @@ from common.research.recipe import (
     weighted_center,
 )
 
+MAX_WEIGHT = 1e6
+
+
+# a neighbour's weight: bounded so that their sum stays finite (1e308 + 1e308 overflows to inf, and
+# normalising by inf put the generation at (0, 0))
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+
 
 class GenerateFromNeighborsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -51,7 +58,9 @@ class GenerateFromNeighborsParams(BaseModel):
         min_length=1, max_length=256, description="sample ids whose activations combine"
     )
     mode: Literal["activation_mean", "umap_inverse", "weighted"] = "activation_mean"
-    weights: list[float] | None = Field(default=None, description="for mode 'weighted': one per neighbour")
+    weights: list[Weight] | None = Field(
+        default=None, max_length=256, description="for mode 'weighted': one per neighbour (0 to 1e6)"
+    )
     layers: list[str] | None = Field(
         default=None, max_length=64, description="layers to mask (default: the map's)"
     )

@@ -9,16 +9,17 @@ Usage::
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from common.models import Dataset, Generation, Lineage, Sample, User
-from common.models.base import MAX_ROW_ID, row_id
+from common.models.base import RowId, row_id
 from common.platform.errors import NotFound
+from common.platform.ids import refuse_odd_id
 
 
 class HistoryQuery(BaseModel):
@@ -27,13 +28,27 @@ class HistoryQuery(BaseModel):
     user: str | None = Field(default=None, max_length=64, description="creator's username")
     dataset: str | None = Field(default=None, max_length=100, description="dataset name or id")
     class_label: int | None = Field(default=None, alias="class", ge=0, le=100_000)
-    parent: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only children of this sample")
+    parent: RowId | None = Field(default=None, description="only children of this sample")
     mode: Literal["activation_mean", "umap_inverse", "weighted"] | None = None
-    embedding: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
+    embedding: RowId | None = None
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0, le=10_000_000)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """A time without an offset means UTC (the database stores UTC); one whose UTC time falls outside
+        years 1-9999 (``0001-01-01T00:00:00+01:00``) is refused here, not by an overflow in the query."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("in UTC it falls outside years 1 to 9999; give a time inside them") from None
 
 
 def generation_to_dict(gen: Generation, sample: Sample, username: str | None = None) -> dict[str, Any]:
@@ -73,6 +88,7 @@ def history(session: Session, q: HistoryQuery) -> list[dict[str, Any]]:
     if q.user:
         stmt = stmt.where(User.username == q.user)
     if q.dataset:
+        refuse_odd_id(q.dataset, "dataset")
         ds = Dataset.id == row_id(q.dataset) if row_id(q.dataset) else Dataset.name == q.dataset
         stmt = stmt.where(Sample.dataset_id.in_(select(Dataset.id).where(ds)))
     if q.class_label is not None:

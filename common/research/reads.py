@@ -7,7 +7,7 @@ Usage::
     datasets = list_datasets(session, newest_first=True)
     counts = class_counts(session, dataset.id)                      # {"3": 120, "-1": 4}
     total, samples = sample_page(session, dataset.id, class_label=3, origin=None, limit=100, offset=0)
-    maps = list_embeddings(session, dataset_id=None)                # newest first
+    maps, next_offset = list_embeddings(session, dataset_id=None, limit=100)  # newest first
     stats = map_stats(session, emb.id)                              # MapStats(count, max_id, id_sum)
     places = sample_points(session, sample.id)                      # {"7": [x, y]}
     overlays = generation_overlays(session, emb.id, limit=500)      # newest first
@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, GeneratorModel, Job, Lineage, Sample
+from common.platform.db import page
 
 IN_CHUNK = 500  # ids per IN (...) list
 
@@ -42,6 +43,11 @@ def list_models(session: Session) -> list[GeneratorModel]:
 def list_datasets(session: Session, *, newest_first: bool = False) -> list[Dataset]:
     order = Dataset.id.desc() if newest_first else Dataset.id
     return list(session.scalars(select(Dataset).order_by(order)))
+
+
+def dataset_page(session: Session, *, limit: int, offset: int = 0) -> tuple[list[Dataset], int | None]:
+    """Datasets newest first, one page (``common.platform.db.page``)."""
+    return page(session, select(Dataset).order_by(Dataset.id.desc()), limit, offset)
 
 
 def class_counts(session: Session, dataset_id: int) -> dict[str, int]:
@@ -75,11 +81,14 @@ def sample_page(
     return int(total), list(session.scalars(page))
 
 
-def list_embeddings(session: Session, *, dataset_id: int | None = None) -> list[Embedding]:
+def list_embeddings(
+    session: Session, *, dataset_id: int | None = None, limit: int = 100, offset: int = 0
+) -> tuple[list[Embedding], int | None]:
+    """Maps newest first (of one dataset, if given), one page (``common.platform.db.page``)."""
     stmt = select(Embedding).order_by(Embedding.id.desc())
     if dataset_id is not None:
         stmt = stmt.where(Embedding.dataset_id == dataset_id)
-    return list(session.scalars(stmt))
+    return page(session, stmt, limit, offset)
 
 
 def map_stats(session: Session, embedding_id: int) -> MapStats:

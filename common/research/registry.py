@@ -22,6 +22,7 @@ from common.models import GeneratorModel
 from common.models.base import row_id
 from common.platform.config import Settings
 from common.platform.errors import Conflict, NotFound, UserError
+from common.platform.ids import refuse_odd_id
 from common.platform.storage import atomic_writer, resolve_inside, sha256_file
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def _stored_path(settings: Settings, path: Path) -> str:
 def get_model(session: Session, ref: str | int) -> GeneratorModel:
     """A model by id or name; NotFound lists the registered names."""
     model = None
+    if isinstance(ref, str):
+        refuse_odd_id(ref, "model")
     if row_id(ref) is not None:
         model = session.get(GeneratorModel, row_id(ref))
     if model is None and isinstance(ref, str):
@@ -80,6 +83,8 @@ def add_model(
     check (``common.ml.checkpoints.load_generator``), done by ``latentlab model add``."""
     if not name or len(name) > 100 or any(ch not in MODEL_NAME_CHARS for ch in name):
         raise UserError("A model name has 1–100 characters: letters, digits, '-', '_' or '.'.", field="name")
+    if name.isdigit():  # a model is found by id or name: "3" would be shadowed by model 3
+        raise UserError(f"A model name cannot be only digits ('{name}'); add a letter.", field="name")
     if session.scalar(select(GeneratorModel.id).where(GeneratorModel.name == name)) is not None:
         raise Conflict(f"A model named '{name}' is already registered; pick another name.", field="name")
     path = Path(checkpoint).expanduser()

@@ -165,7 +165,7 @@ def test_malformed_bodies_are_400_sentences(world: World):
 
 # -- the fuzz run --------------------------------------------------------------------------------------
 
-EXAMPLES_PER_OPERATION = 24  # positive and negative each; about 33 operations: ~1,500 requests
+EXAMPLES_PER_OPERATION = 12  # positive and negative each; 30 operations: ~700 requests, under 2 minutes
 SKIPPED = {
     "/api/v1/events": (
         "a stream that lasts 10 minutes; its errors are covered in tests/web/test_research_queues.py"
@@ -223,7 +223,7 @@ def test_fuzzing_the_openapi_document_finds_no_5xx(world: World, capsys):
         print(
             f"\nfuzz: {counts['total']} requests over {len(ops)} operations; {by_class}; 5xx: {len(errors)}"
         )
-    assert counts["total"] >= 1000
+    assert counts["total"] >= 600
     assert not errors, "\n".join(errors[:20])
 
 

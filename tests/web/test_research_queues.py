@@ -178,24 +178,54 @@ def test_admins_stream_carries_every_members_job_events(client, people, redis_ur
 def test_streams_beyond_the_per_process_limit_answer_503_and_a_closed_stream_frees_its_slot(
     client, people, redis_url
 ):
-    alice = people["alice"][1]
+    per_user = client.application.extensions["latentlab"].settings.event_streams_per_user
+    openers = [people[name][1] for name in ("alice", "bob", "root") for _ in range(per_user)]
+    assert len(openers) >= events_bp.MAX_STREAMS
     open_streams = []
     try:
-        for _ in range(events_bp.MAX_STREAMS):
-            res = client.get("/api/v1/events", headers=alice, buffered=False)
+        for headers in openers[: events_bp.MAX_STREAMS]:
+            res = client.get("/api/v1/events", headers=headers, buffered=False)
             assert res.status_code == 200
             open_streams.append(res)
-        refused = client.get("/api/v1/events", headers=alice)
+        last = openers[events_bp.MAX_STREAMS]
+        refused = client.get("/api/v1/events", headers=last)
         assert refused.status_code == 503 and "poll /api/v1/queues" in refused.json["error"]
         # a stream never read from still releases its slot and its subscription when closed
         open_streams.pop().close()
-        again = client.get("/api/v1/events", headers=alice, buffered=False)
+        again = client.get("/api/v1/events", headers=openers[events_bp.MAX_STREAMS - 1], buffered=False)
         assert again.status_code == 200
         open_streams.append(again)
     finally:
         for res in open_streams:
             res.close()
     assert events_bp.slots.live == 0 and subscribers(redis_url) == 0
+
+
+def test_one_member_holds_at_most_their_share_of_streams_and_others_still_get_one(client, people, redis_url):
+    per_user = client.application.extensions["latentlab"].settings.event_streams_per_user
+    assert per_user < events_bp.MAX_STREAMS  # one member can never take every slot
+    alice, bob = people["alice"][1], people["bob"][1]
+    open_streams = []
+    try:
+        for _ in range(per_user):
+            res = client.get("/api/v1/events", headers=alice, buffered=False)
+            assert res.status_code == 200
+            open_streams.append(res)
+        for _ in range(3):  # more tabs of the same member
+            refused = client.get("/api/v1/events", headers=alice)
+            assert refused.status_code == 503
+            assert "LATENTLAB_EVENT_STREAMS_PER_USER" in refused.json["error"], refused.json
+        res = client.get("/api/v1/events", headers=bob, buffered=False)
+        assert res.status_code == 200
+        open_streams.append(res)
+        open_streams.pop(0).close()  # alice closes one tab: she may open another
+        res = client.get("/api/v1/events", headers=alice, buffered=False)
+        assert res.status_code == 200
+        open_streams.append(res)
+    finally:
+        for res in open_streams:
+            res.close()
+    assert events_bp.slots.live == 0 and events_bp.slots.by_user == {} and subscribers(redis_url) == 0
 
 
 def test_event_stream_answers_503_when_the_broker_is_down(settings, people):

@@ -8,11 +8,11 @@ from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.models import ApiToken, User
-from common.platform.account_reads import user_tokens
-from common.platform.accounts import check_password, issue_token, revoke_token, set_password
-from common.platform.errors import UserError
+from common.platform.account_reads import token_page, user_id_named, user_tokens
+from common.platform.accounts import MAX_TOKEN_DAYS, check_password, issue_token, revoke_token, set_password
+from common.platform.errors import Forbidden, NotFound, UserError
 from web import csrf
-from web.api import api_route
+from web.api import PageQuery, api_route
 from web.auth import (
     Principal,
     authenticate,
@@ -45,6 +45,15 @@ class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="default", min_length=1, max_length=64, description="a label for the token")
+    expires_in_days: int | None = Field(
+        default=None, ge=1, le=MAX_TOKEN_DAYS, description="the token stops working after this many days"
+    )
+
+
+class TokenQuery(PageQuery):
+    user: str | None = Field(
+        default=None, min_length=1, max_length=64, description="admins: list this member's tokens"
+    )
 
 
 class UserOut(BaseModel):
@@ -70,11 +79,14 @@ class TokenOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None = Field(default=None, description="null: never expires")
+    user_id: int
     token: str | None = Field(default=None, description="the raw token; only in the answer that created it")
 
 
 class TokenList(BaseModel):
     tokens: list[TokenOut]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
 
 
 class Done(BaseModel):
@@ -178,16 +190,33 @@ def _token_dict(token: ApiToken, raw: str | None = None) -> dict:
         "created_at": token.created_at.isoformat(),
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+        "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+        "user_id": token.user_id,
     }
     if raw is not None:
         out["token"] = raw
     return out
 
 
-@api_route(bp, "/tokens", methods=["GET"], response=TokenList, summary="Your API tokens (newest first)")
-def list_tokens():
-    rows = user_tokens(get_db(), principal().id)
-    return {"tokens": [_token_dict(t) for t in rows]}
+@api_route(
+    bp,
+    "/tokens",
+    methods=["GET"],
+    query=TokenQuery,
+    response=TokenList,
+    summary="Your API tokens, newest first (admins: ?user= lists a member's, to revoke a leaked one)",
+)
+def list_tokens(query: TokenQuery):
+    user, db = principal(), get_db()
+    owner_id = user.id
+    if query.user is not None and query.user != user.username:
+        if not user.is_admin:
+            raise Forbidden("Only admins list other members' tokens; leave out 'user'.", field="user")
+        owner_id = user_id_named(db, query.user)
+        if owner_id is None:
+            raise NotFound(f"No member '{query.user}'.", field="user")
+    rows, next_offset = token_page(db, owner_id, limit=query.limit, offset=query.offset)
+    return {"tokens": [_token_dict(t) for t in rows], "next_offset": next_offset}
 
 
 @api_route(
@@ -202,7 +231,7 @@ def list_tokens():
 def create_token(body: NewToken):
     user = principal()
     with get_sessions().begin() as db:
-        raw = issue_token(db, db.get(User, user.id), body.name)
+        raw = issue_token(db, db.get(User, user.id), body.name, body.expires_in_days)
         # the new row is the newest of the user's whose prefix (its first characters) begins the raw token
         recent = user_tokens(db, user.id, limit=20)
         token = next(t for t in recent if raw.startswith(t.prefix))

@@ -14,7 +14,7 @@ from common.research import reads as research_reads
 from common.research.datasets import GenerateDatasetParams, dataset_to_dict, get_dataset
 from common.research.history import sample_to_dict
 from common.research.registry import model_to_dict
-from web.api import api_route
+from web.api import PageQuery, api_route
 from web.auth import get_db
 from web.blueprints.jobs import JobOut
 from web.research import bound_ids, submit_kind
@@ -29,6 +29,7 @@ class ModelList(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[dict[str, Any]]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
 
 
 class SampleQuery(BaseModel):
@@ -66,11 +67,13 @@ def list_models():
     return {"models": [_model_out(m) for m in research_reads.list_models(get_db())]}
 
 
-@api_route(bp, "/datasets", methods=["GET"], response=DatasetList, summary="Datasets, newest first")
-def list_datasets():
+@api_route(
+    bp, "/datasets", methods=["GET"], query=PageQuery, response=DatasetList, summary="Datasets, newest first"
+)
+def list_datasets(query: PageQuery):
     db = get_db()
-    rows = research_reads.list_datasets(db, newest_first=True)
-    return {"datasets": [dataset_to_dict(db, ds) for ds in rows]}
+    rows, next_offset = research_reads.dataset_page(db, limit=query.limit, offset=query.offset)
+    return {"datasets": [dataset_to_dict(db, ds) for ds in rows], "next_offset": next_offset}
 
 
 @api_route(

@@ -10,12 +10,12 @@ from typing import Any, Literal
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from common.models.base import MAX_ROW_ID
+from common.models.base import RowId
 from common.platform.errors import UserError
 from common.research import reads as research_reads
 from common.research.embeddings import FitEmbeddingParams, embedding_to_dict, get_embedding
 from common.research.neighbors import find_neighbors
-from web.api import api_route
+from web.api import PageQuery, api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
 from web.points_cache import EncodedPoints, cache_for, encode_points, points_etag
@@ -25,20 +25,19 @@ bp = Blueprint("embeddings", __name__, url_prefix="/api/v1")
 bp.url_value_preprocessor(bound_ids)
 
 
-class EmbeddingListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only maps of this dataset id")
+class EmbeddingListQuery(PageQuery):
+    dataset: RowId | None = Field(default=None, description="only maps of this dataset id")
 
 
 class EmbeddingList(BaseModel):
     embeddings: list[dict[str, Any]]
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
 
 
 class NeighborQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sample: int = Field(ge=1, le=MAX_ROW_ID, description="the sample whose neighbours to find")
+    sample: RowId = Field(description="the sample whose neighbours to find")
     k: int = Field(default=10, ge=1, le=200)
     space: Literal["2d", "full"] = Field(
         default="2d", description="2d: distance on the map; full: in the map's activation space"
@@ -89,8 +88,10 @@ class OverlayList(RootModel[list[Overlay]]):
     summary="2-D maps, newest first",
 )
 def list_embeddings(query: EmbeddingListQuery):
-    rows = research_reads.list_embeddings(get_db(), dataset_id=query.dataset)
-    return {"embeddings": [embedding_to_dict(e) for e in rows]}
+    rows, next_offset = research_reads.list_embeddings(
+        get_db(), dataset_id=query.dataset, limit=query.limit, offset=query.offset
+    )
+    return {"embeddings": [embedding_to_dict(e) for e in rows], "next_offset": next_offset}
 
 
 @api_route(

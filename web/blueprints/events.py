@@ -6,9 +6,11 @@
 * ``event: queues`` with the ``GET /api/v1/queues`` body at once and every ``QUEUES_EVERY`` seconds;
 * ``: ping`` comments every ``PING_EVERY`` seconds and a ``retry:`` hint first.
 
-Each live stream holds one server thread (waitress), so a process serves at most ``MAX_STREAMS`` at once
-and ends each after ``STREAM_SECONDS`` (the browser's EventSource reconnects after ``retry``). Beyond
-that, or with the broker unreachable, the answer is an immediate 503 JSON and the page polls instead.
+Each live stream holds one server thread (waitress), so a process serves at most ``MAX_STREAMS`` at once,
+and one member at most ``LATENTLAB_EVENT_STREAMS_PER_USER`` of them (so a member with many tabs open
+cannot take every slot from the others); each ends after ``STREAM_SECONDS`` (the browser's EventSource
+reconnects after ``retry``). Beyond either limit, or with the broker unreachable, the answer is an
+immediate 503 JSON and the page polls instead.
 
 The stream is an iterator object rather than a bare generator so that ``close()`` (called by the
 server when the client goes away, or when the response is dropped before it starts) always closes the
@@ -56,24 +58,40 @@ TOO_MANY = (
 )
 
 
+TOO_MANY_OF_YOURS = (
+    "you already have {n} live event stream(s) open (the limit per member, "
+    "LATENTLAB_EVENT_STREAMS_PER_USER); close another tab, or poll /api/v1/queues and "
+    "/api/v1/jobs/<id> instead"
+)
+
+
 class StreamSlots:
-    """A bounded count of live streams in this process."""
+    """A bounded count of live streams in this process, and of each user's."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.live = 0
+        self.by_user: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self, user_id: int, per_user: int) -> None:
+        """Take a slot for ``user_id``, or ServiceUnavailable saying which limit was reached."""
         with self._lock:
+            if self.by_user.get(user_id, 0) >= per_user:
+                raise ServiceUnavailable(TOO_MANY_OF_YOURS.format(n=self.by_user.get(user_id, 0)))
             if self.live >= self.limit:
-                return False
+                raise ServiceUnavailable(TOO_MANY)
             self.live += 1
-            return True
+            self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
 
-    def give(self) -> None:
+    def give(self, user_id: int) -> None:
         with self._lock:
             self.live = max(0, self.live - 1)
+            left = self.by_user.get(user_id, 0) - 1
+            if left > 0:
+                self.by_user[user_id] = left
+            else:
+                self.by_user.pop(user_id, None)
 
 
 slots = StreamSlots(MAX_STREAMS)
@@ -120,7 +138,7 @@ class EventStream:
             self._pubsub.close()
         except Exception:  # closing is best effort; the connection may already be gone
             log.debug("closing the event pub/sub failed", exc_info=True)
-        slots.give()
+        slots.give(self._user.id)
 
     def _run(self) -> Iterator[bytes]:
         try:
@@ -182,7 +200,8 @@ class EventStream:
         "event: job — a change of one of your jobs (admins: any job; chunk jobs arrive as their parent's "
         "event); event: queues — the GET /api/v1/queues body, at once and every 5 s; ': ping' comments "
         "every 15 s. The stream ends after 10 minutes; EventSource reconnects. 503 when the broker is "
-        "unreachable or the server has no free stream slot: poll instead."
+        "unreachable, the server has no free stream slot or you have your maximum open "
+        "(LATENTLAB_EVENT_STREAMS_PER_USER): poll instead."
     ),
 )
 def stream_events():
@@ -191,8 +210,7 @@ def stream_events():
     client = svc.broker.redis()
     if client is None:
         raise ServiceUnavailable(NO_BROKER)
-    if not slots.take():
-        raise ServiceUnavailable(TOO_MANY)
+    slots.take(user.id, svc.settings.event_streams_per_user)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe(EVENTS_CHANNEL)
@@ -201,7 +219,7 @@ def stream_events():
         try:
             pubsub.close()
         finally:
-            slots.give()
+            slots.give(user.id)
         raise ServiceUnavailable(NO_BROKER) from None
     stream = EventStream(pubsub, svc.read_sessions, user, request.environ.get("waitress.client_disconnected"))
     response = Response(stream, mimetype="text/event-stream")

@@ -18,7 +18,7 @@ import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.jobs import reads as job_reads
 from common.models import Job
-from common.models.base import MAX_ROW_ID
+from common.models.base import RowId
 from common.models.jobs import JOB_STATUSES
 from common.platform.errors import Conflict, UserError
 from web.api import api_route
@@ -50,9 +50,7 @@ class JobListQuery(BaseModel):
         default=None, min_length=1, max_length=200, description="a username (members: only their own)"
     )
     limit: int = Field(default=50, ge=1, le=500)
-    before: int | None = Field(
-        default=None, ge=1, le=MAX_ROW_ID, description="only jobs with a smaller id (next page)"
-    )
+    before: RowId | None = Field(default=None, description="only jobs with a smaller id (next page)")
     include_children: bool = Field(default=False, description="also list the chunk jobs of larger jobs")
 
 
@@ -85,6 +83,10 @@ class JobOut(BaseModel):
     children: dict[str, int] | None = Field(
         default=None, description="chunk jobs per status (and total), for a job split into chunks"
     )
+    params_truncated: dict[str, int] | None = Field(
+        default=None,
+        description="in listings: list parameters cut to their first 20 items, with their full length",
+    )
 
 
 class JobList(BaseModel):
@@ -102,9 +104,20 @@ class KindList(BaseModel):
     kinds: list[KindOut]
 
 
-def job_out(job: Job, owner: str | None, position: int | None) -> dict[str, Any]:
+LISTED_ITEMS = 20  # a list parameter longer than this is cut to its first items in job listings
+
+
+def job_out(job: Job, owner: str | None, position: int | None, *, listed: bool = False) -> dict[str, Any]:
+    """A job as the API answers it; ``listed``: as a row of ``GET /api/v1/jobs``, where a long list
+    parameter (a reproject of 100,000 ids) keeps its first ``LISTED_ITEMS`` items and is named in
+    ``params_truncated`` (``GET /api/v1/jobs/<id>`` has them all)."""
     out = jobs.job_to_dict(job, position=position, owner_name=owner)
     out["published_at"] = job.published_at.isoformat() if job.published_at else None
+    if listed and isinstance(out["params"], dict):
+        long = [k for k, v in out["params"].items() if isinstance(v, list) and len(v) > LISTED_ITEMS]
+        if long:
+            out["params"] = {k: v[:LISTED_ITEMS] if k in long else v for k, v in out["params"].items()}
+            out["params_truncated"] = {k: len(job.params[k]) for k in long}
     return out
 
 
@@ -167,7 +180,7 @@ def list_jobs(query: JobListQuery):
         limit=query.limit,
     )
     positions = job_reads.queue_positions(db, [job.id for job, _ in rows if job.status == "queued"])
-    listed = [job_out(job, owner, positions.get(job.id)) for job, owner in rows]
+    listed = [job_out(job, owner, positions.get(job.id), listed=True) for job, owner in rows]
     next_before = rows[-1][0].id if len(rows) == query.limit else None
     return {"jobs": listed, "next_before": next_before}
 

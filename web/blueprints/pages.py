@@ -33,8 +33,11 @@ def _navigation():
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after signing in: a path on this site only (never another host)."""
+    """Where to go after signing in: a path on this site only (never another host), without control
+    characters (a CR or LF cannot go into a Location header)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in target) or len(target) > 2000:
         return "/"
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc else "/"

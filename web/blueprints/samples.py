@@ -13,13 +13,12 @@ import io
 import logging
 import os
 import stat
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.models.base import MAX_ROW_ID
+from common.models.base import ID_SPELLING, MAX_ROW_ID, is_id_text, looks_numeric
 from common.platform.errors import NotFound
 from common.platform.storage import UnsafePath, resolve_inside
 from common.research import reads as research_reads
@@ -47,22 +46,15 @@ class LineageQuery(BaseModel):
 
 class HistoryParams(HistoryQuery):
     limit: int = Field(default=100, ge=1, le=500)
-    parent: int | None = Field(default=None, ge=1, le=MAX_ROW_ID, description="only children of this sample")
-    embedding: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
 
     @field_validator("dataset")
     @classmethod
     def _id_in_range(cls, value: str | None) -> str | None:
-        if value is not None and value.isdigit() and int(value) > MAX_ROW_ID:
-            raise ValueError("no dataset has this id")
-        return value
-
-    @field_validator("since", "until")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        # a time without an offset means UTC (the database stores UTC)
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
+        if value is not None and looks_numeric(value):
+            if not is_id_text(value):
+                raise ValueError(ID_SPELLING)
+            if len(value) > 19 or int(value) > MAX_ROW_ID:
+                raise ValueError("no dataset has this id")
         return value
 
 
