@@ -75,6 +75,8 @@ class Settings:
     # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
     torch_threads: int = 0
     worker_concurrency: int = 1
+    # torch CPU threads of the interactive worker `latentlab up` starts (one click: a few small images)
+    interactive_threads: int = 1
 
     # quotas (per user)
     max_active_jobs_per_queue: int = 32
@@ -143,6 +145,8 @@ class Settings:
             raise ConfigError("LATENTLAB_CHUNK_SIZE must be between 1 and 4096.")
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("LATENTLAB_TRUSTED_PROXIES must be between 0 and 10 (the proxies in front).")
+        if self.interactive_threads < 1:
+            raise ConfigError("LATENTLAB_INTERACTIVE_THREADS must be 1 or more.")
         if self.fair_share_waiting < 0:
             raise ConfigError("LATENTLAB_FAIR_SHARE_WAITING must be 0 (no limit) or more.")
 
