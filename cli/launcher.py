@@ -422,7 +422,7 @@ class Launcher:
             self.children.append(Child(name=f"w{i}", argv=argv, restart=True, nice=BATCH_NICENESS))
         if self.n_workers > 0:
             # interactive first: a click never waits behind a dataset chunk or a map fit (see README)
-            argv = cli + ["worker", "--queues", INTERACTIVE_QUEUE, "--concurrency", "1", "--hostname", "wi@%h"]
+            argv = cli + ["worker", "--queues", INTERACTIVE_QUEUE, "-c", "1", "--hostname", "wi@%h"]
             env = {"LATENTLAB_TORCH_THREADS": str(self.settings.interactive_threads)}
             self.children.append(Child(name="wi", argv=argv, restart=True, env=env))
         web = cli + ["web", "--host", self.host, "--port", str(self.port)]
