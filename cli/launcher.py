@@ -11,7 +11,9 @@ What it does, in order (each refusal is one sentence on stderr and exit status 1
 2. applies the migrations;
 3. starts the embedded ``redis-server`` (unless ``LATENTLAB_REDIS_URL`` is set) and writes its URL to
    ``<data>/run/redis.url`` for the CLI and workers of this data root;
-4. starts ``--workers`` Celery workers and the waitress web server, each a ``latentlab`` child process
+4. starts ``--workers`` batch Celery workers (queues batch and embed, niceness +5), one interactive worker
+   (queue interactive only, ``LATENTLAB_INTERACTIVE_THREADS`` torch threads; none with ``--workers 0``)
+   and the waitress web server, each a ``latentlab`` child process
    in its own session (so a terminal's Ctrl-C reaches only the launcher, which then stops them in order),
    and while they boot creates the first admin and registers the shipped demo models; once the web
    port answers it prints the URL (and, on the first run, the admin's one-time password);
@@ -23,7 +25,7 @@ What it does, in order (each refusal is one sentence on stderr and exit status 1
    A second Ctrl-C skips the wait.
 
 Child output goes to the console, each line prefixed with the child's name, and to
-``<data>/logs/{web,worker-wN}.log``; the embedded Redis logs to ``<data>/redis/redis.log``.
+``<data>/logs/{web,worker-wN,worker-wi}.log``; the embedded Redis logs to ``<data>/redis/redis.log``.
 """
 
 from __future__ import annotations
