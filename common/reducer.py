@@ -610,9 +610,18 @@ def fit_reducer(
         z = np.ascontiguousarray(np.concatenate(list(scaled())), dtype=np.float32)
     info["prep_seconds"] = round(time.perf_counter() - t0, 3)
     report(0.35, f"UMAP on {z.shape[0]:,} × {z.shape[1]:,}", force=True)
+    between_epochs = None
     if check is not None:
         check()
-    mp, xy, backend, note = fit_map(z, params, check)
+        said = []
+
+        def between_epochs() -> None:
+            if not said:  # the neighbour graph is built: the epochs have begun
+                said.append(True)
+                report(0.6, "UMAP: optimising the layout", force=True)
+            check()
+
+    mp, xy, backend, note = fit_map(z, params, between_epochs)
     if note:
         info["backend_note"] = note
     info["fit_seconds"] = time.perf_counter() - t0

@@ -65,9 +65,9 @@ def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     ds = lab.submit("generate_dataset", {"model": "tiny", "name": "fitme", "num_samples": 3000, "steps": 1})
     assert lab.wait(ds.id, timeout=600).status == "succeeded"
 
-    # the fit: cancelled once it is in UMAP (progress 0.35), between two optimisation epochs
+    # the fit: cancelled once UMAP optimises the layout (progress 0.6), between two of its epochs
     fit = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})
-    running(lab, fit.id, at_least=0.35)
+    running(lab, fit.id, at_least=0.6)
     cancel_and_expect_stop(lab, fit.id)
 
     small = lab.submit(
