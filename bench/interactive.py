@@ -115,7 +115,7 @@ def run(args, settings: Settings, base: str) -> dict:
             .order_by(EmbeddingPoint.sample_id)
         ]
     assert base_ds.status == "succeeded" and len(ids) >= 16
-    events = EventStream(base, token)
+    stream = {"events": EventStream(base, token), "reconnects": 0}
     seq = iter(range(10**6))
 
     def click() -> float:
@@ -125,7 +125,19 @@ def run(args, settings: Settings, base: str) -> dict:
         body = {"embedding": emb_id, "selected": sel, "neighbors": nb, "variations": 4, "seed": r}
         t0 = time.perf_counter()
         status, raw = http("POST", f"{base}/api/v1/generations", token, body)
-        final = events.wait_final(json.loads(raw)["id"], timeout=600)
+        job_id = json.loads(raw)["id"]
+        try:
+            final = stream["events"].wait_final(job_id, timeout=60)
+        except SystemExit:
+            # the server ends an event stream now and then; the explorer's EventSource reconnects, and so
+            # does this bench (that click's time is then read from its row: it was missed, not slow)
+            stream["events"], stream["reconnects"] = EventStream(base, token), stream["reconnects"] + 1
+            with sessions() as s:
+                row = s.get(Job, job_id)
+                final = {"status": row.status}
+                took = (row.finished_at - row.created_at).total_seconds()
+            assert final["status"] == "succeeded", final
+            return took
         assert final["status"] == "succeeded", final
         return time.perf_counter() - t0
 
@@ -183,6 +195,7 @@ def run(args, settings: Settings, base: str) -> dict:
         ),
     }
     print("cancel:", report["cancel"], flush=True)
+    report["event_stream_reconnects"] = stream["reconnects"]
     return report
 
 

@@ -31,7 +31,8 @@ def cancel_and_expect_stop(lab, job_id: int) -> None:
 def running(lab, job_id: int, at_least: float = 0.0):
     def reached():
         job = lab.job(job_id)
-        assert job.status in ("queued", "running"), f"job {job_id} ended before the cancel: {job!r}"
+        ended = f"job {job_id} ended before the cancel: {job!r} {job.error}"
+        assert job.status in ("queued", "running"), ended
         return job.status == "running" and job.progress >= at_least
 
     wait_until(reached, 300, f"job {job_id} to run (progress ≥ {at_least})", interval=0.02)
@@ -61,23 +62,25 @@ def test_a_dataset_chunk_stops_between_sampler_steps_when_cancelled(lab, tiny_mo
 
 
 def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
-    lab.worker(name="maps")
+    # a first fit in a fresh worker compiles pynndescent's kernels (minutes on a busy machine): longer limits
+    roomy = lab.settings.with_(task_time_limit=900, visibility_timeout=1000, stale_after=1100)
+    lab.worker(name="maps", settings=roomy)
     ds = lab.submit("generate_dataset", {"model": "tiny", "name": "fitme", "num_samples": 3000, "steps": 1})
     assert lab.wait(ds.id, timeout=600).status == "succeeded"
 
-    # the fit: cancelled once UMAP optimises the layout (progress 0.6), between two of its epochs
-    fit = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})
-    running(lab, fit.id, at_least=0.6)
-    cancel_and_expect_stop(lab, fit.id)
-
     small = lab.submit(
-        "fit_embedding", {"dataset": "fitme", "n_neighbors": 5, "max_samples": 100, "name": "small"}
+        "fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "max_samples": 200, "name": "small"}
     )
-    done = lab.wait(small.id, timeout=300)
+    done = lab.wait(small.id, timeout=900)
     assert done.status == "succeeded", done
     emb_id = done.result["embedding_id"]
     with lab.sessions() as s:
         ids = s.scalars(select(EmbeddingPoint.sample_id).where(EmbeddingPoint.embedding_id == emb_id)).all()
+
+    # the fit, compiled now: cancelled once UMAP optimises the layout (progress 0.6), between two epochs
+    fit = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})
+    running(lab, fit.id, at_least=0.6)
+    cancel_and_expect_stop(lab, fit.id)
 
     # a click made long: 64 variations × 256 steps, one model call per micro-batch and step
     gen = lab.submit(
