@@ -11,7 +11,9 @@ What it does, in order (each refusal is one sentence on stderr and exit status 1
 2. applies the migrations;
 3. starts the embedded ``redis-server`` (unless ``LATENTLAB_REDIS_URL`` is set) and writes its URL to
    ``<data>/run/redis.url`` for the CLI and workers of this data root;
-4. starts ``--workers`` Celery workers and the waitress web server, each a ``latentlab`` child process
+4. starts ``--workers`` batch Celery workers (queues batch and embed, niceness +5), one interactive worker
+   (queue interactive only, ``LATENTLAB_INTERACTIVE_THREADS`` torch threads; none with ``--workers 0``)
+   and the waitress web server, each a ``latentlab`` child process
    in its own session (so a terminal's Ctrl-C reaches only the launcher, which then stops them in order),
    and while they boot creates the first admin and registers the shipped demo models; once the web
    port answers it prints the URL (and, on the first run, the admin's one-time password);
@@ -23,7 +25,7 @@ What it does, in order (each refusal is one sentence on stderr and exit status 1
    A second Ctrl-C skips the wait.
 
 Child output goes to the console, each line prefixed with the child's name, and to
-``<data>/logs/{web,worker-wN}.log``; the embedded Redis logs to ``<data>/redis/redis.log``.
+``<data>/logs/{web,worker-wN,worker-wi}.log``; the embedded Redis logs to ``<data>/redis/redis.log``.
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ from pathlib import Path
 from typing import IO
 
 from cli.redis_server import RedisServer, RedisUnavailable
+from common.jobs.broker import INTERACTIVE_QUEUE, QUEUES
 from common.platform.config import ConfigError, Settings
 
 STOP_GRACE_S = 20.0  # SIGTERM → SIGKILL
 WEB_START_TIMEOUT_S = 180.0
 RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_UPTIME_S = 60.0  # a worker that ran this long restarts with the shortest backoff again
+# batch workers run this much nicer than the interactive one, so a click's few milliseconds of CPU go first
+# even while a map fit keeps every core busy
+BATCH_NICENESS = 5
 IS_LINUX = sys.platform.startswith("linux")
 
 
@@ -216,6 +222,8 @@ class Child:
     restart_at: float | None = None
     pump: threading.Thread | None = None
     log_path: Path | None = None
+    env: dict[str, str] | None = None  # added to the launcher's child environment
+    nice: int = 0  # added to the launcher's niceness (batch workers yield the CPU to the interactive one)
 
     @property
     def pid(self) -> int | None:
@@ -412,9 +420,15 @@ class Launcher:
 
     def start_children(self) -> None:
         cli = [sys.executable, "-m", "cli.main"]
+        batch_queues = ",".join(q for q in QUEUES if q != INTERACTIVE_QUEUE)
         for i in range(1, self.n_workers + 1):
-            argv = cli + ["worker", "--concurrency", "1", "--hostname", f"w{i}@%h"]
-            self.children.append(Child(name=f"w{i}", argv=argv, restart=True))
+            argv = cli + ["worker", "--queues", batch_queues, "--concurrency", "1", "--hostname", f"w{i}@%h"]
+            self.children.append(Child(name=f"w{i}", argv=argv, restart=True, nice=BATCH_NICENESS))
+        if self.n_workers > 0:
+            # interactive first: a click never waits behind a dataset chunk or a map fit (see README)
+            argv = cli + ["worker", "--queues", INTERACTIVE_QUEUE, "-c", "1", "--hostname", "wi@%h"]
+            env = {"LATENTLAB_TORCH_THREADS": str(self.settings.interactive_threads)}
+            self.children.append(Child(name="wi", argv=argv, restart=True, env=env))
         web = cli + ["web", "--host", self.host, "--port", str(self.port)]
         self.children.append(Child(name="web", argv=web, restart=False))
         env = self.child_env()
@@ -428,14 +442,15 @@ class Launcher:
         child.log_path = (
             self.settings.data_root / "logs" / f"{'worker-' if child.restart else ''}{child.name}.log"
         )
+        env = {**(env or self.child_env()), **(child.env or {})}
         child.popen = subprocess.Popen(
             child.argv,
-            env=env or self.child_env(),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: signalled by the launcher, not the terminal
-            preexec_fn=self._preexec,
+            preexec_fn=self._preexec_for(child),
         )
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -446,6 +461,18 @@ class Launcher:
             daemon=True,
         )
         child.pump.start()
+
+    def _preexec_for(self, child: Child):
+        if not child.nice:
+            return self._preexec
+        parent_death = self._preexec
+
+        def preexec() -> None:
+            if parent_death is not None:
+                parent_death()
+            os.nice(child.nice)
+
+        return preexec
 
     def _pump(self, child: Child, popen: subprocess.Popen, log_path: Path) -> None:
         prefix = f"{child.name:<6} | "

@@ -212,7 +212,14 @@ def web(host: str, port: int, threads: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the web server binds.")
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", "n_workers", default=1, show_default=True, type=int, help="Worker processes.")
+@click.option(
+    "--workers",
+    "n_workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Batch worker processes; with 1 or more, an interactive worker for clicks runs beside them.",
+)
 def up(host: str, port: int, n_workers: int) -> None:
     """Start everything on this machine: migrations, Redis (embedded unless LATENTLAB_REDIS_URL is set),
     workers and the web app. Ctrl-C stops all of them."""

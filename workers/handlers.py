@@ -30,8 +30,12 @@ def reducer_cache(ctx: JobContext) -> ReducerCache:
     return cache
 
 
+PING_NAP_S = 0.1  # a ping looks for a cancel this often while it sleeps
+
+
 def ping(ctx: JobContext) -> dict:
-    """Sleep ``seconds`` in ``steps`` slices, reporting progress after each (proves the pipe).
+    """Sleep ``seconds`` in ``steps`` slices, reporting progress after each (proves the pipe); it looks
+    for a cancel every ``PING_NAP_S`` while sleeping, so a long slice still stops within a second.
 
     With fault injection on (tests only), each execution also appends what it did to
     ``<data>/fault-trace/ping-<job id>.jsonl``: ``start``, every ``step`` whose progress write the lease
@@ -47,7 +51,7 @@ def ping(ctx: JobContext) -> dict:
     started = time.monotonic()
     for i in range(steps):
         ctx.check()
-        time.sleep(seconds / steps)
+        _sleep_checking(ctx, seconds / steps)
         if fault == "hang" and ctx.settings.fault_injection:
             while True:
                 time.sleep(1)
@@ -55,6 +59,13 @@ def ping(ctx: JobContext) -> dict:
         trace("step", step=i + 1)
     trace("end")
     return {"slept": round(time.monotonic() - started, 3), "attempt": ctx.attempt}
+
+
+def _sleep_checking(ctx: JobContext, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(PING_NAP_S, left))
+        ctx.check()
 
 
 def _trace(ctx: JobContext):

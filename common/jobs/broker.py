@@ -19,6 +19,8 @@ from common.platform.config import Settings
 log = logging.getLogger(__name__)
 
 QUEUES = ("interactive", "batch", "embed")
+# the queue of clicks (generate from neighbours): served by a worker of its own, never behind batch work
+INTERACTIVE_QUEUE = "interactive"
 TASK_PREFIX = "latentlab."
 MARKER_PREFIX = "latentlab:published:"
 # a worker's main process keeps ``<prefix><node>`` alive (short TTL) while it runs; see ``worker_node``

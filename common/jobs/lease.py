@@ -51,6 +51,9 @@ class Defer:
 
 
 PROGRESS_INTERVAL = 0.25  # seconds: an attempt writes (and broadcasts) its progress at most this often
+# seconds: ``Lease.check`` reads the row at most this often, so a job that checks between its steps stops
+# within about this long of a cancel (a check that reads is one small fenced UPDATE)
+CANCEL_POLL_S = 0.4
 
 
 @dataclass
@@ -114,9 +117,9 @@ class Lease:
         self._last_poll = time.monotonic()
 
     def check(self, *, fresh: bool = False) -> None:
-        """Raise if the job was cancelled or the lease lost; polls the row at most once a second, or now
-        with ``fresh`` (before writing files, which no transaction can fence)."""
-        if fresh or time.monotonic() - self._last_poll > 1.0:
+        """Raise if the job was cancelled or the lease lost; polls the row at most every ``CANCEL_POLL_S``,
+        or now with ``fresh`` (before writing files, which no transaction can fence)."""
+        if fresh or time.monotonic() - self._last_poll > CANCEL_POLL_S:
             self.beat()
         if self._lost.is_set():
             raise LeaseLost(f"job {self.job_id} attempt {self.attempt} lost its lease")

@@ -159,12 +159,16 @@ def fit_reducer(
     dim: int,
     params: FitParams,
     progress: Progress | None = None,
+    check: Callable[[], None] | None = None,
 ) -> tuple[Reducer, np.ndarray]:
     """Fit scaler → PCA → UMAP over ``n`` rows of width ``dim`` read by ``batches()`` (an iterable
     of [m, D] float arrays, re-readable: it is called once per pass; at most two passes, in batches).
 
     PCA is fitted on a seeded random sample of at most 20,000 rows (and 2 GiB), then every row is
-    projected; memory stays O(sample + n·d) whatever n·D is. Returns the reducer and the [n, 2] map."""
+    projected; memory stays O(sample + n·d) whatever n·D is. Returns the reducer and the [n, 2] map.
+
+    ``check`` (no arguments) is called between phases and between UMAP's optimisation epochs; raising
+    from it stops the fit there (a job's cancel check). It never changes the result."""
     report = _Throttled(progress or (lambda f, m: None))
     t0 = time.perf_counter()
     info: dict[str, Any] = {"samples": int(n), "dim": int(dim)}
@@ -235,7 +239,18 @@ def fit_reducer(
         z = np.ascontiguousarray(np.concatenate(list(scaled())), dtype=np.float32)
     info["prep_seconds"] = round(time.perf_counter() - t0, 3)
     report(0.35, f"UMAP on {z.shape[0]:,} × {z.shape[1]:,}", force=True)
-    mp, xy, backend, note = fit_map(z, params)
+    between_epochs = None
+    if check is not None:
+        check()
+        said = []
+
+        def between_epochs() -> None:
+            if not said:  # the neighbour graph is built: the epochs have begun
+                said.append(True)
+                report(0.6, "UMAP: optimising the layout", force=True)
+            check()
+
+    mp, xy, backend, note = fit_map(z, params, between_epochs)
     if note:
         info["backend_note"] = note
     info["fit_seconds"] = time.perf_counter() - t0
@@ -249,8 +264,26 @@ def cuml_available() -> bool:
     return importlib.util.find_spec("cuml") is not None
 
 
-def fit_map(z: np.ndarray, params: FitParams) -> tuple[UmapMap, np.ndarray, str, str | None]:
-    """Fit the 2-D map over z with the chosen backend: (map, [n, 2], backend, note on a fallback)."""
+class _EpochCheck:
+    """A file for the tqdm bar of umap-learn's epoch loop that calls ``check`` on every write: umap-learn
+    has no epoch callback, but with ``mininterval`` its bar writes every few epochs, between two of them."""
+
+    def __init__(self, check: Callable[[], None]):
+        self.check = check
+
+    def write(self, _text: str) -> int:
+        self.check()
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+def fit_map(
+    z: np.ndarray, params: FitParams, check: Callable[[], None] | None = None
+) -> tuple[UmapMap, np.ndarray, str, str | None]:
+    """Fit the 2-D map over z with the chosen backend: (map, [n, 2], backend, note on a fallback).
+    ``check`` is called between the epochs of the CPU fit (see ``fit_reducer``)."""
     note = None
     if params.backend == "cuml" or (params.backend == "auto" and cuml_available()):
         try:
@@ -270,6 +303,9 @@ def fit_map(z: np.ndarray, params: FitParams) -> tuple[UmapMap, np.ndarray, str,
         random_state=params.seed,
         n_components=2,
         low_memory=True,
+        tqdm_kwds=None
+        if check is None
+        else {"disable": False, "file": _EpochCheck(check), "mininterval": 0.1, "miniters": 1},
     )
     xy = np.asarray(um.fit_transform(z), dtype=np.float32)
     mp = UmapMap.from_umap(um)

@@ -18,7 +18,7 @@ Images: ``uint8 = clamp((img + 1) * 127.5, 0, 255)`` cast to uint8 (the cast tru
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,6 +230,7 @@ def generate(
     device: str | torch.device | None = None,
     return_float: bool = False,
     micro_batch: int | None = None,
+    check: Callable[[], None] | None = None,
 ) -> GenerationResult:
     """Usage: ``res = generate(model, [207, 360], seeds=[0, 1], capture=["encoder_bottleneck"])``.
 
@@ -247,6 +248,9 @@ def generate(
     the last one zero-padded, so every model call has the same shape whatever ``len(seeds)`` is: a
     sample's output depends only on its seed, label, masks and settings, not on the batch around it.
     All hooks are removed before returning, also on error.
+
+    ``check`` (no arguments) is called before every model call, so a caller can stop a long sampling
+    between steps and micro-batches by raising from it (a job's cancel check); it never changes the output.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -297,6 +301,8 @@ def generate(
         """D(x, sigma) for the whole batch [B, C, R, R] -> float32, in micro-batches of K."""
         outs = []
         for c, (a, b) in enumerate(chunks):
+            if check is not None:
+                check()
             n = b - a
             xc = _pad_rows(x[a:b].to(torch.float32), K)  # [K, C, R, R]
             yc = _pad_rows(labels[a:b], K) if labels is not None else None  # [K, label_dim]

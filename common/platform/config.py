@@ -78,6 +78,8 @@ class Settings:
     # finished jobs older than this many days are deleted by the reaper (hourly), except those a sample,
     # map or generation was made by; 0: kept forever (``latentlab jobs prune --older-than DAYS`` by hand)
     job_retention_days: float = 90.0
+    # torch CPU threads of the interactive worker `latentlab up` starts (one click: a few small images)
+    interactive_threads: int = 1
 
     # quotas (per user)
     max_active_jobs_per_queue: int = 32
@@ -158,6 +160,8 @@ class Settings:
             raise ConfigError("LATENTLAB_EVENT_STREAMS_PER_USER must be at least 1.")
         if not 1024 <= self.max_body_bytes <= 1024**3:
             raise ConfigError("LATENTLAB_MAX_BODY_BYTES must be between 1024 and 1073741824 (1 GiB).")
+        if self.interactive_threads < 1:
+            raise ConfigError("LATENTLAB_INTERACTIVE_THREADS must be 1 or more.")
         if self.fair_share_waiting < 0:
             raise ConfigError("LATENTLAB_FAIR_SHARE_WAITING must be 0 (no limit) or more.")
 

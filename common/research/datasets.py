@@ -326,7 +326,9 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         idx = list(range(a, b))
         labels = [class_for(classes, i) for i in idx]
         seeds = [noise_seed(seed, i) for i in idx]
-        res = generate(model, labels, seeds, steps=steps, sigma_max=sigma_max, capture=layers)
+        res = generate(
+            model, labels, seeds, steps=steps, sigma_max=sigma_max, capture=layers, check=ctx.check
+        )
         ctx.check(fresh=True)  # files are not fenced by a transaction: a cancelled or lost attempt stops here
         write_chunk_images(root, dataset_id, k, idx, res.images)
         for j, i in enumerate(idx):

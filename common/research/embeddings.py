@@ -171,7 +171,9 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
         p["seed"],
         p.get("backend", "auto"),
     )
-    reducer, xy = fit_reducer(batches, len(rows), dim, params, progress=lambda f, m: ctx.progress(f, m))
+    reducer, xy = fit_reducer(
+        batches, len(rows), dim, params, progress=lambda f, m: ctx.progress(f, m), check=ctx.check
+    )
     ctx.progress(0.9, "saving the reducer")
     input_hash = hashlib.sha256(ids.tobytes() + repr(params).encode()).hexdigest()
     folder = settings.data_root / embedding_dir(p["embedding_id"])

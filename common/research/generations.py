@@ -204,8 +204,10 @@ def render(
     mask_steps: int | None,
     capture: list[str],
     micro_batch: int | None = None,
+    check=None,
 ):
-    """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult."""
+    """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult.
+    ``check`` is called before every model call (see ``generate``)."""
     from common.ml.generation import generate
 
     labels, mode = labels_for(recipe, len(seeds))
@@ -220,6 +222,7 @@ def render(
         capture=capture,
         label_mode=mode,
         micro_batch=micro_batch,
+        check=check,
     )
 
 
@@ -257,7 +260,15 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
     seeds = variation_seeds(int(p["seed"]), int(p["variations"]))
     micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
     res = render(
-        model, recipe, seeds, int(p["steps"]), sigma_max, p.get("mask_steps"), ds_layers, micro_batch
+        model,
+        recipe,
+        seeds,
+        int(p["steps"]),
+        sigma_max,
+        p.get("mask_steps"),
+        ds_layers,
+        micro_batch,
+        check=ctx.check,
     )
     model_cache.assert_no_hooks()
     ctx.check()

@@ -84,6 +84,16 @@ def _stat(pid: int) -> tuple[int, str, str] | None:
     return int(fields[1]), fields[0], fields[19]
 
 
+def niceness(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])  # field 19 of stat(5), counted after "pid (comm)"
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
 def process_tree(root: int) -> dict[int, tuple[str, str]]:
     """Every descendant of ``root``: pid → (start time, command line)."""
     kids: dict[int, list[int]] = defaultdict(list)
@@ -196,6 +206,16 @@ def test_up_serves_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path, database_ur
         assert children_named(tree, "redis-server"), tree
         assert children_named(tree, "cli.main web"), tree
         assert children_named(tree, "cli.main worker"), tree
+        # interactive first: one batch worker (batch and embed, nicer) and the interactive worker beside it
+        # (the ping above ran there: it is an interactive kind)
+        workers = [p for p in children_named(tree, "cli.main worker") if _stat(p)[0] == up.pid]
+        by_name = {re.search(r"--hostname (\w+)@", tree[p][1]).group(1): p for p in workers}
+        assert set(by_name) == {"w1", "wi"}, tree
+        assert "--queues batch,embed " in tree[by_name["w1"]][1]
+        assert "--queues interactive " in tree[by_name["wi"]][1]
+        assert niceness(by_name["w1"]) == niceness(up.pid) + 5
+        assert niceness(by_name["wi"]) == niceness(up.pid)
+        assert environ_of(by_name["wi"])["LATENTLAB_TORCH_THREADS"] == "1"
         # the Celery pool process that ran the ping is a grandchild: it must go too
         assert len(tree) >= 4, tree
 
@@ -214,7 +234,7 @@ def test_dead_worker_is_restarted_and_dead_web_server_stops_everything(tmp_path,
     up = start_up(tmp_path, env, port)
     try:
         before = process_tree(up.pid)
-        (worker,) = [p for p in children_named(before, "cli.main worker") if _stat(p)[0] == up.pid]
+        (worker,) = [p for p in children_named(before, "--hostname w1@") if _stat(p)[0] == up.pid]
         os.kill(worker, signal.SIGKILL)
         up.wait_for_log("w1 exited with status -9; restarting it", timeout=30)
         up.wait_for_log("restarting w1", timeout=30)
@@ -222,7 +242,7 @@ def test_dead_worker_is_restarted_and_dead_web_server_stops_everything(tmp_path,
         def new_worker():
             return [
                 p
-                for p in children_named(process_tree(up.pid), "cli.main worker")
+                for p in children_named(process_tree(up.pid), "--hostname w1@")
                 if p not in before and _stat(p)[0] == up.pid
             ]
 

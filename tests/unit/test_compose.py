@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from cli.main import main as latentlab
-from common.jobs.broker import QUEUES
+from common.jobs.broker import INTERACTIVE_QUEUE, QUEUES
 from common.platform.config import ENV_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = {"redis", "postgres", "migrate", "web", "worker-gpu", "worker-cpu", "flower"}
+WORKERS = {"worker-gpu", "worker-interactive", "worker-cpu"}
+SERVICES = {"redis", "postgres", "migrate", "web", *WORKERS, "flower"}
 OURS = SERVICES - {"redis", "postgres"}
 LONG_RUNNING = SERVICES - {"migrate"}
 
@@ -172,7 +173,7 @@ def test_start_order_migrate_first_then_web_and_workers(services):
     assert resolve(services["migrate"]["command"]).name == "upgrade"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
-    for name in ("web", "worker-gpu", "worker-cpu"):
+    for name in ("web", *sorted(WORKERS)):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name
@@ -192,20 +193,33 @@ def test_web_healthcheck_asks_a_route_the_app_serves(services, tmp_path, monkeyp
 
 def test_workers_consume_every_queue_and_the_gpu_worker_reserves_a_gpu(services):
     consumed = {}
-    for name in ("worker-gpu", "worker-cpu"):
+    for name in WORKERS:
         command = services[name]["command"]
         queues = command[command.index("--queues") + 1].split(",")
         consumed[name] = set(queues)
-    assert consumed["worker-gpu"] == {"interactive", "batch"}
+    assert consumed["worker-gpu"] == {"batch"}
     assert consumed["worker-cpu"] == {"embed"}
     assert set().union(*consumed.values()) == set(QUEUES)
-    (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
-    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    for name in ("worker-gpu", "worker-interactive"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
     assert services["worker-cpu"]["environment"]["LATENTLAB_DEVICE"] == "cpu"
 
 
+def test_clicks_have_a_worker_of_their_own_that_no_batch_work_can_occupy(services):
+    """Interactive first: the interactive queue is consumed by one single-process worker that takes
+    nothing else, with a low torch thread count, so a click starts while a dataset runs."""
+    command = services["worker-interactive"]["command"]
+    assert command[command.index("--queues") + 1] == INTERACTIVE_QUEUE
+    assert command[command.index("--concurrency") + 1] == "1"
+    assert int(services["worker-interactive"]["environment"]["LATENTLAB_TORCH_THREADS"]) <= 2
+    for name in WORKERS - {"worker-interactive"}:
+        command = services[name]["command"]
+        assert INTERACTIVE_QUEUE not in command[command.index("--queues") + 1].split(","), name
+
+
 def test_worker_healthcheck_pings_the_worker_through_the_celery_app(services):
-    for name in ("worker-gpu", "worker-cpu"):
+    for name in WORKERS:
         words = shlex.split(services[name]["healthcheck"]["test"][1])
         assert words[:3] == ["celery", "-A", "workers.app"]
         celery_app = import_module(words[2]).celery_app

@@ -317,3 +317,24 @@ def test_warm_up_compiles_the_transform_kernels():
     status = warmup.warm_up()
     assert status["warmed"] and status["error"] is None
     assert all(n >= 1 for n in status["kernels"].values()), status
+
+
+def test_a_check_between_umap_epochs_can_stop_the_fit_and_never_changes_the_map(fitted):
+    reducer, _, _ = fitted
+    params = FitParams(["a"], n_neighbors=10, seed=3)
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, plain, _, _ = fit_map(reducer.z, params)
+        _, checked, _, _ = fit_map(reducer.z, params, lambda: calls.append(1))
+        assert len(calls) >= 2, "the check was not called between epochs"
+        np.testing.assert_array_equal(plain, checked)
+
+        class Stop(Exception):
+            pass
+
+        def stop() -> None:
+            raise Stop
+
+        with pytest.raises(Stop):
+            fit_map(reducer.z, params, stop)
