@@ -369,6 +369,7 @@ def _register_command_modules() -> None:
     # each feature's commands live in their own module and attach themselves to ``main``
     import cli.models  # noqa: F401
     import cli.research  # noqa: F401
+    import cli.sql  # noqa: F401
 
 
 if __name__ == "__main__":
