@@ -367,6 +367,7 @@ def job_show(job_id: int) -> None:
 
 def _register_command_modules() -> None:
     # each feature's commands live in their own module and attach themselves to ``main``
+    import cli.exports  # noqa: F401
     import cli.models  # noqa: F401
     import cli.research  # noqa: F401
     import cli.sql  # noqa: F401

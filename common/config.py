@@ -92,6 +92,7 @@ class Settings:
     trusted_proxies: int = 0
     session_hours: float = 12.0
     login_attempts_per_minute: int = 10
+    activation_downloads_per_minute: int = 600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
