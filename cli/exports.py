@@ -1,6 +1,7 @@
 """Exports from the shell: ``latentlab history --format csv|parquet -o FILE`` (the history command calls
-``write_history``) and ``latentlab export activations DATASET -o DIR`` (one ``.npy`` per layer plus
-``sample_ids.npy``). Files are written under a temporary name and renamed into place."""
+``write_history``), ``latentlab export samples DATASET`` / ``export points EMBEDDING`` (CSV or Parquet) and
+``latentlab export activations DATASET -o DIR`` (one ``.npy`` per layer plus ``sample_ids.npy``). Files are
+written under a temporary name and renamed into place."""
 
 from __future__ import annotations
 
@@ -15,23 +16,30 @@ from cli.main import _require_schema, _sessions, load_settings, main
 
 def write_history(sessions, query, fmt: str, out: str | None) -> None:
     """Write every history row matching ``query`` as ``fmt`` to ``out`` ('-' or None: standard output)."""
-    from common.exports import history_csv, write_history_parquet
+    from common.exports import history_table
+
+    write_table(history_table(sessions, query), fmt, out)
+
+
+def write_table(table, fmt: str, out: str | None) -> None:
+    """Write ``table`` (common.exports.Table) as ``fmt`` to ``out`` ('-' or None: standard output)."""
+    from common.exports import table_csv, write_table_parquet
 
     if fmt == "parquet":
         if out in (None, "-"):
-            raise click.UsageError("Parquet is binary: give a file with -o, e.g. -o history.parquet.")
-        path = write_history_parquet(sessions, query, Path(out))
+            raise click.UsageError(f"Parquet is binary: give a file with -o, e.g. -o {table.name}.parquet.")
+        path = write_table_parquet(table, Path(out))
         click.echo(f"wrote {path}", err=True)
         return
     if out in (None, "-"):
-        for chunk in history_csv(sessions, query):
+        for chunk in table_csv(table):
             sys.stdout.write(chunk)
         return
     path = Path(out)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", newline="") as fh:
-            for chunk in history_csv(sessions, query):
+            for chunk in table_csv(table):
                 fh.write(chunk)
         os.replace(tmp, path)
     finally:
@@ -72,3 +80,39 @@ def export_activations(dataset: str, out: str, layers: str | None) -> None:
         paths = export_dataset_activations(settings, sessions, ds, Path(out), wanted, progress=progress)
     for key, path in paths.items():
         click.echo(f"{key}\t{path}")
+
+
+FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
+)
+OUTPUT = click.option("-o", "--output", "out", default=None, help="File (CSV: default standard output).")
+
+
+@export.command("samples")
+@click.argument("dataset")
+@FORMAT
+@OUTPUT
+def export_samples(dataset: str, fmt: str, out: str | None) -> None:
+    """Every sample of DATASET (name or id), generated ones included, in id order."""
+    from common.embeddings import get_dataset
+    from common.exports import samples_table
+
+    sessions = _sessions(load_settings())
+    with sessions() as session:
+        ds = get_dataset(session, dataset)
+    write_table(samples_table(sessions, ds.id), fmt, out)
+
+
+@export.command("points")
+@click.argument("embedding", type=int)
+@FORMAT
+@OUTPUT
+def export_points(embedding: int, fmt: str, out: str | None) -> None:
+    """Every point of map EMBEDDING: sample_id, x, y, class_label, origin, projected."""
+    from common.embeddings import get_embedding
+    from common.exports import points_table
+
+    sessions = _sessions(load_settings())
+    with sessions() as session:
+        emb = get_embedding(session, embedding)
+    write_table(points_table(sessions, emb.id), fmt, out)

@@ -1,11 +1,11 @@
-"""Tables and activations out of the lab: the generation history as CSV or Parquet written page by page
-(bounded memory however long the history), one sample's activations as ``.npy`` bytes, and a dataset's
-activations as one ``.npy`` per layer with the sample ids beside them.
+"""Tables and activations out of the lab: the generation history, a dataset's samples and a map's points
+as CSV or Parquet written page by page (bounded memory however long the table), one sample's activations
+as ``.npy`` bytes, and a dataset's activations as one ``.npy`` per layer with the sample ids beside them.
 
 Usage::
 
-    for chunk in history_csv(sessions, query): ...              # str pieces, header first
-    write_history_parquet(sessions, query, path)                # one row group per page
+    for piece in table_csv(history_table(sessions, query)): ...     # str pieces, header first
+    write_table_parquet(samples_table(sessions, dataset_id), path)  # one row group per page
     npy = npy_bytes(sample_activation(settings, session, sample, "midblock"))
     export_dataset_activations(settings, sessions, dataset, out_dir, layers=None)
 """
@@ -17,7 +17,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,51 @@ from sqlalchemy import select
 
 from common.config import Settings
 from common.errors import NotFound
-from common.history import HistoryQuery, history
-from common.models import Dataset, Sample
+from common.history import HistoryQuery, history, sample_to_dict
+from common.models import Dataset, EmbeddingPoint, Sample
 
 PAGE = 1000
-HISTORY_FIELDS = [
-    "sample_id", "generation_id", "embedding_id", "dataset_id", "job_id", "selected_sample_id", "mode",
-    "center_x", "center_y", "actual_x", "actual_y", "distance_to_intended", "roundtrip_error", "layers",
-    "steps", "mask_steps", "noise_seed", "class_mode", "class_label", "label_weights", "checkpoint_sha256",
-    "code_version", "diagnostics", "created_by", "created_at",
-]  # fmt: skip
+INT, FLOAT, TEXT, BOOL, TIME = "int", "float", "text", "bool", "time"
+
+
+@dataclass
+class Table:
+    """A table to export: typed columns and the pages of rows that fill them (each row a dict)."""
+
+    name: str
+    columns: dict[str, str]  # name -> INT | FLOAT | TEXT | BOOL | TIME
+    pages: Iterable[list[dict[str, Any]]]
+
+
+HISTORY_COLUMNS = {
+    "sample_id": INT, "generation_id": INT, "embedding_id": INT, "dataset_id": INT, "job_id": INT,
+    "selected_sample_id": INT, "mode": TEXT, "center_x": FLOAT, "center_y": FLOAT, "actual_x": FLOAT,
+    "actual_y": FLOAT, "distance_to_intended": FLOAT, "roundtrip_error": FLOAT, "layers": TEXT,
+    "steps": INT, "mask_steps": INT, "noise_seed": INT, "class_mode": TEXT, "class_label": INT,
+    "label_weights": TEXT, "checkpoint_sha256": TEXT, "code_version": TEXT, "diagnostics": TEXT,
+    "created_by": TEXT, "created_at": TIME,
+}  # fmt: skip
+SAMPLE_COLUMNS = {
+    "id": INT, "dataset_id": INT, "index": INT, "class_label": INT, "label_weights": TEXT,
+    "noise_seed": INT, "origin": TEXT, "job_id": INT, "variation": INT, "image_url": TEXT,
+    "created_by_id": INT, "created_at": TIME,
+}  # fmt: skip
+POINT_COLUMNS = {
+    "sample_id": INT,
+    "x": FLOAT,
+    "y": FLOAT,
+    "class_label": INT,
+    "origin": TEXT,
+    "projected": BOOL,
+}
 JSON_FIELDS = ("layers", "label_weights", "diagnostics")
+
+
+def _json_text(row: dict[str, Any]) -> dict[str, Any]:
+    for key in JSON_FIELDS:
+        if key in row:
+            row[key] = None if row[key] is None else json.dumps(row[key], sort_keys=True)
+    return row
 
 
 def flat_history_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -45,30 +80,84 @@ def flat_history_row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["center_x"], out["center_y"] = out.pop("center")
     out["actual_x"], out["actual_y"] = out.pop("actual")
-    for key in JSON_FIELDS:
-        out[key] = None if out[key] is None else json.dumps(out[key], sort_keys=True)
-    return {k: out[k] for k in HISTORY_FIELDS}
+    return {k: v for k, v in _json_text(out).items() if k in HISTORY_COLUMNS}
 
 
-def iter_history(sessions, query: HistoryQuery) -> Iterator[list[dict[str, Any]]]:
-    """Pages of flat history rows matching ``query`` (its limit and offset are ignored: everything)."""
-    offset = 0
-    while True:
-        q = query.model_copy(update={"limit": PAGE, "offset": offset})
-        with sessions() as session:
-            rows = history(session, q)
-        if rows:
-            yield [flat_history_row(r) for r in rows]
-        if len(rows) < PAGE:
-            return
-        offset += PAGE
+def history_table(sessions, query: HistoryQuery) -> Table:
+    """Every history row matching ``query`` (its limit and offset are ignored), newest first."""
+
+    def pages():
+        offset = 0
+        while True:
+            q = query.model_copy(update={"limit": PAGE, "offset": offset})
+            with sessions() as session:
+                rows = history(session, q)
+            if rows:
+                yield [flat_history_row(r) for r in rows]
+            if len(rows) < PAGE:
+                return
+            offset += PAGE
+
+    return Table("history", HISTORY_COLUMNS, pages())
 
 
-def history_csv(sessions, query: HistoryQuery) -> Iterator[str]:
+def samples_table(
+    sessions, dataset_id: int, class_label: int | None = None, origin: str | None = None
+) -> Table:
+    """A dataset's samples in id order (``class_label`` -1: no single class), as ``sample_to_dict`` rows."""
+    where = [Sample.dataset_id == dataset_id]
+    if class_label is not None:
+        where.append(Sample.class_label.is_(None) if class_label == -1 else Sample.class_label == class_label)
+    if origin:
+        where.append(Sample.origin == origin)
+
+    def pages():
+        after = 0
+        while True:
+            with sessions() as session:
+                rows = session.scalars(
+                    select(Sample).where(*where, Sample.id > after).order_by(Sample.id).limit(PAGE)
+                ).all()
+                page = [_json_text(sample_to_dict(smp)) for smp in rows]
+            if page:
+                yield page
+            if len(page) < PAGE:
+                return
+            after = page[-1]["id"]
+
+    return Table("samples", SAMPLE_COLUMNS, pages())
+
+
+def points_table(sessions, embedding_id: int) -> Table:
+    """A map's points in sample id order: where each sample lies, its class and origin."""
+
+    def pages():
+        after = 0
+        while True:
+            with sessions() as session:
+                rows = session.execute(
+                    select(EmbeddingPoint.sample_id, EmbeddingPoint.x, EmbeddingPoint.y, Sample.class_label,
+                           Sample.origin, EmbeddingPoint.projected)
+                    .join(Sample, Sample.id == EmbeddingPoint.sample_id)
+                    .where(EmbeddingPoint.embedding_id == embedding_id, EmbeddingPoint.sample_id > after)
+                    .order_by(EmbeddingPoint.sample_id)
+                    .limit(PAGE)
+                ).all()  # fmt: skip
+            if rows:
+                yield [dict(zip(POINT_COLUMNS, r, strict=True)) for r in rows]
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    return Table("points", POINT_COLUMNS, pages())
+
+
+def table_csv(table: Table) -> Iterator[str]:
+    """The table as CSV text pieces, header first, one piece per page."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(table.columns), lineterminator="\n")
     writer.writeheader()
-    for page in iter_history(sessions, query):
+    for page in table.pages:
         writer.writerows(page)
         yield buf.getvalue()
         buf.seek(0)
@@ -77,32 +166,28 @@ def history_csv(sessions, query: HistoryQuery) -> Iterator[str]:
         yield buf.getvalue()
 
 
-def history_arrow_schema():
+def arrow_schema(columns: dict[str, str]):
     import pyarrow as pa
 
-    i, f, s = pa.int64(), pa.float64(), pa.string()
-    types = {
-        "sample_id": i, "generation_id": i, "embedding_id": i, "dataset_id": i, "job_id": i,
-        "selected_sample_id": i, "mode": s, "center_x": f, "center_y": f, "actual_x": f, "actual_y": f,
-        "distance_to_intended": f, "roundtrip_error": f, "layers": s, "steps": i, "mask_steps": i,
-        "noise_seed": i, "class_mode": s, "class_label": i, "label_weights": s, "checkpoint_sha256": s,
-        "code_version": s, "diagnostics": s, "created_by": s, "created_at": pa.timestamp("us", tz="UTC"),
-    }  # fmt: skip
-    return pa.schema([(name, types[name]) for name in HISTORY_FIELDS])
+    types = {INT: pa.int64(), FLOAT: pa.float64(), TEXT: pa.string(), BOOL: pa.bool_(),
+             TIME: pa.timestamp("us", tz="UTC")}  # fmt: skip
+    return pa.schema([(name, types[kind]) for name, kind in columns.items()])
 
 
-def write_history_parquet(sessions, query: HistoryQuery, path: Path) -> Path:
-    """Write the history to ``path`` (via a temporary name beside it), one row group per page."""
+def write_table_parquet(table: Table, path: Path) -> Path:
+    """Write the table to ``path`` (via a temporary name beside it), one row group per page."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = history_arrow_schema()
+    schema = arrow_schema(table.columns)
+    times = [name for name, kind in table.columns.items() if kind == TIME]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for page in iter_history(sessions, query):
+            for page in table.pages:
                 for row in page:
-                    row["created_at"] = datetime.fromisoformat(row["created_at"])
+                    for name in times:
+                        row[name] = datetime.fromisoformat(row[name])
                 writer.write_table(pa.Table.from_pylist(page, schema=schema))
         os.replace(tmp, path)
     finally:
@@ -110,10 +195,10 @@ def write_history_parquet(sessions, query: HistoryQuery, path: Path) -> Path:
     return path
 
 
-def history_parquet_stream(sessions, query: HistoryQuery, chunk: int = 1 << 16) -> Iterator[bytes]:
+def table_parquet_stream(table: Table, chunk: int = 1 << 16) -> Iterator[bytes]:
     """The Parquet file's bytes, built in a temporary file (never whole in memory), then streamed."""
     with tempfile.TemporaryDirectory(prefix="latentlab-export-") as tmp:
-        path = write_history_parquet(sessions, query, Path(tmp) / "history.parquet")
+        path = write_table_parquet(table, Path(tmp) / f"{table.name}.parquet")
         with open(path, "rb") as fh:
             while data := fh.read(chunk):
                 yield data

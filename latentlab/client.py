@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,34 @@ class Client:
             ).content
             out[name] = np.load(io.BytesIO(data), allow_pickle=False)
         return out
+
+    # -- exports: whole tables as files, streamed to disk -----------------------------------------------
+
+    def export_history(self, path: str | os.PathLike, format: str = "parquet", **filters: Any) -> Path:
+        """Every history row matching ``filters`` (as ``history``) written to ``path`` as csv or parquet."""
+        if "class_label" in filters:
+            filters["class"] = filters.pop("class_label")
+        return self._export("/api/v1/exports/history", path, format, filters)
+
+    def export_samples(self, dataset: int | str, path: str | os.PathLike, format: str = "parquet") -> Path:
+        ds = self._dataset_id(dataset)
+        return self._export(f"/api/v1/exports/datasets/{ds}/samples", path, format, {})
+
+    def export_points(self, embedding: int, path: str | os.PathLike, format: str = "parquet") -> Path:
+        return self._export(f"/api/v1/exports/embeddings/{int(embedding)}/points", path, format, {})
+
+    def _export(self, route: str, path: str | os.PathLike, fmt: str, params: dict[str, Any]) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.part")
+        response = self.http.request("GET", route, params={**params, "format": fmt}, stream=True)
+        try:
+            with response, open(tmp, "wb") as fh:
+                for chunk in response.iter_content(1 << 16):
+                    fh.write(chunk)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     def _dataset_id(self, dataset: int | str) -> int:
         if isinstance(dataset, int) or (isinstance(dataset, str) and dataset.isdigit()):

@@ -115,6 +115,23 @@ def test_client_runs_the_research_loop(lab_server, sessions, monkeypatch, tmp_pa
         == history["created_at"].tolist()
     )
 
+    for fmt in ("csv", "parquet"):
+        read = pd.read_csv if fmt == "csv" else pd.read_parquet
+        exported = read(alice.export_samples("nb", tmp_path / f"s.{fmt}", fmt))
+        all_samples = alice.samples("nb")
+        assert exported["id"].tolist() == all_samples["id"].tolist() and len(exported) == 26
+        assert exported["origin"].tolist() == all_samples["origin"].astype(str).tolist()
+        exported = read(alice.export_points(emb_id, tmp_path / f"p.{fmt}", fmt))
+        on_map = alice.points(emb_id).sort_values("sample_id")
+        assert exported["sample_id"].tolist() == on_map["sample_id"].tolist()
+        assert exported["x"].tolist() == pytest.approx(on_map["x"].astype(float).tolist())
+        assert exported["projected"].tolist() == on_map["projected"].tolist()
+        exported = read(alice.export_history(tmp_path / f"h.{fmt}", fmt, mode="activation_mean"))
+        assert exported["sample_id"].tolist() == history["sample_id"].tolist()
+    with pytest.raises(ApiError) as err:
+        alice.export_points(emb_id, tmp_path / "p.xlsx", "xlsx")
+    assert err.value.status == 400 and err.value.field == "format" and not (tmp_path / "p.xlsx").exists()
+
     # jobs: a failure raises, a private job is invisible to another member, admins see all
     slow = alice.generate_dataset(model="tiny", name="big", num_samples=4000, seed=1, layers=["midblock"])
     alice.cancel(slow)

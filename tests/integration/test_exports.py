@@ -79,3 +79,19 @@ def test_dataset_activations_export_one_npy_per_layer_with_ids(settings, lab, tm
                check=False)  # fmt: skip
     assert proc.returncode != 0 and "has no layer 'nope'" in proc.stderr
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_samples_and_points_export_from_the_cli(settings, lab, tmp_path):
+    lab_, _shape, _stored = lab
+    samples = pd.read_csv(io.StringIO(cli(settings, "export", "samples", "fake").stdout))
+    assert samples["id"].tolist() == lab_.sample_ids + lab_.generated_ids
+    assert samples["origin"].tolist() == ["dataset"] * 10 + ["generated"] * 3
+    assert samples["index"].tolist()[:10] == list(range(10)) and samples["index"].isna().sum() == 3
+    out = str(tmp_path / "p.pq")
+    cli(settings, "export", "points", str(lab_.embedding_id), "--format", "parquet", "-o", out)
+    points = pd.read_parquet(tmp_path / "p.pq")
+    assert points["sample_id"].tolist() == lab_.sample_ids + lab_.generated_ids
+    assert points["x"].tolist()[:10] == [float(i) for i in range(10)]
+    assert points["projected"].tolist() == [False] * 10 + [True] * 3
+    proc = cli(settings, "export", "points", "999999", check=False)
+    assert proc.returncode != 0 and "999999" in proc.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -131,11 +132,39 @@ def test_row_limit_truncates(settings, lab):
     assert len(result.rows) == 5 and result.truncated
 
 
-def test_secrets_never_read(settings, lab):
-    if not settings.is_sqlite:
-        pytest.skip("on PostgreSQL secrets are kept from readers by the role grants in docs/SQL.md")
-    result = run_readonly(settings, "SELECT username, password_hash FROM users ORDER BY id")
-    assert result.rows == [("admin", None), ("alice", None)]
+def test_secrets_stay_hidden(settings, lab):
+    """SQLite: ``latentlab sql`` reads password and token hashes as NULL. PostgreSQL: the read-only role of
+    docs/SQL.md, granted exactly as written there, reads the views and nothing underneath, and cannot
+    write."""
+    if settings.is_sqlite:
+        result = run_readonly(settings, "SELECT username, password_hash FROM users ORDER BY id")
+        assert result.rows == [("admin", None), ("alice", None)]
+        return
+    import psycopg
+
+    docs = (REPO / "docs" / "SQL.md").read_text()
+    grants = re.search(r"## PostgreSQL: a read-only role.*?```sql\n(.*?)```", docs, flags=re.S).group(1)
+    role = f"lab_reader_{uuid.uuid4().hex[:8]}"
+    url = settings.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://")
+    database = url.rsplit("/", 1)[1]
+    grants = grants.replace("lab_reader", role).replace("DATABASE latentlab", f'DATABASE "{database}"')
+    with psycopg.connect(url, autocommit=True) as owner:
+        for statement in filter(str.strip, grants.split(";")):
+            owner.execute(statement)
+        try:
+            creds = url.split("//", 1)[1].split("@", 1)[1]
+            with psycopg.connect(f"postgresql://{role}:choose-one@{creds}", autocommit=True) as reader:
+                n = reader.execute("SELECT COUNT(*) FROM v_generations").fetchone()[0]
+                assert n == 3
+                hidden = ("SELECT password_hash FROM users", "SELECT * FROM jobs", "SELECT * FROM api_tokens")
+                for sql in hidden:
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        reader.execute(sql)
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    reader.execute("CREATE TEMP TABLE t (a int)")
+        finally:
+            owner.execute(f"DROP OWNED BY {role}")
+            owner.execute(f"DROP ROLE {role}")
 
 
 def test_cli_sql_answers_and_refuses(settings, sessions, lab):

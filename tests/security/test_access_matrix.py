@@ -293,6 +293,19 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("/api/v1/exports/history", "GET"): Expect(
         **LAB, request=get(lambda w: "/api/v1/exports/history", query_string={"format": "csv"})
     ),
+    ("/api/v1/exports/datasets/<int:dataset_id>/samples", "GET"): Expect(
+        **LAB,
+        request=get(
+            lambda w: f"/api/v1/exports/datasets/{w.lab.dataset_id}/samples", query_string={"format": "csv"}
+        ),
+    ),
+    ("/api/v1/exports/embeddings/<int:embedding_id>/points", "GET"): Expect(
+        **LAB,
+        request=get(
+            lambda w: f"/api/v1/exports/embeddings/{w.lab.embedding_id}/points",
+            query_string={"format": "parquet"},
+        ),
+    ),
     ("/api/v1/samples/<int:sample_id>/lineage", "GET"): Expect(
         **LAB, request=get(lambda w: f"/api/v1/samples/{w.generated_id}/lineage")
     ),

@@ -1,5 +1,6 @@
-"""Downloads for notebooks and scripts: a sample's activations as ``.npy``, and the generation history as
-CSV or Parquet, streamed page by page (the server never holds the whole table).
+"""Downloads for notebooks and scripts: a sample's activations as ``.npy``, and the generation history, a
+dataset's samples and a map's points as CSV or Parquet, streamed page by page (the server never holds the
+whole table).
 
 Access is the pages' own: lab data (samples, activations, history) is readable by every signed-in user;
 nothing here exposes jobs or tokens. Activation downloads are counted per user
@@ -14,7 +15,17 @@ from typing import Literal
 from flask import Blueprint, Response, current_app, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.exports import history_csv, history_parquet_stream, npy_bytes, sample_activation
+from common.embeddings import get_dataset, get_embedding
+from common.exports import (
+    Table,
+    history_table,
+    npy_bytes,
+    points_table,
+    sample_activation,
+    samples_table,
+    table_csv,
+    table_parquet_stream,
+)
 from common.history import get_sample
 from web.api import api_route
 from web.auth import get_db, get_sessions, get_settings, principal, services
@@ -66,6 +77,28 @@ def get_activations(sample_id: int, query: ActivationQuery):
     return response
 
 
+class TableExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["csv", "parquet"] = Field(description="csv or parquet")
+
+
+class SampleExport(TableExport):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class_label: int | None = Field(default=None, alias="class", ge=-1, le=100_000, description="-1: none")
+    origin: Literal["dataset", "generated"] | None = None
+
+
+def _download(table: Table, fmt: str) -> Response:
+    chunks = table_csv(table) if fmt == "csv" else table_parquet_stream(table)
+    # the first piece is made before the status line goes out, so an error is still a JSON answer
+    first = next(chunks, b"" if fmt == "parquet" else "")
+    response = Response(stream_with_context(itertools.chain([first], chunks)), mimetype=MEDIA_TYPES[fmt])
+    response.headers["Content-Disposition"] = f'attachment; filename="{table.name}.{fmt}"'
+    return response
+
+
 @api_route(
     bp,
     "/exports/history",
@@ -74,13 +107,28 @@ def get_activations(sample_id: int, query: ActivationQuery):
     summary="The generation history (filters as GET /api/v1/history, every row) as CSV or Parquet",
 )
 def export_history(query: HistoryExport):
-    sessions = get_sessions()
-    q = query.model_copy(update={"format": None})
-    chunks = history_csv(sessions, q) if query.format == "csv" else history_parquet_stream(sessions, q)
-    # the first piece is made before the status line goes out, so an error is still a JSON answer
-    first = next(chunks, b"" if query.format == "parquet" else "")
-    response = Response(
-        stream_with_context(itertools.chain([first], chunks)), mimetype=MEDIA_TYPES[query.format]
-    )
-    response.headers["Content-Disposition"] = f'attachment; filename="history.{query.format}"'
-    return response
+    return _download(history_table(get_sessions(), query), query.format)
+
+
+@api_route(
+    bp,
+    "/exports/datasets/<int:dataset_id>/samples",
+    methods=["GET"],
+    query=SampleExport,
+    summary="Every sample of a dataset (filters as GET /api/v1/datasets/<id>/samples) as CSV or Parquet",
+)
+def export_samples(dataset_id: int, query: SampleExport):
+    ds = get_dataset(get_db(), dataset_id)
+    return _download(samples_table(get_sessions(), ds.id, query.class_label, query.origin), query.format)
+
+
+@api_route(
+    bp,
+    "/exports/embeddings/<int:embedding_id>/points",
+    methods=["GET"],
+    query=TableExport,
+    summary="Every point of a map (sample_id, x, y, class_label, origin, projected) as CSV or Parquet",
+)
+def export_points(embedding_id: int, query: TableExport):
+    emb = get_embedding(get_db(), embedding_id)
+    return _download(points_table(get_sessions(), emb.id), query.format)
