@@ -23,6 +23,8 @@ class Client:
     """A signed-in connection: ``Client(url=None, token=None, token_file=None, timeout=30)``; ``url`` falls
     back to LATENTLAB_URL (default http://127.0.0.1:8000), the token to LATENTLAB_TOKEN or a file."""
 
+    page_size = 500  # rows per request when following pages (the API's maximum)
+
     def __init__(
         self,
         url: str | None = None,
@@ -90,7 +92,7 @@ class Client:
         out: list[Job] = []
         before = None
         while True:
-            page_size = 500 if limit is None else min(500, limit - len(out))
+            page_size = self.page_size if limit is None else min(self.page_size, limit - len(out))
             page = self.http.get(
                 "/api/v1/jobs", kind=kind, status=status, owner=owner, limit=page_size, before=before
             )
@@ -108,7 +110,7 @@ class Client:
         rows: list[dict[str, Any]] = []
         while True:
             page = self.http.get(
-                f"/api/v1/datasets/{ds}/samples", limit=500, offset=len(rows), origin=origin,
+                f"/api/v1/datasets/{ds}/samples", limit=self.page_size, offset=len(rows), origin=origin,
                 **({"class": class_label} if class_label is not None else {}),
             )  # fmt: skip
             rows.extend(page["samples"])
@@ -134,7 +136,7 @@ class Client:
         rows: list[dict[str, Any]] = []
         offset = 0
         while True:
-            page_size = 500 if limit is None else min(500, limit - len(rows))
+            page_size = self.page_size if limit is None else min(self.page_size, limit - len(rows))
             page = self.http.get("/api/v1/history", limit=page_size, offset=offset, **filters)
             rows.extend(page["generations"])
             offset = page["next_offset"]

@@ -37,7 +37,11 @@ def lab_server(settings, sessions, tmp_path):
             s.flush()
             tokens[name] = issue_token(s, user, "client-test")
     port = free_port()
-    env = {"LATENTLAB_CHUNK_SIZE": "8", "LATENTLAB_ACTIVATION_DOWNLOADS_PER_MINUTE": "4"}
+    env = {
+        "LATENTLAB_CHUNK_SIZE": "8",
+        "LATENTLAB_ACTIVATION_DOWNLOADS_PER_MINUTE": "4",
+        "LATENTLAB_FAULT_INJECTION": "1",  # lets a ping job fail on purpose
+    }
     web = start_web(settings, tmp_path, port, extra_env=env)
     worker = start_worker(settings, tmp_path, name="client", extra_env=env)
     yield settings, f"http://127.0.0.1:{port}", tokens
@@ -81,6 +85,13 @@ def test_client_runs_the_research_loop(lab_server, sessions, monkeypatch, tmp_pa
     assert (history["selected_sample_id"] == ids[0]).all() and history["mode"].eq("activation_mean").all()
     assert is_utc(history["created_at"]) and history["actual_x"].notna().all()
     assert len(alice.history(dataset="nb", limit=1)) == 1
+
+    # pages are followed to the end: the same tables a few rows per request
+    paged = Client(url, tokens["alice"])
+    paged.page_size = 5
+    pd.testing.assert_frame_equal(paged.samples("nb"), alice.samples("nb"))
+    pd.testing.assert_frame_equal(paged.history(dataset="nb"), history)
+    assert len(paged.history(limit=1)) == 1
 
     lineage = alice.lineage(new_ids[0])
     parents = set(lineage.loc[lineage["child_id"] == new_ids[0], "parent_id"])
@@ -133,7 +144,11 @@ def test_client_runs_the_research_loop(lab_server, sessions, monkeypatch, tmp_pa
     assert err.value.status == 400 and err.value.field == "format" and not (tmp_path / "p.xlsx").exists()
 
     # jobs: a failure raises, a private job is invisible to another member, admins see all
-    slow = alice.generate_dataset(model="tiny", name="big", num_samples=4000, seed=1, layers=["midblock"])
+    broken = alice.submit("ping", seconds=0.2, steps=2, fault="error")
+    with pytest.raises(JobFailed, match=f"job {broken.id} \\(ping\\) failed") as failed:
+        broken.wait(timeout=120, progress=False)
+    assert failed.value.job.status == "failed" and failed.value.job.error
+    slow = alice.submit("ping", seconds=120, steps=100)
     alice.cancel(slow)
     with pytest.raises(JobFailed, match="cancelled"):
         slow.wait(timeout=120, progress=False)
@@ -142,9 +157,11 @@ def test_client_runs_the_research_loop(lab_server, sessions, monkeypatch, tmp_pa
         bob.job(ds_job.id)
     assert err.value.status == 404
     assert bob.jobs() == []
-    assert {j.id for j in alice.jobs()} == {ds_job.id, emb_job.id, gen.id, slow.id}
+    assert {j.id for j in alice.jobs()} == {ds_job.id, emb_job.id, gen.id, broken.id, slow.id}
+    paged.page_size = 3
+    assert [j.id for j in paged.jobs()] == [j.id for j in alice.jobs()]
     root = Client(url, tokens["root"])
-    assert {j.id for j in root.jobs(owner="alice")} == {ds_job.id, emb_job.id, gen.id, slow.id}
+    assert {j.id for j in root.jobs(owner="alice")} == {ds_job.id, emb_job.id, gen.id, broken.id, slow.id}
     assert bob.history(dataset="nb")["sample_id"].tolist() == history["sample_id"].tolist()  # lab data
 
     # activation downloads are limited per user (4 a minute here): alice's count does not touch bob's
