@@ -190,7 +190,7 @@ def test_client_refuses_bad_tokens_and_says_how_to_sign_in(lab_server, monkeypat
     assert err.value.status == 400 and err.value.field == "num_samples"
 
 
-def test_the_notebook_runs_against_a_real_server(lab_server, monkeypatch):
+def test_the_notebook_runs_against_a_real_server(lab_server, monkeypatch, tmp_path):
     """docs/notebook.ipynb's code cells, executed in order in one namespace (outputs are stripped in the
     file; this checks it stays runnable and that what it shows is right)."""
     _settings, url, tokens = lab_server
@@ -199,6 +199,7 @@ def test_the_notebook_runs_against_a_real_server(lab_server, monkeypatch):
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     monkeypatch.setenv("LATENTLAB_URL", url)
     monkeypatch.setenv("LATENTLAB_TOKEN", tokens["alice"])
+    monkeypatch.chdir(tmp_path)  # the notebook writes its export beside itself
     namespace: dict = {}
     for cell in code:
         exec(compile("".join(cell["source"]), f"notebook cell {cell['id']}", "exec"), namespace)
