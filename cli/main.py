@@ -7,8 +7,10 @@ import sys
 
 import click
 
+import cli.exports  # noqa: F401  (attaches the export commands to main)
 import cli.models  # noqa: F401  (attaches the model commands to main)
 import cli.research  # noqa: F401  (attaches the research commands to main)
+import cli.sql  # noqa: F401  (attaches the sql command to main)
 from cli.base import (
     ROW_ID,
     job_owner,

@@ -252,7 +252,12 @@ def neighbors(embedding, sample, k, space):
 @click.option("--since", default=None, help="ISO date or datetime.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True)
-def history(user, dataset, class_label, parent, mode, since, limit, as_json):
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+    help="Export every matching row (no --limit) as CSV or Parquet.",
+)  # fmt: skip
+@click.option("-o", "--output", "out", default=None, help="File for --format (CSV: default standard output).")
+def history(user, dataset, class_label, parent, mode, since, limit, as_json, fmt, out):
     """Generated samples, newest first, with their recipes."""
     from pydantic import ValidationError
 
@@ -272,6 +277,11 @@ def history(user, dataset, class_label, parent, mode, since, limit, as_json):
         )
     except ValidationError as exc:
         raise UserError(pydantic_message(exc)[0]) from None
+    if fmt:
+        from cli.exports import write_history
+
+        write_history(open_sessions(load_settings()), q, fmt, out)
+        return
     with open_sessions(load_settings())() as session:
         rows = read_history(session, q)
     if as_json:

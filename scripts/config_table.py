@@ -56,6 +56,8 @@ MEANINGS = {
     "session_hours": "How long a login lasts.",
     "login_attempts_per_minute": "Sign-in attempts allowed per minute for one username and for one "
     "client address.",
+    "activation_downloads_per_minute": "Activation downloads (`GET /api/v1/samples/<id>/activations`) "
+    "allowed per minute for one user; more answer 429.",
 }
 
 

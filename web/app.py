@@ -142,9 +142,21 @@ def init_extensions(app: Flask, settings: Settings) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from web.blueprints import auth as auth_bp
-    from web.blueprints import datasets, docs, embeddings, events, health, jobs, pages, queues, samples
+    from web.blueprints import (
+        datasets,
+        docs,
+        embeddings,
+        events,
+        exports,
+        health,
+        jobs,
+        pages,
+        queues,
+        samples,
+    )
 
-    for module in (health, auth_bp, jobs, datasets, embeddings, samples, queues, events, docs, pages):
+    modules = (health, auth_bp, jobs, datasets, embeddings, samples, exports, queues, events, docs, pages)
+    for module in modules:
         app.register_blueprint(module.bp)
 
 

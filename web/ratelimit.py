@@ -54,6 +54,10 @@ class LoginLimiter:
                     "wait a minute and try again."
                 )
 
+    @property
+    def redis_client(self) -> Callable[[], object | None]:
+        return self._redis
+
     def _count_in_redis(self, keys: list[str]) -> list[int] | None:
         client = self._redis()
         if client is None:
@@ -87,3 +91,22 @@ class LoginLimiter:
         if now - self._last_warning > WINDOW_SECONDS:
             self._last_warning = now
             log.warning("login rate limits are counted per process: Redis is unreachable (%s)", why)
+
+
+class TooManyDownloads(QuotaExceeded):
+    status = 429
+
+
+class DownloadLimiter(LoginLimiter):
+    """Downloads per user per minute (``latentlab:downloads:user:<id>``), counted like sign-ins.
+
+    Usage: ``DownloadLimiter(600, broker.redis).hit(user.id)`` raises TooManyDownloads (429)."""
+
+    def hit(self, user_id: int) -> None:  # type: ignore[override]
+        key = f"latentlab:downloads:user:{user_id}"
+        counts = self._count_in_redis([key]) or [self._count_locally(key)]
+        if counts[0] > self.per_minute:
+            raise TooManyDownloads(
+                f"Too many downloads (at most {self.per_minute} a minute per user); wait a minute and "
+                "try again, or export a whole dataset with `latentlab export activations`."
+            )

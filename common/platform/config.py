@@ -103,6 +103,7 @@ class Settings:
     # the largest request body, in bytes: waitress refuses a larger Content-Length before reading it, and
     # Flask answers 413 for a larger body that reaches it
     max_body_bytes: int = 1024 * 1024
+    activation_downloads_per_minute: int = 600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:

@@ -105,6 +105,22 @@ def grow_left_alone(w: World, who: str, res, ctx) -> None:
     assert (ds.target_size == 4) == (res.status_code == 202), (who, ds.target_size, res.json)
 
 
+def activations_of_a_sample(w: World, who: str):
+    """A generated sample's activations (the shard written here: the world has no worker)."""
+    import numpy as np
+
+    from common.models import Dataset, Sample
+
+    with w.sessions() as s:
+        smp = s.get(Sample, w.generated_id)
+        shape = s.get(Dataset, smp.dataset_id).layer_shapes["midblock"]
+    path = w.settings.data_root / smp.act_shard / "midblock.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros((smp.act_row + 1, int(np.prod(shape))), np.float32))
+    return f"/api/v1/samples/{w.generated_id}/activations", {"query_string": {"layer": "midblock"}}
+
+
 def own_credentials(w: World, who: str):
     if who == "anon":
         return "/api/v1/auth/login", {"json": {"username": "alice", "password": "not-alice-password"}}
@@ -272,6 +288,23 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ),
     ("/api/v1/samples/<int:sample_id>/image", "GET"): Expect(
         **LAB, request=get(lambda w: f"/api/v1/samples/{w.generated_id}/image")
+    ),
+    ("/api/v1/samples/<int:sample_id>/activations", "GET"): Expect(**LAB, request=activations_of_a_sample),
+    ("/api/v1/exports/history", "GET"): Expect(
+        **LAB, request=get(lambda w: "/api/v1/exports/history", query_string={"format": "csv"})
+    ),
+    ("/api/v1/exports/datasets/<int:dataset_id>/samples", "GET"): Expect(
+        **LAB,
+        request=get(
+            lambda w: f"/api/v1/exports/datasets/{w.lab.dataset_id}/samples", query_string={"format": "csv"}
+        ),
+    ),
+    ("/api/v1/exports/embeddings/<int:embedding_id>/points", "GET"): Expect(
+        **LAB,
+        request=get(
+            lambda w: f"/api/v1/exports/embeddings/{w.lab.embedding_id}/points",
+            query_string={"format": "parquet"},
+        ),
     ),
     ("/api/v1/samples/<int:sample_id>/lineage", "GET"): Expect(
         **LAB, request=get(lambda w: f"/api/v1/samples/{w.generated_id}/lineage")
