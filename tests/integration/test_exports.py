@@ -13,12 +13,12 @@ import pytest
 
 from common.models import Dataset
 from tests.integration.test_cli_research import cli
-from tests.support.lab import add_generation, ago, build_lab
+from tests.support.seeded_map import add_generation, ago, seed_map
 
 
 @pytest.fixture
 def lab(settings, sessions, admin):
-    lab = build_lab(sessions, settings, owner_id=admin.id, n=10)
+    lab = seed_map(sessions, settings, owner_id=admin.id, n=10)
     s = lab.sample_ids
     for i in range(3):
         nbs = [s[i + 1], s[i + 2]]

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from common.models import User
 from common.platform.sqlconsole import SqlRefused, check_statement, run_readonly
 from tests.integration.test_cli_research import cli
-from tests.support.lab import add_generation, ago, build_lab
+from tests.support.seeded_map import add_generation, ago, seed_map
 from tests.support.services import REPO
 
 VIEW_COLUMNS = {
@@ -50,7 +50,7 @@ def doc_queries() -> dict[str, str]:
 
 @pytest.fixture
 def lab(settings, sessions, admin, member):
-    lab = build_lab(sessions, settings, owner_id=admin.id, n=12)
+    lab = seed_map(sessions, settings, owner_id=admin.id, n=12)
     s = lab.sample_ids
     # a chain: g1 from s0 (+ s1, s2); g2 from g1 (+ s3); g3 from g2 (+ s1) -- by two users on two days
     g1 = add_generation(sessions, settings, lab, owner_id=admin.id, selected=s[0], neighbors=[s[1], s[2]],

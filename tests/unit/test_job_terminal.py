@@ -18,8 +18,8 @@ from common.models import Dataset, Job
 from common.platform import migrate
 from common.platform.accounts import create_user
 from common.platform.db import make_engine, session_factory
-from tests.conftest import make_settings
-from tests.support.lab import build_lab
+from tests.support.seeded_map import seed_map
+from tests.support.settings import make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_a_reaper_only_interpreter_runs_the_failure_hook_of_a_research_kind(tmp_
     sessions = session_factory(engine)
     with sessions.begin() as s:
         owner = create_user(s, "ada", "ada-password").id
-    lab = build_lab(sessions, settings, owner_id=owner, n=4, images=False)
+    lab = seed_map(sessions, settings, owner_id=owner, n=4, images=False)
     with sessions.begin() as s:
         s.get(Dataset, lab.dataset_id).status = "generating"
         job = Job(
@@ -55,7 +55,7 @@ def test_a_reaper_only_interpreter_runs_the_failure_hook_of_a_research_kind(tmp_
         from common.jobs.terminal import terminate
         from common.models import Dataset, Job
         from common.platform.db import make_engine, session_factory
-        from tests.conftest import make_settings
+        from tests.support.settings import make_settings
         from pathlib import Path
 
         assert "common.research.datasets" not in sys.modules, "the reaper path imported the research code"
