@@ -217,7 +217,7 @@ def generate(
         "mode": mode,
         "weights": weight_list,
         "layers": _csv(layers),
-        "class": int(class_) if class_.isdigit() else class_,
+        "class": int(class_) if class_.isascii() and class_.isdigit() else class_,
         "steps": steps,
         "mask_steps": mask_steps,
         "variations": variations,

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.jobs.broker import Publisher
 from common.models import User
+from common.models.base import row_id
 from common.platform.accounts import TOKEN_PREFIX, check_password, user_for_token
 from common.platform.config import Settings
 from common.platform.errors import Forbidden, UserError
@@ -160,7 +161,7 @@ def init_login(app) -> LoginManager:
         if request.headers.get("Authorization") is not None:
             return None  # an explicit credential wins over the ambient cookie
         user_id, _, version = user_key.partition(":")
-        if not user_id.isdigit() or not version.isdigit():
+        if row_id(user_id) is None or not (version.isascii() and version.isdigit()):
             return None
         # a session of its own: get_db()'s snapshot must not start before the view's writes
         with services().read_sessions() as db:
