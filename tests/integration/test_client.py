@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -190,20 +193,33 @@ def test_client_refuses_bad_tokens_and_says_how_to_sign_in(lab_server, monkeypat
     assert err.value.status == 400 and err.value.field == "num_samples"
 
 
-def test_the_notebook_runs_against_a_real_server(lab_server, monkeypatch, tmp_path):
-    """docs/notebook.ipynb's code cells, executed in order in one namespace (outputs are stripped in the
-    file; this checks it stays runnable and that what it shows is right)."""
+def test_the_notebook_runs_against_a_real_server(lab_server, tmp_path):
+    """docs/notebook.ipynb's code cells, run in order as one Python program in a fresh interpreter, as a
+    notebook kernel would (outputs are stripped in the file; this checks it stays runnable and that what
+    it shows is right). The program reports what it computed as JSON on its last line."""
     _settings, url, tokens = lab_server
     notebook = json.loads((REPO / "docs" / "notebook.ipynb").read_text())
     code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
-    monkeypatch.setenv("LATENTLAB_URL", url)
-    monkeypatch.setenv("LATENTLAB_TOKEN", tokens["alice"])
-    monkeypatch.chdir(tmp_path)  # the notebook writes its export beside itself
-    namespace: dict = {}
-    for cell in code:
-        exec(compile("".join(cell["source"]), f"notebook cell {cell['id']}", "exec"), namespace)
-    assert len(namespace["samples"]) == 32 and len(namespace["points"]) == 32
-    assert sorted(namespace["history"]["sample_id"]) == sorted(namespace["new_ids"])
-    assert namespace["exported"]["sample_id"].tolist() == namespace["history"]["sample_id"].tolist()
-    assert namespace["activations"]["midblock"].ndim == 3
+    report = (
+        "import json as _json\n"
+        "print(_json.dumps({'samples': len(samples), 'points': len(points),\n"
+        "    'history': sorted(int(i) for i in history['sample_id']),\n"
+        "    'new_ids': sorted(int(i) for i in new_ids),\n"
+        "    'exported': [int(i) for i in exported['sample_id']],\n"
+        "    'history_order': [int(i) for i in history['sample_id']],\n"
+        "    'midblock_ndim': int(activations['midblock'].ndim)}))\n"
+    )
+    script = tmp_path / "notebook.py"
+    script.write_text("\n\n".join("".join(c["source"]) for c in code) + "\n\n" + report)
+    env = {**os.environ, "LATENTLAB_URL": url, "LATENTLAB_TOKEN": tokens["alice"], "PYTHONPATH": str(REPO)}
+    # the notebook writes its export beside itself
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    shown = json.loads(run.stdout.strip().splitlines()[-1])
+    assert shown["samples"] == 32 and shown["points"] == 32
+    assert shown["history"] == shown["new_ids"]
+    assert shown["exported"] == shown["history_order"]
+    assert shown["midblock_ndim"] == 3
