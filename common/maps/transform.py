@@ -1,6 +1,6 @@
 """A fitted map's runtime: the UMAP layout over training points (``UmapMap``) and the whole chain
 scaler → PCA → map (``Reducer``), with ``transform`` (new points onto the map) and ``inverse`` (map points
-back to activations). Fitting and the saved format are ``common/maps/reducer.py``.
+back to activations). Fitting is ``common/maps/reducer.py``, the saved format ``common/maps/store.py``.
 
 Usage::
 

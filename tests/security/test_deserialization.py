@@ -3,7 +3,7 @@
 * Fitted reducers are loaded only from the data root and only after their manifest's sha256 (stored in
   the database), its HMAC (a key kept outside the data root and the database) and every file's sha256
   check out. A reducer directory carrying a pickle whose ``__reduce__`` writes a marker file is refused
-  before anything is unpickled, through ``common.maps.reducer.load_reducer``,
+  before anything is unpickled, through ``common.maps.store.load_reducer``,
   ``common.research.embeddings.ReducerCache`` and a real ``reproject`` job on a real worker: the marker
   never appears.
 * The repository's Python code has no ``np.load(allow_pickle=True)``, no ``torch.load`` without
@@ -282,7 +282,7 @@ def test_the_worker_refuses_a_pickled_message_and_its_payload_never_runs(stack: 
 # -- the static scan -----------------------------------------------------------------------------------
 
 # the one place that unpickles: a reducer in the old pickled format, after verify_manifest
-ALLOWED_PICKLE = {("common/maps/reducer.py", "load_reducer")}
+ALLOWED_PICKLE = {("common/maps/store.py", "load_reducer")}
 
 
 def tracked_python_files() -> list[Path]:
@@ -395,7 +395,7 @@ def test_no_tracked_python_code_turns_data_into_code():
         found += dangerous_calls(path.read_text(errors="replace"), path.relative_to(REPO).as_posix())
     assert not found, "calls that could run code from data:\n" + "\n".join(found)
     # the allowed place still verifies first: verify_manifest runs before pickle.load in load_reducer
-    source = (REPO / "common" / "maps" / "reducer.py").read_text()
+    source = (REPO / "common" / "maps" / "store.py").read_text()
     body = ast.get_source_segment(
         source,
         next(
