@@ -4,6 +4,8 @@
   ``POST /api/v1/jobs`` with the kind fixed. Their body *is* the kind's params object, so an error's
   ``field`` is a path in the body (``"neighbors"``), where ``POST /api/v1/jobs`` says
   ``"params.neighbors"``.
+* ``download``: a ``common.research.exports.Table`` as a streamed CSV or Parquet attachment (the
+  ``?format=csv|parquet`` answer of the export routes and of the JSON lists that offer it).
 * ``bound_ids``: ids in paths beyond ``MAX_ROW_ID`` (2^31-1, PostgreSQL's INTEGER) answer 404 instead
   of reaching the database (PostgreSQL answers "integer out of range"; SQLite cannot bind 2^63).
 
@@ -15,15 +17,17 @@ Usage (in a blueprint)::
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from flask import url_for
+from flask import Response, stream_with_context, url_for
 from pydantic import BaseModel
 
 import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.models.base import MAX_ROW_ID
 from common.platform.errors import NotFound, UserError
+from common.research.exports import Table, table_csv, table_parquet_stream
 from web.auth import get_db, get_publisher, get_sessions, get_settings, principal
 from web.blueprints.jobs import job_out
 
@@ -66,3 +70,16 @@ def submit_kind(kind: str, body: BaseModel):
     db = get_db()
     out = job_out(job, user.username, jobs.queue_position(db, job))
     return out, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+
+
+def download(table: Table, fmt: str) -> Response:
+    """``table`` streamed as a ``csv`` or ``parquet`` attachment named after it."""
+    chunks = table_csv(table) if fmt == "csv" else table_parquet_stream(table)
+    # the first piece is made before the status line goes out, so an error is still a JSON answer
+    first = next(chunks, b"" if fmt == "parquet" else "")
+    response = Response(stream_with_context(itertools.chain([first], chunks)), mimetype=MEDIA_TYPES[fmt])
+    response.headers["Content-Disposition"] = f'attachment; filename="{table.name}.{fmt}"'
+    return response

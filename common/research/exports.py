@@ -6,6 +6,7 @@ Usage::
 
     for piece in table_csv(history_table(sessions, query)): ...     # str pieces, header first
     write_table_parquet(samples_table(sessions, dataset_id), path)  # one row group per page
+    lineage_table(sessions, sample_id, depth=6)                      # the lineage graph's edges
     npy = npy_bytes(sample_activation(settings, session, sample, "midblock"))
     export_dataset_activations(settings, sessions, dataset, out_dir, layers=None)
 """
@@ -29,7 +30,7 @@ from sqlalchemy import select
 from common.models import Dataset, EmbeddingPoint, Sample
 from common.platform.config import Settings
 from common.platform.errors import NotFound
-from common.research.history import HistoryQuery, history, sample_to_dict
+from common.research.history import HistoryQuery, history, lineage_graph, sample_to_dict
 
 PAGE = 1000
 INT, FLOAT, TEXT, BOOL, TIME = "int", "float", "text", "bool", "time"
@@ -65,6 +66,9 @@ POINT_COLUMNS = {
     "origin": TEXT,
     "projected": BOOL,
 }
+LINEAGE_COLUMNS = {
+    "child_id": INT, "parent_id": INT, "role": TEXT, "weight": FLOAT, "child_level": INT, "parent_level": INT,
+}  # fmt: skip
 JSON_FIELDS = ("layers", "label_weights", "diagnostics")
 
 
@@ -150,6 +154,20 @@ def points_table(sessions, embedding_id: int) -> Table:
             after = rows[-1][0]
 
     return Table("points", POINT_COLUMNS, pages())
+
+
+def lineage_table(sessions, sample_id: int, depth: int = 6) -> Table:
+    """The edges of ``lineage_graph`` (same depth and node bound), one row per parent → child edge, with
+    each end's generation level relative to the sample (ancestors negative). Raises NotFound first."""
+    with sessions() as session:
+        graph = lineage_graph(session, sample_id, depth=depth)
+    levels = {node["sample_id"]: node["level"] for node in graph["nodes"]}
+    rows = [
+        {"child_id": e["child"], "parent_id": e["parent"], "role": e["role"], "weight": e["weight"],
+         "child_level": levels.get(e["child"]), "parent_level": levels.get(e["parent"])}
+        for e in graph["edges"]
+    ]  # fmt: skip
+    return Table(f"lineage-{sample_id}", LINEAGE_COLUMNS, [rows] if rows else [])
 
 
 def table_csv(table: Table) -> Iterator[str]:

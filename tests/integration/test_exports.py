@@ -1,6 +1,8 @@
 """Exports from the command line over the real database (--db): ``latentlab history --format csv|parquet``
 reads back equal to ``latentlab history --json``, and ``latentlab export activations`` writes one ``.npy``
-per layer in sample-id order with ``sample_ids.npy`` beside it, equal to the stored shards."""
+per layer in sample-id order with ``sample_ids.npy`` beside it, equal to the stored shards. Over the API:
+``?format=csv|parquet`` on the history, a dataset's samples and a sample's lineage answers the same file as
+the ``/api/v1/exports`` routes, and the lineage file reads back equal to the JSON graph."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.models import Dataset
+from common.models import Dataset, User
+from common.platform.accounts import issue_token
 from tests.integration.test_cli_research import cli
 from tests.support.seeded_map import add_generation, ago, seed_map
+from web.app import create_app
 
 
 @pytest.fixture
@@ -95,3 +99,79 @@ def test_samples_and_points_export_from_the_cli(settings, lab, tmp_path):
     assert points["projected"].tolist() == [False] * 10 + [True] * 3
     proc = cli(settings, "export", "points", "999999", check=False)
     assert proc.returncode != 0 and "999999" in proc.stderr
+
+
+@pytest.fixture
+def api(settings, sessions, admin, lab):
+    with sessions.begin() as s:
+        user = s.get(User, admin.id)
+        headers = {"Authorization": f"Bearer {issue_token(s, user)}"}
+    app = create_app(settings)
+    yield app.test_client(), headers
+    app.extensions["latentlab"].close()
+
+
+def read(fmt: str, data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data)) if fmt == "csv" else pd.read_parquet(io.BytesIO(data))
+
+
+def test_format_on_the_json_routes_answers_the_export_file(api, lab):
+    client, headers = api
+    lab_ = lab[0]
+    same_routes = [
+        "/history",
+        f"/datasets/{lab_.dataset_id}/samples",
+        f"/samples/{lab_.sample_ids[1]}/lineage",
+    ]
+    for path in same_routes:
+        route, export = f"/api/v1{path}", f"/api/v1/exports{path}"
+        plain = client.get(route, headers=headers)
+        assert plain.status_code == 200 and plain.is_json, route
+        assert client.get(route, headers=headers, query_string={"format": "json"}).data == plain.data, route
+        for fmt in ("csv", "parquet"):
+            mine = client.get(route, headers=headers, query_string={"format": fmt})
+            mine_data = mine.data  # read before the next request: the body is streamed
+            theirs = client.get(export, headers=headers, query_string={"format": fmt})
+            assert mine.status_code == theirs.status_code == 200, (route, fmt, mine_data[:200])
+            assert mine.headers["Content-Disposition"] == theirs.headers["Content-Disposition"], route
+            assert mine.mimetype == theirs.mimetype != "application/json", route
+            pd.testing.assert_frame_equal(read(fmt, mine_data), read(fmt, theirs.data))
+        bad = client.get(route, headers=headers, query_string={"format": "xlsx"})
+        assert bad.status_code == 400 and bad.json["field"] == "format", (route, bad.json)
+        assert all(choice in bad.json["error"] for choice in ("json", "csv", "parquet")), bad.json
+    # the history file is every row (limit ignored) and reads back equal to the JSON page
+    rows = client.get("/api/v1/history", headers=headers).json["generations"]
+    history = read("csv", client.get("/api/v1/history?format=csv&limit=1", headers=headers).data)
+    assert history["sample_id"].tolist() == [r["sample_id"] for r in rows] and len(rows) == 3
+    query = {"format": "parquet", "origin": "generated"}
+    samples = read(
+        "parquet",
+        client.get(f"/api/v1/datasets/{lab_.dataset_id}/samples", headers=headers, query_string=query).data,
+    )
+    assert samples["id"].tolist() == lab_.generated_ids
+
+
+def test_lineage_export_reads_back_equal_to_the_json(api, lab):
+    client, headers = api
+    lab_ = lab[0]
+    for sid in (lab_.sample_ids[1], lab_.sample_ids[2], lab_.generated_ids[0]):
+        graph = client.get(f"/api/v1/samples/{sid}/lineage", headers=headers).json
+        assert graph["edges"], sid
+        levels = {n["sample_id"]: n["level"] for n in graph["nodes"]}
+        expected = [(e["child"], e["parent"], e["role"], e["weight"], levels[e["child"]], levels[e["parent"]])
+                    for e in graph["edges"]]  # fmt: skip
+        for fmt in ("csv", "parquet"):
+            res = client.get(f"/api/v1/exports/samples/{sid}/lineage", headers=headers,
+                             query_string={"format": fmt})  # fmt: skip
+            assert res.status_code == 200, res.data[:200]
+            table = read(fmt, res.data)
+            assert list(table.columns) == ["child_id", "parent_id", "role", "weight", "child_level",
+                                           "parent_level"]  # fmt: skip
+            assert list(table.itertuples(index=False, name=None)) == expected, (sid, fmt)
+    graph = client.get(f"/api/v1/samples/{lab_.generated_ids[0]}/lineage?depth=1", headers=headers).json
+    shallow = read("csv", client.get(f"/api/v1/samples/{lab_.generated_ids[0]}/lineage?depth=1&format=csv",
+                                     headers=headers).data)  # fmt: skip
+    assert len(shallow) == len(graph["edges"])
+    missing = client.get("/api/v1/exports/samples/999999/lineage?format=csv", headers=headers)
+    assert missing.status_code == 404 and missing.is_json and "999999" in missing.json["error"]
+    assert client.get(f"/api/v1/exports/samples/{lab_.sample_ids[1]}/lineage?format=csv").status_code == 401

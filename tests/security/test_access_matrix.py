@@ -309,6 +309,12 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("/api/v1/samples/<int:sample_id>/lineage", "GET"): Expect(
         **LAB, request=get(lambda w: f"/api/v1/samples/{w.generated_id}/lineage")
     ),
+    ("/api/v1/exports/samples/<int:sample_id>/lineage", "GET"): Expect(
+        **LAB,
+        request=get(
+            lambda w: f"/api/v1/exports/samples/{w.generated_id}/lineage", query_string={"format": "csv"}
+        ),
+    ),
 }
 
 

@@ -12,12 +12,13 @@ from common.ml.activations import layer_table
 from common.models import GeneratorModel
 from common.research import reads as research_reads
 from common.research.datasets import GenerateDatasetParams, dataset_to_dict, get_dataset
+from common.research.exports import samples_table
 from common.research.history import sample_to_dict
 from common.research.registry import model_to_dict
 from web.api import PageQuery, api_route
-from web.auth import get_db
+from web.auth import get_db, get_sessions
 from web.blueprints.jobs import JobOut
-from web.research import bound_ids, submit_kind
+from web.research import bound_ids, download, submit_kind
 
 bp = Blueprint("datasets", __name__, url_prefix="/api/v1")
 bp.url_value_preprocessor(bound_ids)
@@ -39,6 +40,9 @@ class SampleQuery(BaseModel):
     origin: Literal["dataset", "generated"] | None = None
     limit: int = Field(default=100, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=10_000_000)
+    format: Literal["json", "csv", "parquet"] = Field(
+        default="json", description="json (a page), or csv or parquet (every sample, as a file)"
+    )
 
 
 class SamplePage(BaseModel):
@@ -114,6 +118,8 @@ def get_dataset_detail(dataset_id: int):
 def list_samples(dataset_id: int, query: SampleQuery):
     db = get_db()
     ds = get_dataset(db, dataset_id)
+    if query.format != "json":
+        return download(samples_table(get_sessions(), ds.id, query.class_label, query.origin), query.format)
     total, rows = research_reads.sample_page(
         db,
         ds.id,

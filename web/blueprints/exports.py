@@ -9,34 +9,29 @@ nothing here exposes jobs or tokens. Activation downloads are counted per user
 
 from __future__ import annotations
 
-import itertools
 from typing import Literal
 
-from flask import Blueprint, Response, current_app, stream_with_context
+from flask import Blueprint, Response, current_app
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.research.embeddings import get_dataset, get_embedding
 from common.research.exports import (
-    Table,
     history_table,
+    lineage_table,
     npy_bytes,
     points_table,
     sample_activation,
     samples_table,
-    table_csv,
-    table_parquet_stream,
 )
 from common.research.history import get_sample
 from web.api import api_route
 from web.auth import get_db, get_sessions, get_settings, principal, services
-from web.blueprints.samples import HistoryParams
+from web.blueprints.samples import HistoryParams, LineageQuery
 from web.ratelimit import DownloadLimiter
-from web.research import bound_ids
+from web.research import bound_ids, download
 
 bp = Blueprint("exports", __name__, url_prefix="/api/v1")
 bp.url_value_preprocessor(bound_ids)
-
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 
 
 class ActivationQuery(BaseModel):
@@ -90,13 +85,8 @@ class SampleExport(TableExport):
     origin: Literal["dataset", "generated"] | None = None
 
 
-def _download(table: Table, fmt: str) -> Response:
-    chunks = table_csv(table) if fmt == "csv" else table_parquet_stream(table)
-    # the first piece is made before the status line goes out, so an error is still a JSON answer
-    first = next(chunks, b"" if fmt == "parquet" else "")
-    response = Response(stream_with_context(itertools.chain([first], chunks)), mimetype=MEDIA_TYPES[fmt])
-    response.headers["Content-Disposition"] = f'attachment; filename="{table.name}.{fmt}"'
-    return response
+class LineageExport(LineageQuery):
+    format: Literal["csv", "parquet"] = Field(description="csv or parquet")
 
 
 @api_route(
@@ -107,7 +97,7 @@ def _download(table: Table, fmt: str) -> Response:
     summary="The generation history (filters as GET /api/v1/history, every row) as CSV or Parquet",
 )
 def export_history(query: HistoryExport):
-    return _download(history_table(get_sessions(), query), query.format)
+    return download(history_table(get_sessions(), query), query.format)
 
 
 @api_route(
@@ -119,7 +109,7 @@ def export_history(query: HistoryExport):
 )
 def export_samples(dataset_id: int, query: SampleExport):
     ds = get_dataset(get_db(), dataset_id)
-    return _download(samples_table(get_sessions(), ds.id, query.class_label, query.origin), query.format)
+    return download(samples_table(get_sessions(), ds.id, query.class_label, query.origin), query.format)
 
 
 @api_route(
@@ -131,4 +121,15 @@ def export_samples(dataset_id: int, query: SampleExport):
 )
 def export_points(embedding_id: int, query: TableExport):
     emb = get_embedding(get_db(), embedding_id)
-    return _download(points_table(get_sessions(), emb.id), query.format)
+    return download(points_table(get_sessions(), emb.id), query.format)
+
+
+@api_route(
+    bp,
+    "/exports/samples/<int:sample_id>/lineage",
+    methods=["GET"],
+    query=LineageExport,
+    summary="A sample's lineage edges (child_id, parent_id, role, weight, levels) as CSV or Parquet",
+)
+def export_lineage(sample_id: int, query: LineageExport):
+    return download(lineage_table(get_sessions(), sample_id, depth=query.depth), query.format)

@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import stat
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, send_file
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,18 +22,20 @@ from common.models.base import ID_SPELLING, MAX_ROW_ID, is_id_text, looks_numeri
 from common.platform.errors import NotFound
 from common.platform.storage import UnsafePath, resolve_inside
 from common.research import reads as research_reads
+from common.research.exports import history_table, lineage_table
 from common.research.generations import GenerateFromNeighborsParams
 from common.research.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
 from web.api import api_route
-from web.auth import get_db, get_settings
+from web.auth import get_db, get_sessions, get_settings
 from web.blueprints.jobs import JobOut
-from web.research import bound_ids, submit_kind
+from web.research import bound_ids, download, submit_kind
 
 log = logging.getLogger("latentlab.web")
 
 bp = Blueprint("samples", __name__, url_prefix="/api/v1")
 bp.url_value_preprocessor(bound_ids)
 
+FORMAT = Field(default="json", description="json (a page), or csv or parquet (every row, as a file)")
 IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
@@ -42,10 +44,12 @@ class LineageQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     depth: int = Field(default=6, ge=1, le=20, description="generations to follow up and down")
+    format: Literal["json", "csv", "parquet"] = FORMAT
 
 
 class HistoryParams(HistoryQuery):
     limit: int = Field(default=100, ge=1, le=500)
+    format: Literal["json", "csv", "parquet"] = FORMAT
 
     @field_validator("dataset")
     @classmethod
@@ -136,6 +140,8 @@ def _read_image(sample_id: int, stored: str) -> tuple[bytes, float]:
     summary="A sample's ancestors and descendants as a graph (nodes by level, parent → child edges)",
 )
 def get_lineage(sample_id: int, query: LineageQuery):
+    if query.format != "json":
+        return download(lineage_table(get_sessions(), sample_id, depth=query.depth), query.format)
     return lineage_graph(get_db(), sample_id, depth=query.depth)
 
 
@@ -148,6 +154,8 @@ def get_lineage(sample_id: int, query: LineageQuery):
     summary="Generations, newest first, filtered by creator, dataset, class, parent, mode, map and time",
 )
 def get_history(query: HistoryParams):
+    if query.format != "json":
+        return download(history_table(get_sessions(), query), query.format)
     rows = history(get_db(), query)
     next_offset = query.offset + query.limit if len(rows) == query.limit else None
     return {"generations": rows, "next_offset": next_offset}
