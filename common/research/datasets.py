@@ -33,11 +33,10 @@ from sqlalchemy.orm import Session
 from common import jobs
 from common.ml.activations import check_layers, flatten_activations, layer_map
 from common.models import Dataset, Job, Sample, User
-from common.models.base import row_id
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
-from common.platform.ids import refuse_odd_id
+from common.platform.ids import find_by_id_or_name
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
 from common.research.registry import get_model
 
@@ -51,13 +50,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
 
 def get_dataset(session: Session, ref: str | int) -> Dataset:
     """The dataset with id or name ``ref``; raises NotFound (UserError for an id spelt oddly: "٣", "007")."""
-    ds = None
-    if isinstance(ref, str):
-        refuse_odd_id(ref, "dataset")
-    if row_id(ref) is not None:
-        ds = session.get(Dataset, row_id(ref))
-    if ds is None and isinstance(ref, str):
-        ds = session.scalar(select(Dataset).where(Dataset.name == ref))
+    ds = find_by_id_or_name(session, Dataset, ref, "dataset")
     if ds is None:
         raise NotFound(f"No dataset '{ref}'.", field="dataset")
     return ds

@@ -19,10 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.models import GeneratorModel
-from common.models.base import row_id
 from common.platform.config import Settings
 from common.platform.errors import Conflict, NotFound, UserError
-from common.platform.ids import refuse_odd_id
+from common.platform.ids import find_by_id_or_name
 from common.platform.storage import atomic_writer, resolve_inside, sha256_file
 
 log = logging.getLogger(__name__)
@@ -47,13 +46,7 @@ def _stored_path(settings: Settings, path: Path) -> str:
 
 def get_model(session: Session, ref: str | int) -> GeneratorModel:
     """A model by id or name; NotFound lists the registered names."""
-    model = None
-    if isinstance(ref, str):
-        refuse_odd_id(ref, "model")
-    if row_id(ref) is not None:
-        model = session.get(GeneratorModel, row_id(ref))
-    if model is None and isinstance(ref, str):
-        model = session.scalar(select(GeneratorModel).where(GeneratorModel.name == ref))
+    model = find_by_id_or_name(session, GeneratorModel, ref, "model")
     if model is None:
         names = session.scalars(select(GeneratorModel.name).order_by(GeneratorModel.name)).all()
         raise NotFound(
