@@ -57,6 +57,7 @@ from common.maps.store import (
     z_digest,
 )
 from common.maps.transform import Reducer, UmapMap
+from common.platform.interrupt import call_interruptible
 
 __all__ = [
     "FORMAT",
@@ -180,8 +181,10 @@ def fit_reducer(
     PCA is fitted on a seeded random sample of at most 20,000 rows (and 2 GiB), then every row is
     projected; memory stays O(sample + n·d) whatever n·D is. Returns the reducer and the [n, 2] map.
 
-    ``check`` (no arguments) is called between phases and between UMAP's optimisation epochs; raising
-    from it stops the fit there (a job's cancel check). It never changes the result."""
+    ``check`` (no arguments) is called between phases and between UMAP's optimisation epochs, and every
+    0.1 s from a watcher thread while PCA fits and UMAP searches neighbours and compiles
+    (``common.platform.interrupt``); raising from it stops the fit there (a job's cancel check) and is
+    raised from this call. It never changes the result."""
     report = _Throttled(progress or (lambda f, m: None))
     t0 = time.perf_counter()
     info: dict[str, Any] = {"samples": int(n), "dim": int(dim)}
@@ -236,7 +239,7 @@ def fit_reducer(
             random_state=params.seed,
             copy=False,
         )
-        pca.fit(sample)
+        call_interruptible(lambda: pca.fit(sample), check)
         del sample
         pca_mean = pca.mean_.astype(np.float32)
         components = np.ascontiguousarray(pca.components_, dtype=np.float32)
@@ -263,7 +266,7 @@ def fit_reducer(
                 report(0.6, "UMAP: optimising the layout", force=True)
             check()
 
-    mp, xy, backend, note = fit_map(z, params, between_epochs)
+    mp, xy, backend, note = call_interruptible(lambda: fit_map(z, params, between_epochs), check)
     if note:
         info["backend_note"] = note
     info["fit_seconds"] = time.perf_counter() - t0

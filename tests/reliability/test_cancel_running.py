@@ -62,12 +62,22 @@ def test_a_dataset_chunk_stops_between_sampler_steps_when_cancelled(lab, tiny_mo
 
 
 def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
-    # a first fit in a fresh worker compiles pynndescent's kernels (minutes on a busy machine): longer limits
+    # a first fit in a fresh worker compiles umap-learn's kernels (minutes on a busy machine): longer limits
     roomy = lab.settings.with_(task_time_limit=900, visibility_timeout=1000, stale_after=1100)
     lab.worker(name="maps", settings=roomy)
     ds = lab.submit("generate_dataset", {"model": "tiny", "name": "fitme", "num_samples": 3000, "steps": 1})
     assert lab.wait(ds.id, timeout=600).status == "succeeded"
 
+    # the first fit, cancelled while UMAP searches neighbours and numba compiles its kernels (progress
+    # 0.35): before, the cancel waited for the first epoch (progress 0.6); it must stop before that
+    first = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})
+    running(lab, first.id, at_least=0.35)
+    assert lab.job(first.id).progress < 0.6, "the fit reached its epochs before the cancel; cancel sooner"
+    cancel_and_expect_stop(lab, first.id)
+    stopped = lab.job(first.id)
+    assert stopped.progress < 0.6, f"the cancel waited for the epochs: {stopped.progress_message}"
+
+    # the interrupted compile left nothing broken: the next fit in the same worker compiles and succeeds
     small = lab.submit(
         "fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "max_samples": 200, "name": "small"}
     )

@@ -1,0 +1,62 @@
+"""``call_interruptible``: a running Python call is stopped from outside once ``check`` raises, and
+nothing is left behind (no watcher thread, no interrupt pending after the call)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from common.platform.interrupt import call_interruptible
+
+
+class Stop(Exception):
+    pass
+
+
+def checker(after_calls: int):
+    calls = {"n": 0}
+
+    def check() -> None:
+        calls["n"] += 1
+        if calls["n"] > after_calls:
+            raise Stop("cancelled")
+
+    return check
+
+
+def spin_forever() -> None:
+    while True:
+        sum(range(100))
+
+
+def test_a_call_that_never_returns_is_stopped_with_what_check_raised():
+    with pytest.raises(Stop, match="cancelled"):
+        call_interruptible(spin_forever, checker(after_calls=2), poll_s=0.01)
+    assert [t for t in threading.enumerate() if t.name == "interrupt-watcher"] == []
+
+
+def test_a_library_that_catches_exception_is_still_stopped():
+    def swallowing() -> None:
+        while True:
+            try:
+                spin_forever()
+            except Exception:  # noqa: BLE001 - what a library might do around its own work
+                continue
+
+    with pytest.raises(Stop):
+        call_interruptible(swallowing, checker(after_calls=1), poll_s=0.01)
+
+
+def test_a_call_that_finishes_returns_its_result_and_no_interrupt_fires_later():
+    assert call_interruptible(lambda: 42, checker(after_calls=10**9), poll_s=0.01) == 42
+    # a call that ends as check starts to raise: whichever wins, nothing fires after the call
+    for _ in range(20):
+        try:
+            call_interruptible(lambda: time.sleep(0.01), checker(after_calls=0), poll_s=0.005)
+        except Stop:
+            pass
+    time.sleep(0.05)
+    assert sum(range(10)) == 45
+    assert call_interruptible(lambda: "ok", None) == "ok"
