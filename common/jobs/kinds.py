@@ -44,6 +44,12 @@ class JobKind:
     on_children_done: Callable[[Session, Job], dict | None] | None = None
     on_failed: Callable[[Session, Job], None] | None = None
     internal: bool = False  # spawned by other jobs only, never submitted through the API
+    # the queue for these params when it depends on them (a small reprojection is a click); default ``queue``
+    route: Callable[[BaseModel], str] | None = None
+
+    def queue_for(self, params: BaseModel) -> str:
+        """The queue a job of this kind with ``params`` (validated) goes to."""
+        return self.route(params) if self.route is not None else self.queue
 
 
 _table: dict[str, JobKind] | None = None

@@ -45,15 +45,16 @@ def submit(
         user = session.get(User, owner_id)
         if user is None or not user.active:
             raise NotFound("That user does not exist or is disabled.")
-        _check_quota(session, settings, user, spec.queue)
+        queue = spec.queue_for(model)
+        _check_quota(session, settings, user, queue)
         clean = model.model_dump(mode="json")
         if spec.prepare is not None:
             clean = spec.prepare(session, model, user, settings) or clean
         # the usual case, decided here rather than by a dispatch pass after the commit: nothing of this
         # queue is held and the owner is under the fair-share cap, so the job is reserved for publishing
         # in the transaction that creates it (and sent right after it)
-        direct = publisher is not None and _may_publish_now(session, settings, spec.queue, owner_id)
-        job = Job(kind=kind, queue=spec.queue, owner_id=owner_id, params=clean, parent_id=parent_id)
+        direct = publisher is not None and _may_publish_now(session, settings, queue, owner_id)
+        job = Job(kind=kind, queue=queue, owner_id=owner_id, params=clean, parent_id=parent_id)
         task_id = uuid.uuid4().hex
         if direct:
             job.published_at, job.celery_task_id = now(), task_id
@@ -62,9 +63,9 @@ def submit(
         job_id = job.id
         event = event_of(job)
     if direct:
-        _send_reserved(session_factory, publisher, job_id, kind, spec.queue, task_id, event)
+        _send_reserved(session_factory, publisher, job_id, kind, queue, task_id, event)
     else:
-        dispatch(session_factory, publisher, settings, spec.queue)
+        dispatch(session_factory, publisher, settings, queue)
     with session_factory() as session:
         return session.get(Job, job_id)
 

@@ -294,7 +294,12 @@ class ReprojectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     embedding: RowId
-    samples: list[RowId] | None = Field(default=None, max_length=100_000, description="default: all unplaced")
+    samples: list[RowId] | None = Field(
+        default=None,
+        max_length=100_000,
+        description="default: all unplaced; up to 256 ids run on the interactive queue (a click), more on "
+        "the embed queue",
+    )
 
 
 def prepare_reproject(session: Session, params: ReprojectParams, owner: User, settings: Settings) -> None:
@@ -335,6 +340,7 @@ def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any
         emb_id = emb.id
     placed = 0
     for a in range(0, len(rows), 1024):
+        ctx.check()
         part = rows[a : a + 1024]
         x = read_activations(ctx.settings, [(r[1], r[2]) for r in part], reducer.layers)
         xy = reducer.transform(x)
@@ -410,7 +416,19 @@ def points_columns(session: Session, emb: Embedding, after: int | None = None) -
 FIT_EMBEDDING_KIND = jobs.JobKind(
     "fit_embedding", "embed", FitEmbeddingParams, prepare=prepare_fit_embedding, on_failed=on_fit_failed
 )
-REPROJECT_KIND = jobs.JobKind("reproject", "embed", ReprojectParams, prepare=prepare_reproject)
+REPROJECT_INTERACTIVE_MAX = 256  # a reprojection of at most this many listed samples is a click
+
+
+def reproject_queue(params: ReprojectParams) -> str:
+    """``interactive`` for a few listed samples (a click: placed in well under a second, never behind a
+    dataset chunk or a fit), ``embed`` for more, or for "every unplaced sample" (any number)."""
+    few = params.samples is not None and len(params.samples) <= REPROJECT_INTERACTIVE_MAX
+    return "interactive" if few else "embed"
+
+
+REPROJECT_KIND = jobs.JobKind(
+    "reproject", "embed", ReprojectParams, prepare=prepare_reproject, route=reproject_queue
+)
 
 KINDS = (
     FIT_EMBEDDING_KIND,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from common import jobs
-from common.models import EmbeddingPoint, User
+from common.models import EmbeddingPoint, Sample, User
 from tests.support.waiting import wait_until
 
 STOP_BOUND = 30.0  # seconds from cancel() to the final row: a bound for a stuck job, never a figure
@@ -99,3 +99,27 @@ def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     )
     running(lab, gen.id)
     cancel_and_expect_stop(lab, gen.id)
+
+    # a reprojection of a few points is a click (interactive queue); "every unplaced sample" is batch work
+    with lab.sessions() as s:
+        unplaced = s.scalars(
+            select(Sample.id)
+            .where(Sample.dataset_id == ds.params["dataset_id"], Sample.id.not_in(ids))
+            .order_by(Sample.id)
+            .limit(3)
+        ).all()
+    # both cancelled while they wait behind a running ping on this one worker: neither ever runs
+    blocker = lab.submit("ping", {"seconds": 600, "steps": 1})
+    running(lab, blocker.id)
+    few = lab.submit("reproject", {"embedding": emb_id, "samples": unplaced})
+    everything = lab.submit("reproject", {"embedding": emb_id})
+    assert (few.queue, everything.queue) == ("interactive", "embed")
+    with lab.sessions() as s:
+        user = s.get(User, lab.owner.id)
+    for job in (few, everything):
+        assert jobs.cancel(lab.sessions, job.id, user, lab.publisher).status == "cancelled"
+    cancel_and_expect_stop(lab, blocker.id)
+    assert [lab.job(j.id).started_at for j in (few, everything)] == [None, None]
+    again = lab.submit("reproject", {"embedding": emb_id, "samples": unplaced})
+    placed = lab.wait(again.id, timeout=120)
+    assert (placed.status, placed.queue, placed.result["placed"]) == ("succeeded", "interactive", 3)

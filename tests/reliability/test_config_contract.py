@@ -13,8 +13,10 @@ from sqlalchemy import update
 
 from common.jobs import KINDS, get_kind, now
 from common.jobs.broker import MARKER_PREFIX, celery_config, soft_time_limit, task_name
+from common.jobs.kinds import parse_params
 from common.models import Job
 from common.platform.config import ConfigError, Settings
+from common.research.embeddings import REPROJECT_INTERACTIVE_MAX
 from tests.reliability.support import log_lines, trace_of
 from tests.support.waiting import wait_until
 
@@ -63,6 +65,16 @@ def test_interactive_and_batch_work_use_separate_queues():
         "fit_embedding": "embed",
         "reproject": "embed",
     }
+    # a reprojection of a few listed points is a click; more, or "every unplaced sample", is batch work
+    spec = get_kind("reproject")
+    few, most = REPROJECT_INTERACTIVE_MAX, REPROJECT_INTERACTIVE_MAX + 1
+    for params, queue in (
+        ({"embedding": 1, "samples": list(range(1, few + 1))}, "interactive"),
+        ({"embedding": 1, "samples": [7]}, "interactive"),
+        ({"embedding": 1, "samples": list(range(1, most + 1))}, "embed"),
+        ({"embedding": 1}, "embed"),
+    ):
+        assert spec.queue_for(parse_params(spec, params)) == queue, params
 
 
 def test_worker_refuses_a_pickled_message_and_consumes_only_its_queues(lab, tiny_model):
