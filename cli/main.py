@@ -190,25 +190,14 @@ def worker(queues: str, concurrency: int | None, pool: str, hostname: str | None
 @click.option("--threads", default=8, show_default=True, type=int)
 def web(host: str, port: int, threads: int) -> None:
     """Serve the web app with waitress (a production WSGI server)."""
-    from waitress import serve
-
     from web.app import create_app
+    from web.server import serve
 
     settings = load_settings()
     require_schema(settings)
     app = create_app(settings)
     click.echo(f"latentlab web on http://{host}:{port}/")
-    serve(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        ident="latentlab",
-        channel_timeout=300,
-        # a larger Content-Length is refused before any of the body is read (waitress's default is 1 GiB,
-        # buffered to disk before Flask could check it)
-        max_request_body_size=settings.max_body_bytes,
-    )
+    serve(app, settings, host=host, port=port, threads=threads)
 
 
 @main.command()

@@ -65,7 +65,11 @@ def _sentence(exc: HTTPException, status: int) -> str:
 
 def body_limit() -> str:
     """The body limit in words: "1 MB" (MiB, as everywhere here), else a count of bytes."""
-    limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+    return limit_in_words(current_app.config.get("MAX_CONTENT_LENGTH") or 0)
+
+
+def limit_in_words(limit: int) -> str:
+    """A byte limit as the API says it: "1 MB" (MiB, as everywhere here), else a count of bytes."""
     return f"{limit // 2**20} MB" if limit and limit % 2**20 == 0 else f"{limit:,} bytes"
 
 

@@ -5,6 +5,7 @@ Runs against the real database (``--db=postgres`` too: PostgreSQL refuses NUL in
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -220,7 +221,7 @@ def test_flask_answers_413_with_a_sentence_from_the_body_setting(settings, sessi
 
 
 def raw_request(port: int, head: str) -> bytes:
-    """Send only a request head (no body) and read what the server answers."""
+    """Send only a request head (no body) and read what the server answers, until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head.encode())
         chunks = []
@@ -232,8 +233,6 @@ def raw_request(port: int, head: str) -> bytes:
             if not data:
                 break
             chunks.append(data)
-            if b"\r\n\r\n" in b"".join(chunks) and len(b"".join(chunks)) > 50:
-                break
         return b"".join(chunks)
 
 
@@ -251,13 +250,35 @@ def test_waitress_refuses_a_large_content_length_before_reading_the_body(setting
                 "Content-Length: 10000000000\r\nConnection: close\r\n\r\n"
             )
             answer = raw_request(port, head)
-            # answered without our sending a byte of the 10 GB body
+            # answered without our sending a byte of the 10 GB body, in the API's JSON with a sentence
             assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            status, headers, body = split_answer(answer)
+            assert headers["content-type"] == "application/json", answer[:300]
+            assert json.loads(body) == {
+                "error": "The request body is larger than 1 MB; send less data in one request."
+            }
+        # one byte over the limit is refused the same way; at the limit, the app reads it (and answers)
+        limit = settings.max_body_bytes
+        over = f"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: {limit + 1}\r\n\r\n"
+        assert split_answer(raw_request(port, over))[0] == 413
+        # a request waitress cannot parse is refused in JSON too (400, not a plain-text page)
+        bad = "POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\nConnection: close\r\n\r\n"
+        status, headers, body = split_answer(raw_request(port, bad))
+        assert status == 400 and headers["content-type"] == "application/json"
+        assert "malformed" in json.loads(body)["error"]
         small = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
         assert raw_request(port, small).split(b" ", 2)[1] in (b"200", b"503")
     finally:
         web.stop()
     assert "Traceback" not in web.log_text()
+
+
+def split_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP answer as (status, lower-cased headers, body)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
 # -- 9. names and weights -------------------------------------------------------------------------------
