@@ -8,7 +8,8 @@ counts every queued job ahead of it, chunks included (``common.jobs.reads.queue_
 
 The job list holds active top-level jobs in queue order: per queue, running jobs (oldest first), then
 queued ones by position. The viewer's own jobs (an admin's: everyone's) come in full
-(``common.jobs.job_to_dict``); other members' jobs only as ``REDUCED_KEYS``.
+(``common.jobs.job_to_dict``, long list parameters cut as in job listings: ``listed_params``); other
+members' jobs only as ``REDUCED_KEYS``.
 
 ``visible_event`` is the rule of the job event stream: which published job events a viewer sees.
 
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.jobs.broker import QUEUES
 from common.jobs.reads import queue_positions
-from common.jobs.views import event_for, job_to_dict
+from common.jobs.views import event_for, job_to_dict, listed_params
 from common.models import Job, User
 from common.models.jobs import ACTIVE_STATUSES
 
@@ -80,7 +81,7 @@ def queue_summary(
             full = job_to_dict(job, position=position, owner_name=owner)
             full["published_at"] = job.published_at.isoformat() if job.published_at else None
             full["mine"] = job.owner_id == viewer_id
-            listed.append(full)
+            listed.append(listed_params(full))
         else:
             reduced = {
                 "queue": job.queue,

@@ -40,6 +40,23 @@ def job_to_dict(job: Job, *, position: int | None = None, owner_name: str | None
     }
 
 
+LISTED_ITEMS = 20  # a list parameter longer than this is cut to its first items where jobs are listed
+
+
+def listed_params(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (a ``job_to_dict``) as a row of a listing: a long list parameter (a reproject of 100,000
+    ids) keeps its first ``LISTED_ITEMS`` items and is named, with its length, in ``params_truncated``.
+    Job listings and the queue summary (``GET /api/v1/queues``, the ``queues`` event every few seconds)
+    show jobs this way; the job itself (``GET /api/v1/jobs/<id>``) has them all."""
+    params = out.get("params")
+    if isinstance(params, dict):
+        long = {k: len(v) for k, v in params.items() if isinstance(v, list) and len(v) > LISTED_ITEMS}
+        if long:
+            out["params"] = {k: v[:LISTED_ITEMS] if k in long else v for k, v in params.items()}
+            out["params_truncated"] = long
+    return out
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1-based place of a queued job in its queue (jobs ahead of it + 1); None when not queued."""
     if job.status != "queued":

@@ -4,6 +4,7 @@ pruned after their retention (``latentlab jobs prune``, and the reaper)."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -57,6 +58,41 @@ def test_a_job_listing_cuts_long_parameters_and_the_job_itself_has_them_all(worl
     assert listed["params"]["embedding"] == world.lab.embedding_id
     full = get(world, f"/api/v1/jobs/{job_id}").json
     assert full["params"]["samples"] == ids and full.get("params_truncated") is None
+
+
+def test_the_queue_summary_and_its_live_event_cut_long_parameters_too(world: World):
+    ids = list(range(1, 100_001))
+    with world.sessions.begin() as s:
+        job = Job(
+            kind="reproject",
+            queue="embed",
+            owner_id=world.users["A"],
+            params={"embedding": world.lab.embedding_id, "samples": ids},
+            status="queued",
+        )
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    try:
+        summary = get(world, "/api/v1/queues").json
+        shown = next(j for j in summary["jobs"] if j.get("id") == job_id)
+        assert shown["params"]["samples"] == ids[:20] and shown["params_truncated"] == {"samples": 100_000}
+        # the same summary is the ``queues`` event the live stream sends at once and every few seconds
+        res = world.app.test_client().get("/api/v1/events", headers=world.bearer("A"), buffered=False)
+        frames = b""
+        for frame in res.response:
+            frames += frame
+            if b"event: queues" in frames and frames.endswith(b"\n\n"):
+                break
+        res.close()
+        data = json.loads(frames.split(b"event: queues\ndata: ", 1)[1].split(b"\n", 1)[0])
+        streamed = next(j for j in data["jobs"] if j.get("id") == job_id)
+        assert streamed["params"]["samples"] == ids[:20]
+        assert streamed["params_truncated"] == {"samples": 100_000}
+        assert len(frames) < 20_000, len(frames)  # the 100,000 ids (about 700 kB) are not repeated
+    finally:
+        with world.sessions.begin() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
 
 
 def test_tokens_expire_and_admins_list_and_revoke_a_members_token(world: World):

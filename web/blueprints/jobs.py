@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 import common.research.kinds  # noqa: F401  (registers every job kind)
 from common import jobs
 from common.jobs import reads as job_reads
+from common.jobs.views import listed_params
 from common.models import Job
 from common.models.base import RowId
 from common.models.jobs import JOB_STATUSES
@@ -104,21 +105,13 @@ class KindList(BaseModel):
     kinds: list[KindOut]
 
 
-LISTED_ITEMS = 20  # a list parameter longer than this is cut to its first items in job listings
-
-
 def job_out(job: Job, owner: str | None, position: int | None, *, listed: bool = False) -> dict[str, Any]:
     """A job as the API answers it; ``listed``: as a row of ``GET /api/v1/jobs``, where a long list
     parameter (a reproject of 100,000 ids) keeps its first ``LISTED_ITEMS`` items and is named in
-    ``params_truncated`` (``GET /api/v1/jobs/<id>`` has them all)."""
+    ``params_truncated`` (``GET /api/v1/jobs/<id>`` has them all; ``common.jobs.views.listed_params``)."""
     out = jobs.job_to_dict(job, position=position, owner_name=owner)
     out["published_at"] = job.published_at.isoformat() if job.published_at else None
-    if listed and isinstance(out["params"], dict):
-        long = [k for k, v in out["params"].items() if isinstance(v, list) and len(v) > LISTED_ITEMS]
-        if long:
-            out["params"] = {k: v[:LISTED_ITEMS] if k in long else v for k, v in out["params"].items()}
-            out["params_truncated"] = {k: len(job.params[k]) for k in long}
-    return out
+    return listed_params(out) if listed else out
 
 
 def _detail(db: Session, job_id: int, user: Principal) -> dict[str, Any]:
