@@ -7,9 +7,9 @@ import json
 import re
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 
-from common.models import Job, Sample
+from common.models import Dataset, Job, Sample
 from tests.e2e.lab import artifacts_dir
 from tests.support.waiting import wait_for_job
 
@@ -438,3 +438,66 @@ def test_plotly_is_served_by_the_app_and_only_the_explorer_allows_eval(lab, sign
     for path in ("/datasets", "/jobs", "/history", f"/datasets/{lab.dataset_id}"):
         csp = page.request.get(f"{lab.url}{path}").headers["content-security-policy"]
         assert "script-src 'self';" in csp and "unsafe" not in csp
+
+
+def test_long_lists_of_datasets_and_jobs_show_more_on_request(lab, signed_in):
+    # more rows than one page: 100 datasets more (the page shows 100 at first) and 55 jobs (50 at first)
+    with lab.sessions.begin() as s:
+        base = s.get(Dataset, lab.dataset_id)
+        copies = ("model_id", "layers", "layer_shapes", "layer_modules", "classes", "checkpoint_sha256")
+        extra = [
+            Dataset(
+                name=f"paged-{i:03d}",
+                **{k: getattr(base, k) for k in (*copies, "code_version")},
+                seed=i,
+                target_size=0,
+                status="ready",
+                owner_id=lab.users["alice"],
+            )
+            for i in range(100)
+        ]
+        pings = [
+            Job(
+                kind="ping",
+                queue="interactive",
+                owner_id=lab.users["alice"],
+                params={"seconds": 0},
+                status="succeeded",
+            )
+            for _ in range(55)
+        ]
+        s.add_all([*extra, *pings])
+        s.flush()
+        made = ([d.id for d in extra], [j.id for j in pings])
+    rows = "document.querySelectorAll('#datasets-list tbody tr').length"
+    try:
+        alice = signed_in("alice")
+        page = alice.goto("/datasets")
+        page.wait_for_function(f"() => {rows} === 100")
+        page.click("#datasets-list button[data-more]")
+        page.wait_for_function(f"() => {rows} > 100")
+        total = page.evaluate(rows)
+        with lab.sessions() as s:
+            assert total == s.scalar(select(func.count(Dataset.id)))
+        assert page.locator("#datasets-list button[data-more]").count() == 0  # all shown: no more link
+
+        page = alice.goto("/jobs")
+        jobs_rows = "document.querySelectorAll('[data-jobs] tr').length - 1"  # minus the header row
+        page.wait_for_function(f"() => {jobs_rows} === 50")
+        page.click("[data-jobs] button[data-more]", timeout=30_000)
+        page.wait_for_function(f"() => {jobs_rows} > 50")
+        shown = page.evaluate(jobs_rows)
+        with lab.sessions() as s:
+            assert shown == min(
+                100,
+                s.scalar(
+                    select(func.count(Job.id)).where(
+                        Job.owner_id == lab.users["alice"], Job.parent_id.is_(None)
+                    )
+                ),
+            )
+        assert not alice.page_errors and not alice.csp_violations()
+    finally:
+        with lab.sessions.begin() as s:
+            s.execute(delete(Dataset).where(Dataset.id.in_(made[0])))
+            s.execute(delete(Job).where(Job.id.in_(made[1])))

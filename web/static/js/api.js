@@ -69,3 +69,21 @@ export function currentUser() {
   const b = document.body.dataset;
   return { id: Number(b.userId || 0), username: b.username || "", admin: b.admin === "true" };
 }
+
+// The first `count` items of a paged list endpoint (fewer when the list is shorter), read page by page,
+// and whether more follow: `{ items, more }`. `key` names the list in the answer; pages follow the
+// answer's `next_offset` (datasets, maps, tokens) or `next_before` (jobs). At most 500 rows a request.
+export async function firstItems(path, key, count, pageSize = 100) {
+  const items = [];
+  const sep = path.includes("?") ? "&" : "?";
+  let cursor = "";
+  for (;;) {
+    const limit = Math.min(pageSize, count - items.length, 500);
+    const data = await api(`${path}${sep}limit=${limit}${cursor}`);
+    items.push(...(data[key] || []));
+    if (data.next_offset != null) cursor = `&offset=${data.next_offset}`;
+    else if (data.next_before != null) cursor = `&before=${data.next_before}`;
+    else return { items, more: false };
+    if (items.length >= count) return { items, more: true };
+  }
+}

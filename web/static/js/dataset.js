@@ -1,8 +1,8 @@
 // One dataset: its facts, its maps (and a form to fit a new one), and a paged sample grid with a class
 // filter.
-import { api } from "./api.js";
+import { api, firstItems } from "./api.js";
 import { getLive } from "./live.js";
-import { className, fmt, h, jobStatus, progressBar, say, showError, thumb, when } from "./ui.js";
+import { className, fmt, h, jobStatus, moreButton, progressBar, say, showError, thumb, when } from "./ui.js";
 
 const page = document.getElementById("dataset-page");
 const datasetId = Number(page.dataset.datasetId);
@@ -72,10 +72,12 @@ async function loadDataset() {
   }
 }
 
+const MAPS_PAGE = 100; // maps shown per "more"
+let mapsShown = MAPS_PAGE;
+
 async function loadMaps() {
   try {
-    const data = await api(`/api/v1/embeddings?dataset=${datasetId}`);
-    const maps = data.embeddings || [];
+    const { items: maps, more } = await firstItems(`/api/v1/embeddings?dataset=${datasetId}`, "embeddings", mapsShown);
     if (!maps.length) {
       els.maps.replaceChildren(h("p", { class: "muted", text: "No map of this dataset yet: fit one below." }));
       return;
@@ -103,6 +105,10 @@ async function loadMaps() {
           ),
         ),
       ),
+      moreButton(more, `Show ${MAPS_PAGE} more maps`, () => {
+        mapsShown += MAPS_PAGE;
+        loadMaps();
+      }),
     );
     if (maps.some((m) => m.status === "fitting")) setTimeout(loadMaps, 3000);
   } catch (err) {

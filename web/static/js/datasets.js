@@ -1,7 +1,7 @@
 // The datasets page: every dataset with its progress, and a form that enqueues generate_dataset.
-import { api, ApiError } from "./api.js";
+import { api, ApiError, firstItems } from "./api.js";
 import { describeMode, getLive } from "./live.js";
-import { fmt, h, jobStatus, progressBar, say, showError, when } from "./ui.js";
+import { fmt, h, jobStatus, moreButton, progressBar, say, showError, when } from "./ui.js";
 
 const listEl = document.getElementById("datasets-list");
 const errorEl = document.getElementById("datasets-error");
@@ -12,8 +12,10 @@ const layersEl = document.getElementById("ds-layers");
 const messageEl = document.getElementById("create-message");
 const jobEl = document.getElementById("create-job");
 const DEFAULT_LAYERS = ["encoder_bottleneck", "midblock"];
+const PAGE = 100; // datasets shown per "more"
 let models = [];
 let timer = null;
+let shown = PAGE;
 
 function mapsCell(ds, maps) {
   const mine = maps.filter((m) => m.dataset_id === ds.id);
@@ -27,7 +29,7 @@ function mapsCell(ds, maps) {
   );
 }
 
-function render(datasets, maps) {
+function render(datasets, maps, more) {
   if (!datasets.length) {
     listEl.replaceChildren(h("p", { class: "muted", text: "No datasets yet: generate one below." }));
     return;
@@ -52,16 +54,26 @@ function render(datasets, maps) {
       h("td", { text: when(ds.created_at) }),
     );
   });
-  listEl.replaceChildren(h("table", { class: "data" }, h("thead", {}, h("tr", {}, ...head)), h("tbody", {}, ...rows)));
+  listEl.replaceChildren(
+    h("table", { class: "data" }, h("thead", {}, h("tr", {}, ...head)), h("tbody", {}, ...rows)),
+    moreButton(more, `Show ${PAGE} more datasets`, () => {
+      shown += PAGE;
+      refresh();
+    }),
+  );
 }
 
 async function refresh() {
   clearTimeout(timer);
   try {
-    const [ds, emb] = await Promise.all([api("/api/v1/datasets"), api("/api/v1/embeddings")]);
-    render(ds.datasets || [], emb.embeddings || []);
+    // every map (for the maps column), and the datasets page by page up to what is shown
+    const [ds, emb] = await Promise.all([
+      firstItems("/api/v1/datasets", "datasets", shown),
+      firstItems("/api/v1/embeddings", "embeddings", 10_000, 500),
+    ]);
+    render(ds.items, emb.items, ds.more);
     showError(errorEl, "");
-    const busy = (ds.datasets || []).some((d) => d.status === "generating") || (emb.embeddings || []).some((e) => e.status === "fitting");
+    const busy = ds.items.some((d) => d.status === "generating") || emb.items.some((e) => e.status === "fitting");
     if (busy) timer = setTimeout(refresh, getLive().mode === "live" ? 5000 : 2000);
   } catch (err) {
     showError(errorEl, `Could not load the datasets: ${err.message}`);

@@ -1,6 +1,6 @@
 // The jobs list ([data-jobs] elements) and the home page's test-job button.
-import { api, ApiError } from "./api.js";
-import { jobNote, when } from "./ui.js";
+import { api, ApiError, firstItems } from "./api.js";
+import { jobNote, moreButton, when } from "./ui.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
@@ -85,20 +85,26 @@ function table(jobs, refresh) {
 
 function mount(container) {
   const limit = Number(container.dataset.limit) || 50;
+  let shown = limit; // grows by `limit` with each "older jobs"
   let timer = null;
 
   async function refresh() {
     clearTimeout(timer);
     let delay = 10000;
     try {
-      const data = await api(`/api/v1/jobs?limit=${limit}`);
+      const { items, more } = await firstItems("/api/v1/jobs", "jobs", shown, limit);
+      const data = { jobs: items };
       if (data.jobs.length === 0) {
         const empty = document.createElement("p");
         empty.className = "muted";
         empty.textContent = "No jobs yet.";
         container.replaceChildren(empty);
       } else {
-        container.replaceChildren(table(data.jobs, refresh));
+        const older = moreButton(more, `Show ${limit} older jobs`, () => {
+          shown += limit;
+          refresh();
+        });
+        container.replaceChildren(table(data.jobs, refresh), older);
       }
       if (data.jobs.some((j) => ACTIVE.has(j.status))) delay = 1000;
     } catch (err) {

@@ -114,3 +114,11 @@ export function jobStatus(job, { what = "job", onCancel = null } = {}) {
   }
   return line;
 }
+
+// The "more" link under a paged list: a button that shows the next page (`onMore`), or nothing.
+export function moreButton(more, text, onMore) {
+  if (!more) return "";
+  const button = h("button", { type: "button", class: "more", "data-more": "", text });
+  button.addEventListener("click", onMore);
+  return button;
+}
