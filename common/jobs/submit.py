@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.jobs.broker import Publisher
 from common.jobs.dispatch import _held, _send_reserved, dispatch
 from common.jobs.kinds import get_kind, parse_params
-from common.jobs.terminal import terminate
+from common.jobs.terminal import settle_parent, terminate
 from common.jobs.views import event_for, event_of
 from common.models import Job, User
 from common.models import utcnow as now
@@ -127,11 +127,23 @@ def cancel(
 
 
 def _cancel_tree(session: Session, job: Job) -> None:
-    # the children are not settled one by one: their parent (``job``) is decided just below
-    for target in [job, *job.children]:
-        if target.status == "queued":
-            terminate(session, target, "cancelled", message="cancelled before it started", settle=False)
-        elif target.status == "running":
-            target.cancel_requested = True
-    if job.status == "running" and job.children and all(c.is_final for c in job.children):
-        terminate(session, job, "cancelled", settle=False)
+    # Rows are locked children first, then the parent: a worker ending a chunk locks the chunk, then its
+    # parent (``settle_parent``), so the reverse order deadlocked on PostgreSQL, which aborted the
+    # worker's ending and left the chunk "running" (and its parent) until the reaper found it stale.
+    # The children are not settled one by one: their parent (``job``) is decided after them.
+    children = sorted(job.children, key=lambda c: c.id)
+    for child in children:
+        if child.status == "queued":
+            terminate(session, child, "cancelled", message="cancelled before it started", settle=False)
+        elif child.status == "running":
+            child.cancel_requested = True
+    session.flush()  # the children's locks first
+    if job.status == "queued":
+        terminate(session, job, "cancelled", message="cancelled before it started", settle=False)
+    elif job.status == "running":
+        job.cancel_requested = True
+    session.flush()
+    if job.status == "running" and children:
+        for child in children:  # read again: a chunk may have ended while this waited for its lock
+            session.expire(child)
+        settle_parent(session, job.id)

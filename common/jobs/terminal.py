@@ -67,7 +67,11 @@ def _run_on_failed(session: Session, job: Job) -> None:
 def settle_parent(session: Session, parent_id: int) -> None:
     """Update a parent job from its children: progress; succeeded when all succeeded; failed or
     cancelled when any child ended so and none is still active."""
-    parent = session.execute(select(Job).where(Job.id == parent_id).with_for_update()).scalar_one_or_none()
+    # read under the lock as it is now (not as this session last saw it): another transaction may have
+    # settled it meanwhile
+    locked = select(Job).where(Job.id == parent_id).with_for_update()
+    locked = locked.execution_options(populate_existing=True)
+    parent = session.execute(locked).scalar_one_or_none()
     if parent is None or parent.is_final:
         return
     children = parent.children

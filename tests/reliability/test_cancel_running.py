@@ -7,6 +7,7 @@ how soon it stops."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from common import jobs
@@ -61,6 +62,7 @@ def test_a_dataset_chunk_stops_between_sampler_steps_when_cancelled(lab, tiny_mo
     assert lab.count_samples(job.params["dataset_id"]) == 0
 
 
+@pytest.mark.timeout(1200)  # three fits, the first compiling umap-learn: over 10 min on a busy 2-core machine
 def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     # a first fit in a fresh worker compiles umap-learn's kernels (minutes on a busy machine): longer limits
     roomy = lab.settings.with_(task_time_limit=900, visibility_timeout=1000, stale_after=1100)
