@@ -272,6 +272,7 @@ def generate(
     sigmas = karras_sigmas(steps, sigma_max, sigma_min, rho)
     state_dtype = torch.float32 if dev.type == "mps" else torch.float64
     chunks = [(a, min(a + K, B)) for a in range(0, B, K)]
+    pinned = dev.type == "cuda"  # activations leave the GPU without stalling the next micro-batch
 
     # One mask context per chunk: a [1, C, H, W] mask is shared, a [B, C, H, W] one is sliced and padded.
     mask_ctxs: list[ActivationMask] | None = None
@@ -310,11 +311,15 @@ def generate(
             with ExitStack() as stack:
                 if mask_ctxs is not None and (mask_steps is None or step < mask_steps):
                     stack.enter_context(mask_ctxs[c])
-                cap = stack.enter_context(ActivationCapture(model, capture)) if last and capture else None
+                cap = (
+                    stack.enter_context(ActivationCapture(model, capture, pinned=pinned))
+                    if last and capture
+                    else None
+                )
                 outs.append(model(xc, sigma_t, yc)[:n])  # [n, C, R, R]
             if cap is not None:
-                for name in capture:
-                    captured[name].append(cap.activations[name][:n].numpy())
+                for name in capture:  # read after the stream is synchronised (non-blocking copies)
+                    captured[name].append(cap.activations[name][:n])
         return torch.cat(outs)  # [B, C, R, R] float32
 
     noise = make_noise(seeds, (C, R, R)).to(dev)  # [B, C, R, R]
@@ -334,9 +339,12 @@ def generate(
             d_prime = (x_next - denoise(x_next, t_next, i, last=False).to(state_dtype)) / t_next
             x = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
 
-    activations = {n: np.concatenate(parts) for n, parts in captured.items()} if captured else None
+    images = to_uint8(img)  # a blocking copy: every activation copy queued before it has landed
+    if pinned:
+        torch.cuda.synchronize(dev)
+    activations = {n: torch.cat(parts).numpy() for n, parts in captured.items()} if captured else None
     return GenerationResult(
-        images=to_uint8(img),
+        images=images,
         activations=activations,
         images_float=img.detach().to("cpu", torch.float32).numpy() if return_float else None,
         sigmas=sigmas,
