@@ -108,51 +108,69 @@ def write_measured(data_root: Path, checkpoint_sha256: str, device: str, micro_b
     os.replace(tmp, path)
 
 
+def pick_largest(candidates, peak_mib, budget_mib: float, where: str = "the device") -> int:
+    """Usage: ``pick_largest((16, 32, 64), peak_mib, 8192)`` -> the largest candidate, in increasing order,
+    whose ``peak_mib(b)`` is within the budget, stopping at the first that is not (or raises MemoryError).
+
+    Any other failure, or no candidate fitting, is logged and gives ``SAFE_MICRO_BATCH``: a worker never
+    crash-loops on its measurement."""
+    best = None
+    try:
+        for b in candidates:
+            try:
+                peak = peak_mib(b)
+            except MemoryError:
+                break
+            if peak > budget_mib:
+                break
+            best = b
+    except Exception:  # noqa: BLE001 - a measurement must never take the worker down
+        log.warning("micro-batch measurement failed on %s; using %d", where, SAFE_MICRO_BATCH, exc_info=True)
+        return SAFE_MICRO_BATCH
+    if best is None:
+        log.warning(
+            "micro-batch measurement: not even %d fits %s MiB on %s; using %d",
+            candidates[0],
+            budget_mib,
+            where,
+            SAFE_MICRO_BATCH,
+        )
+        return SAFE_MICRO_BATCH
+    log.info("micro-batch measured on %s: %d within %s MiB", where, best, budget_mib)
+    return best
+
+
 def measure_micro_batch(model, budget_mib: float, *, candidates=_CANDIDATES) -> int:
     """Usage: ``measure_micro_batch(net, 8192)`` -> the largest candidate batch whose forward pass (no
-    grad, the model's dtype) peaks within ``budget_mib`` of device memory, measured with one call each.
-
-    CPU models get ``CPU_MICRO_BATCH`` (nothing to measure: host memory is not the limit there). Any
-    failure (out of memory at the first candidate, a driver error) is logged and gives
-    ``SAFE_MICRO_BATCH``: a worker never crash-loops on its measurement."""
+    grad, the model's dtype) peaks within ``budget_mib`` of device memory, one call each
+    (``pick_largest``: a failure gives ``SAFE_MICRO_BATCH``). CPU models get ``CPU_MICRO_BATCH``
+    (nothing to measure: host memory is not the limit there)."""
     import torch
 
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     if device.type != "cuda":
         return CPU_MICRO_BATCH
-    best = None
+
+    def peak_mib(b: int) -> float:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        side = model.img_resolution
+        x = torch.randn(b, model.img_channels, side, side, device=device)  # [b, C, R, R]
+        sigma = torch.full((b,), 1.0, device=device)
+        labels = torch.zeros(b, model.label_dim, device=device) if model.label_dim else None
+        try:
+            with torch.no_grad():
+                model(x, sigma, labels)
+            torch.cuda.synchronize(device)
+        except torch.cuda.OutOfMemoryError:
+            raise MemoryError(f"batch {b}") from None
+        finally:
+            del x, sigma, labels
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
     try:
-        for b in candidates:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            x = torch.randn(b, model.img_channels, model.img_resolution, model.img_resolution, device=device)
-            sigma = torch.full((b,), 1.0, device=device)
-            labels = torch.zeros(b, model.label_dim, device=device) if model.label_dim else None
-            try:
-                with torch.no_grad():
-                    model(x, sigma, labels)
-                torch.cuda.synchronize(device)
-            except torch.cuda.OutOfMemoryError:
-                break
-            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-            if peak > budget_mib:
-                break
-            best = b
-    except Exception:  # noqa: BLE001 - a measurement must never take the worker down
-        log.warning("micro-batch measurement failed on %s; using %d", device, SAFE_MICRO_BATCH, exc_info=True)
-        return SAFE_MICRO_BATCH
+        return pick_largest(candidates, peak_mib, budget_mib, str(device))
     finally:
         torch.cuda.empty_cache()
-    if best is None:
-        log.warning(
-            "micro-batch measurement: not even %d fits %s MiB on %s; using %d",
-            candidates[0],
-            budget_mib,
-            device,
-            SAFE_MICRO_BATCH,
-        )
-        return SAFE_MICRO_BATCH
-    log.info("micro-batch measured on %s: %d within %s MiB", device, best, budget_mib)
-    return best

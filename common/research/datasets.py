@@ -27,7 +27,6 @@ Usage (a worker)::
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +44,7 @@ from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
 from common.platform.ids import find_by_id_or_name
 from common.platform.storage import sweep_temp_files
+from common.research.micro_batches import default_micro_batch, measure_once, out_of_memory
 from common.research.registry import get_model
 from common.research.shards import (  # noqa: F401 - the file layout's names, re-exported where they were
     BackgroundWriter,
@@ -201,15 +201,6 @@ def prepare_generate_dataset(
         micro_batch=ds.micro_batch,
     )
     return out
-
-
-def default_micro_batch(settings: Settings, model) -> int:
-    """The micro-batch of a new dataset asked without one: ``LATENTLAB_MICRO_BATCH``, or (0) what a GPU
-    worker measured for this checkpoint (``SAFE_MICRO_BATCH`` before any measurement), within the budget."""
-    b = settings.micro_batch
-    if b == 0:
-        b = batching.read_measured(settings.data_root, model.checkpoint_sha256) or batching.SAFE_MICRO_BATCH
-    return min(b, batching.largest_fitting(model.config, settings.micro_batch_memory_mb, model.architecture))
 
 
 def _check_growable(session, ds: Dataset, model_id, layers, params, steps, classes) -> None:
@@ -381,16 +372,22 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
             idx = list(range(a, z))
             labels = [class_for(classes, i) for i in idx]
             seeds = [noise_seed(seed, i) for i in idx]
-            res = generate(
-                model,
-                labels,
-                seeds,
-                steps=steps,
-                sigma_max=sigma_max,
-                capture=layers,
-                check=ctx.check,
-                micro_batch=mb,
-            )
+            try:
+                res = generate(
+                    model,
+                    labels,
+                    seeds,
+                    steps=steps,
+                    sigma_max=sigma_max,
+                    capture=layers,
+                    check=ctx.check,
+                    micro_batch=mb,
+                )
+            except RuntimeError as exc:  # torch's OutOfMemoryError: a refusal that says what to change
+                refusal = out_of_memory(exc, mb, str(next(model.parameters()).device))
+                if refusal is None:
+                    raise
+                raise refusal from None
             keep = [j for j, i in enumerate(idx) if first <= i < stop]  # not kept rows, not past the target
             kept = [idx[j] for j in keep]
             ctx.check(fresh=True)  # files are not fenced by a transaction: a lost attempt stops here
@@ -453,26 +450,6 @@ def _keep_rows(root: Path, dataset_id: int, k: int, acts: dict[str, np.ndarray],
     for name, old in arrays.items():
         acts[name][:rows] = old[:rows]  # [rows, C*H*W], the bytes they were written with
     return True
-
-
-_measured: set[str] = set()
-_measure_lock = threading.Lock()
-
-
-def measure_once(settings: Settings, model, model_sha: str) -> None:
-    """With ``LATENTLAB_MICRO_BATCH=0``, measure the largest micro-batch of this model on this worker's
-    accelerator the first time the process uses it, and record it for later datasets of the model
-    (``default_micro_batch``); nothing on CPU. A failed measurement records the safe size (logged)."""
-    if settings.micro_batch != 0:
-        return
-    device = str(next(model.parameters()).device)
-    key = batching.cache_key(model_sha, device)
-    with _measure_lock:
-        if key in _measured or device == "cpu":
-            return
-        b = batching.measure_micro_batch(model, settings.micro_batch_memory_mb)
-        batching.write_measured(settings.data_root, model_sha, device, b)
-        _measured.add(key)
 
 
 # -- reading ---------------------------------------------------------------------------------------
