@@ -357,7 +357,7 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
     # an earlier attempt killed mid-write left its temporary files; its process is gone, so drop them
     for folder in chunk_folders(dataset_id, k):
         sweep_temp_files(root / folder)
-    first = min(max(start, int(p.get("resume", start))), stop)
+    first = min(max(start, int(p.get("resume") or start)), stop)
     acts = {name: np.empty((n, int(np.prod(shapes[name]))), dtype=dtype) for name in layers}
     if first > start and not _keep_rows(root, dataset_id, k, acts, first - start):
         first = start  # the kept rows' shard is missing or short: redo the whole chunk (same bytes)
