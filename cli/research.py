@@ -80,10 +80,18 @@ def dataset() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--steps", default=None, type=int, help="Sampler steps (default: the model's).")
 @click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option(
+    "--micro-batch",
+    default=None,
+    type=int,
+    help="Samples per model call, fixed for the dataset (default: LATENTLAB_MICRO_BATCH, 16).",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @as_option
 @wait_option
-def dataset_create(model, name, num_samples, classes, layers, seed, steps, batch_size, dtype, username, wait):
+def dataset_create(
+    model, name, num_samples, classes, layers, seed, steps, batch_size, micro_batch, dtype, username, wait
+):
     """Enqueue a generate_dataset job."""
     params = {
         "model": model,
@@ -94,6 +102,7 @@ def dataset_create(model, name, num_samples, classes, layers, seed, steps, batch
         "seed": seed,
         "steps": steps,
         "batch_size": batch_size,
+        "micro_batch": micro_batch,
         "dtype": dtype,
     }
     _submit("generate_dataset", params, username, wait)

@@ -196,19 +196,30 @@ class ActivationCapture(_HookContext):
     the stored tensor never aliases the network's tensors. When the model runs several times inside one
     context (a multi-step sampler), each layer keeps its **last** output. Unknown names raise KeyError
     listing the valid names before anything is registered.
+
+    ``pinned=True`` (CUDA outputs only) copies into page-locked host memory without blocking the stream:
+    the values are the same, but they may be read only after the stream is synchronised (any blocking
+    copy to the CPU, e.g. of the images, or ``torch.cuda.synchronize()``).
     """
 
-    def __init__(self, model: nn.Module, layers: str | Iterable[str], *, to_cpu: bool = True):
+    def __init__(
+        self, model: nn.Module, layers: str | Iterable[str], *, to_cpu: bool = True, pinned: bool = False
+    ):
         super().__init__()
         layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
         self.model = model
         self.layers = layers
         self.to_cpu = to_cpu
+        self.pinned = pinned
         self.modules = _resolve(model, layers)
         self.activations: dict[str, torch.Tensor] = {}
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if self.pinned and self.to_cpu and output.is_cuda:
+                host = torch.empty(output.shape, dtype=torch.float32, pin_memory=True)  # [B, C, H, W]
+                self.activations[name] = host.copy_(output.detach().float(), non_blocking=True)
+                return
             device = "cpu" if self.to_cpu else output.device
             self.activations[name] = output.detach().to(device=device, dtype=torch.float32, copy=True)
 

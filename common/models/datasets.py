@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from common.models.base import Base, utcnow
@@ -31,6 +31,8 @@ class Dataset(Base):
     classes: Mapped[list[Any]]  # class indices drawn from, in order
     target_size: Mapped[int]
     chunk_size: Mapped[int] = mapped_column(default=256)  # samples per chunk (and per shard file)
+    # samples per model call; micro-batch m covers indices [m·b, (m+1)·b), chunk_size is a multiple of it
+    micro_batch: Mapped[int] = mapped_column(default=1, server_default=text("1"))
     status: Mapped[str] = mapped_column(String(16), default="generating")
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     code_version: Mapped[str] = mapped_column(String(64))

@@ -70,7 +70,13 @@ class Settings:
     stale_after: int = 3900  # the reaper re-queues a running job whose heartbeat is older than this
     reaper_interval: float = 15.0
     max_attempts: int = 3
-    chunk_size: int = 256  # samples per generate_dataset chunk task
+    chunk_size: int = 256  # samples per generate_dataset chunk task (rounded up to the micro-batch)
+    # samples per model call of a new dataset (recorded on it; a dataset's samples never depend on how
+    # its work was split); 0: measured per model and device by a GPU worker, else 16
+    micro_batch: int = 16
+    # the most memory one model call of a dataset may use (MiB): a larger micro-batch is refused, and a
+    # GPU worker measures the largest batch within it
+    micro_batch_memory_mb: int = 8192
     model_cache_size: int = 2  # generators kept loaded per worker process
     # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
     torch_threads: int = 0
@@ -153,6 +159,10 @@ class Settings:
             raise ConfigError("LATENTLAB_MAX_ATTEMPTS must be at least 1.")
         if not 1 <= self.chunk_size <= 4096:
             raise ConfigError("LATENTLAB_CHUNK_SIZE must be between 1 and 4096.")
+        if not 0 <= self.micro_batch <= 1024:
+            raise ConfigError("LATENTLAB_MICRO_BATCH must be 0 (measured per model and device) to 1024.")
+        if self.micro_batch_memory_mb < 64:
+            raise ConfigError("LATENTLAB_MICRO_BATCH_MEMORY_MB must be at least 64 (MiB).")
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("LATENTLAB_TRUSTED_PROXIES must be between 0 and 10 (the proxies in front).")
         if not 0 <= self.job_retention_days <= 36_500:

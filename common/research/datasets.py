@@ -10,9 +10,14 @@ interleave between chunks. Chunk k covers indices [k·cs, min((k+1)·cs, target)
 * a ``samples`` row per index, unique (dataset, index): a redelivered chunk rewrites identical bytes
   and inserts nothing new.
 
-Sample i's class and noise seed depend only on (dataset seed, i), and the generator's output for a
-sample does not depend on the batch around it, so sample i is byte-identical however the work was split;
-growing a dataset continues the same seed stream.
+Determinism: sample i's class and noise seed depend only on (dataset seed, i), and the model runs on
+micro-batches aligned to absolute indices: micro-batch m is always the model call on samples
+[m·b, (m+1)·b), b recorded on the dataset (``micro_batch``), chunk sizes multiples of b. A micro-batch
+cut by the dataset's target still runs whole (its samples past the target are computed and dropped), so
+every model call a sample is ever part of has the same inputs: sample i is byte-identical however the
+work was split into chunks, workers or growth steps, even for a model whose kernels are not batch
+invariant. Growing a dataset continues the same seed stream with the same b; a chunk that already holds
+samples recomputes only from the micro-batch of its first missing sample and keeps the samples it has.
 
 Usage (a worker)::
 
@@ -31,21 +36,34 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.ml.activations import check_layers, flatten_activations, layer_map
+from common.ml import batching
+from common.ml.activations import check_layers, layer_map
 from common.models import Dataset, Job, Sample, User
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
 from common.platform.ids import find_by_id_or_name
-from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
+from common.platform.storage import sweep_temp_files
+from common.research.micro_batches import default_micro_batch, measure_once, out_of_memory
 from common.research.registry import get_model
+from common.research.shards import (  # noqa: F401 - the file layout's names, re-exported where they were
+    BackgroundWriter,
+    chunk_dir,
+    chunk_folders,
+    image_rel,
+    iter_activation_batches,
+    read_activations,
+    shard_rel,
+    write_chunk_images,
+    write_chunk_shards,
+)
 
 CODE_VERSION = "latentlab-0.1"
 DEFAULT_LAYERS = ["encoder_bottleneck", "midblock"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$"
 
 
-# -- where things live -----------------------------------------------------------------------------
+# -- finding a dataset, its seed stream ------------------------------------------------------------
 
 
 def get_dataset(session: Session, ref: str | int) -> Dataset:
@@ -54,19 +72,6 @@ def get_dataset(session: Session, ref: str | int) -> Dataset:
     if ds is None:
         raise NotFound(f"No dataset '{ref}'.", field="dataset")
     return ds
-
-
-def chunk_dir(dataset_id: int, chunk: int) -> str:
-    return f"chunk-{chunk:06d}"
-
-
-def image_rel(dataset_id: int, chunk: int, index: int) -> str:
-    return f"datasets/{dataset_id}/images/{chunk_dir(dataset_id, chunk)}/{index:08d}.png"
-
-
-def shard_rel(dataset_id: int, chunk: int) -> str:
-    """The folder of a chunk's activation shards; ``<shard>/<layer>.npy`` holds one row per sample."""
-    return f"datasets/{dataset_id}/act/{chunk_dir(dataset_id, chunk)}"
 
 
 def noise_seed(dataset_seed: int, index: int) -> int:
@@ -93,7 +98,16 @@ class GenerateDatasetParams(BaseModel):
     layers: list[str] = Field(default_factory=lambda: list(DEFAULT_LAYERS), min_length=1, max_length=64)
     seed: int = Field(default=0, ge=0, le=2**62)
     steps: int | None = Field(default=None, ge=1, le=256, description="sampler steps (default: the model's)")
-    batch_size: int = Field(default=64, ge=1, le=1024)
+    batch_size: int = Field(
+        default=64, ge=1, le=1024, description="samples per sampler run (rounded up to whole micro-batches)"
+    )
+    micro_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=batching.MAX_MICRO_BATCH,
+        description="samples per model call, recorded on the dataset (default: the server's; a dataset "
+        "grows only with the micro-batch it was created with)",
+    )
     dtype: Literal["float16", "float32"] = Field(
         default="float32", description="storage type of the activation shards (and GPU inference precision)"
     )
@@ -137,8 +151,15 @@ def prepare_generate_dataset(
         )
     steps = params.steps or model.default_steps
     ds = session.scalar(select(Dataset).where(Dataset.name == params.name))
+    if params.micro_batch is not None:
+        refusal = batching.check_micro_batch(
+            model.config, params.micro_batch, settings.micro_batch_memory_mb, model.architecture
+        )
+        if refusal:
+            raise UserError(refusal, field="params.micro_batch")
     if ds is None:
         table = layer_map(model.config, model.architecture)
+        b = params.micro_batch or default_micro_batch(settings, model)
         ds = Dataset(
             name=params.name,
             model_id=model.id,
@@ -150,7 +171,8 @@ def prepare_generate_dataset(
             dtype=params.dtype,
             classes=classes,
             target_size=params.num_samples,
-            chunk_size=settings.chunk_size,
+            chunk_size=math.ceil(settings.chunk_size / b) * b,  # chunk boundaries on micro-batch boundaries
+            micro_batch=b,
             status="generating",
             checkpoint_sha256=model.checkpoint_sha256,
             code_version=CODE_VERSION,
@@ -170,7 +192,14 @@ def prepare_generate_dataset(
         ds.target_size = params.num_samples
         ds.status = "generating"
     out = params.model_dump(mode="json")
-    out.update(model=model.name, layers=layers, classes=classes, steps=steps, dataset_id=ds.id)
+    out.update(
+        model=model.name,
+        layers=layers,
+        classes=classes,
+        steps=steps,
+        dataset_id=ds.id,
+        micro_batch=ds.micro_batch,
+    )
     return out
 
 
@@ -187,8 +216,16 @@ def _check_growable(session, ds: Dataset, model_id, layers, params, steps, class
         "steps": ds.steps == steps,
         "classes": ds.classes == classes,
         "dtype": ds.dtype == params.dtype,
+        "micro_batch": params.micro_batch in (None, ds.micro_batch),
     }
     differ = [k for k, ok in same.items() if not ok]
+    if differ == ["micro_batch"]:
+        raise Conflict(
+            f"Dataset '{ds.name}' was made with micro_batch {ds.micro_batch}; it grows only with that "
+            f"micro-batch (mixed batching would change its samples). Ask with micro_batch "
+            f"{ds.micro_batch} or leave it out.",
+            field="params.micro_batch",
+        )
     if differ:
         raise Conflict(
             f"Dataset '{ds.name}' exists with different {', '.join(differ)}; a dataset only grows with the "
@@ -214,8 +251,9 @@ def count_samples(session: Session, dataset_id: int, origin: str = "dataset") ->
 # -- the parent job: plan chunks ------------------------------------------------------------------------
 
 
-def plan_chunks(session: Session, ds: Dataset) -> list[tuple[int, int, int]]:
-    """(chunk, start, stop) for every chunk with missing samples below the dataset's target."""
+def plan_chunks(session: Session, ds: Dataset) -> list[tuple[int, int, int, int]]:
+    """(chunk, start, stop, resume) for every chunk with missing samples below the dataset's target;
+    ``resume`` is its first missing index (the chunk keeps the samples it has before it)."""
     cs = ds.chunk_size
     have = set(
         session.scalars(
@@ -225,8 +263,9 @@ def plan_chunks(session: Session, ds: Dataset) -> list[tuple[int, int, int]]:
     plan = []
     for k in range(math.ceil(ds.target_size / cs)):
         start, stop = k * cs, min((k + 1) * cs, ds.target_size)
-        if any(i not in have for i in range(start, stop)):
-            plan.append((k, start, stop))
+        missing = next((i for i in range(start, stop) if i not in have), None)
+        if missing is not None:
+            plan.append((k, start, stop, missing))
     return plan
 
 
@@ -256,10 +295,11 @@ def run_generate_dataset(ctx: jobs.JobContext) -> Any:
                         "chunk": k,
                         "start": start,
                         "stop": stop,
+                        "resume": resume,
                         "batch_size": ctx.params.get("batch_size", 64),
                     },
                 )
-                for k, start, stop in plan
+                for k, start, stop, resume in plan
             ]
             session.add_all(children)
             session.flush()
@@ -288,7 +328,11 @@ def on_dataset_job_failed(session: Session, job: Job) -> None:
 
 
 def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
-    """Generate one chunk: images, activation shards, sample rows (all-or-nothing, idempotent)."""
+    """Generate one chunk: images, activation shards, sample rows (all-or-nothing, idempotent).
+
+    Only micro-batches from the one holding the chunk's first missing sample (``resume``) run; the
+    samples before it keep their files and shard rows. PNG encoding and image writes run in a background
+    thread while the next micro-batches compute."""
     from common.ml.generation import generate
 
     p = ctx.params
@@ -299,51 +343,64 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
             raise NotFound(f"Dataset {p['dataset_id']} no longer exists.")
         model_row = ds.model
         layers, shapes, classes = list(ds.layers), dict(ds.layer_shapes), list(ds.classes)
-        seed, steps, dtype = ds.seed, ds.steps, np.dtype(ds.dtype)
+        seed, steps, dtype, mb = ds.seed, ds.steps, np.dtype(ds.dtype), int(ds.micro_batch)
         sigma_max = model_row.default_sigma_max
         dataset_id, model_sha = ds.id, model_row.checkpoint_sha256
+    if start % mb:
+        raise UserError(f"Chunk {k} starts at {start}, not on a micro-batch boundary (micro_batch {mb}).")
     # outside the session: on SQLite every transaction holds the write lock (BEGIN IMMEDIATE), and a cold
     # load (torch import, checkpoint read) would block every heartbeat and claim for its duration
     model = model_cache.get(ctx.settings, model_row)
+    measure_once(ctx.settings, model, model_sha)
     root: Path = ctx.settings.data_root
     n = stop - start
     # an earlier attempt killed mid-write left its temporary files; its process is gone, so drop them
     for folder in chunk_folders(dataset_id, k):
         sweep_temp_files(root / folder)
+    first = min(max(start, int(p.get("resume") or start)), stop)
     acts = {name: np.empty((n, int(np.prod(shapes[name]))), dtype=dtype) for name in layers}
+    if first > start and not _keep_rows(root, dataset_id, k, acts, first - start):
+        first = start  # the kept rows' shard is missing or short: redo the whole chunk (same bytes)
     rows: list[dict[str, Any]] = []
-    batch = max(1, int(p.get("batch_size", 64)))
-    for a in range(start, stop, batch):
-        ctx.check()
-        b = min(a + batch, stop)
-        idx = list(range(a, b))
-        labels = [class_for(classes, i) for i in idx]
-        seeds = [noise_seed(seed, i) for i in idx]
-        res = generate(
-            model, labels, seeds, steps=steps, sigma_max=sigma_max, capture=layers, check=ctx.check
-        )
-        ctx.check(fresh=True)  # files are not fenced by a transaction: a cancelled or lost attempt stops here
-        write_chunk_images(root, dataset_id, k, idx, res.images)
-        for j, i in enumerate(idx):
-            rel = image_rel(dataset_id, k, i)
-            rows.append(
-                {
-                    "dataset_id": dataset_id,
-                    "index": i,
-                    "class_label": labels[j],
-                    "noise_seed": seeds[j],
-                    "image_path": rel,
-                    "act_shard": shard_rel(dataset_id, k),
-                    "act_row": i - start,
-                    "origin": "dataset",
-                    "job_id": ctx.job_id,
-                    "created_by_id": ctx.owner_id,
-                    "created_at": jobs.now(),
-                }
-            )
-        for name in layers:
-            acts[name][a - start : b - start] = res.activations[name].reshape(b - a, -1)  # [n, C*H*W]
-        ctx.progress((b - start) / n, f"chunk {k}: {b - start} of {n} samples")
+    # whole micro-batches from the one holding `first`: micro-batch m is always samples [m·mb, (m+1)·mb)
+    a0, end = (first // mb) * mb, math.ceil(stop / mb) * mb
+    group = math.ceil(max(1, int(p.get("batch_size", 64))) / mb) * mb  # samples per sampler run
+    with BackgroundWriter() as writer:
+        for a in range(a0, end, group):
+            ctx.check()
+            z = min(a + group, end)
+            idx = list(range(a, z))
+            labels = [class_for(classes, i) for i in idx]
+            seeds = [noise_seed(seed, i) for i in idx]
+            try:
+                res = generate(
+                    model,
+                    labels,
+                    seeds,
+                    steps=steps,
+                    sigma_max=sigma_max,
+                    capture=layers,
+                    check=ctx.check,
+                    micro_batch=mb,
+                )
+            except RuntimeError as exc:  # torch's OutOfMemoryError: a refusal that says what to change
+                refusal = out_of_memory(exc, mb, str(next(model.parameters()).device))
+                if refusal is None:
+                    raise
+                raise refusal from None
+            keep = [j for j, i in enumerate(idx) if first <= i < stop]  # not kept rows, not past the target
+            kept = [idx[j] for j in keep]
+            ctx.check(fresh=True)  # files are not fenced by a transaction: a lost attempt stops here
+            writer.submit(write_chunk_images, root, dataset_id, k, kept, res.images[keep])
+            for j in keep:
+                rows.append(_sample_row(ctx, dataset_id, k, start, idx[j], labels[j], seeds[j]))
+            if kept:
+                for name in layers:  # [len(kept), C*H*W] rows kept[0]-start ..
+                    acts[name][kept[0] - start : kept[-1] + 1 - start] = res.activations[name][keep].reshape(
+                        len(keep), -1
+                    )
+            done = min(z, stop) - a0
+            ctx.progress(done / max(1, stop - a0), f"chunk {k}: {min(z, stop) - start} of {n} samples")
     ctx.check(fresh=True)
     write_chunk_shards(root, dataset_id, k, acts)
     with ctx.session_factory.begin() as session:
@@ -354,26 +411,45 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         "dataset_id": dataset_id,
         "chunk": k,
         "samples": n,
+        "computed": len(rows),
         "new_rows": new,
+        "micro_batch": mb,
         "checkpoint_sha256": model_sha,
     }
 
 
-def chunk_folders(dataset_id: int, chunk: int) -> list[str]:
-    """The folders a chunk writes into (its images, its activation shards)."""
-    return [f"datasets/{dataset_id}/images/{chunk_dir(dataset_id, chunk)}", shard_rel(dataset_id, chunk)]
+def _sample_row(ctx, dataset_id: int, k: int, start: int, i: int, label: int, seed: int) -> dict[str, Any]:
+    return {
+        "dataset_id": dataset_id,
+        "index": i,
+        "class_label": label,
+        "noise_seed": seed,
+        "image_path": image_rel(dataset_id, k, i),
+        "act_shard": shard_rel(dataset_id, k),
+        "act_row": i - start,
+        "origin": "dataset",
+        "job_id": ctx.job_id,
+        "created_by_id": ctx.owner_id,
+        "created_at": jobs.now(),
+    }
 
 
-def write_chunk_images(root: Path, dataset_id: int, chunk: int, indices: list[int], images) -> None:
-    """Write sample ``indices[j]``'s image ``images[j]`` (uint8 [H, W, C]) as a PNG, each atomically."""
-    for j, i in enumerate(indices):
-        atomic_write_bytes(root / image_rel(dataset_id, chunk, i), png_bytes(images[j]))
-
-
-def write_chunk_shards(root: Path, dataset_id: int, chunk: int, acts: dict[str, np.ndarray]) -> None:
-    """Write one ``.npy`` shard per layer ([n, C·H·W], row r = sample chunk·cs + r), each atomically."""
-    for name, array in acts.items():
-        atomic_save_npy(root / shard_rel(dataset_id, chunk) / f"{name}.npy", array)
+def _keep_rows(root: Path, dataset_id: int, k: int, acts: dict[str, np.ndarray], rows: int) -> bool:
+    """Copy the first ``rows`` rows of the chunk's existing shards into ``acts``; False when a shard is
+    missing or shorter (or of another width or type) than that."""
+    arrays = {}
+    for name, out in acts.items():
+        path = root / shard_rel(dataset_id, k) / f"{name}.npy"
+        try:
+            old = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return False
+        if old.ndim != 2 or old.shape[0] < rows or old.shape[1] != out.shape[1] or old.dtype != out.dtype:
+            return False
+        arrays[name] = old
+    for name, old in arrays.items():
+        acts[name][:rows] = old[:rows]  # [rows, C*H*W], the bytes they were written with
+    return True
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -391,6 +467,8 @@ def dataset_to_dict(session: Session, ds: Dataset) -> dict[str, Any]:
         "seed": ds.seed,
         "steps": ds.steps,
         "dtype": ds.dtype,
+        "micro_batch": ds.micro_batch,
+        "chunk_size": ds.chunk_size,
         "classes": ds.classes,
         "label_names": ds.model.label_names,
         "target_size": ds.target_size,
@@ -401,44 +479,6 @@ def dataset_to_dict(session: Session, ds: Dataset) -> dict[str, Any]:
         "checkpoint_sha256": ds.checkpoint_sha256,
         "created_at": ds.created_at.isoformat(),
     }
-
-
-def read_activations(
-    settings: Settings, locations: list[tuple[str, int]], layers: list[str], dtype=np.float32
-) -> np.ndarray:
-    """[n, D] activation vectors for (act_shard, act_row) locations, layers concatenated in sorted
-    order (each flattened C·H·W). Shards are memory-mapped, read once per shard, never unpickled."""
-    from common.platform.storage import resolve_inside
-
-    layers = sorted(layers)
-    if not locations:
-        return np.zeros((0, 0), dtype=dtype)
-    by_shard: dict[str, list[int]] = {}
-    for pos, (shard, _row) in enumerate(locations):
-        by_shard.setdefault(shard, []).append(pos)
-    parts: list[np.ndarray] = []
-    widths: list[int] = []
-    for name in layers:
-        block = None
-        for shard, positions in by_shard.items():
-            arr = np.load(
-                resolve_inside(settings.data_root, f"{shard}/{name}.npy"), mmap_mode="r", allow_pickle=False
-            )
-            if block is None:
-                block = np.empty((len(locations), arr.shape[1]), dtype=dtype)
-            rows = [locations[p][1] for p in positions]
-            block[positions] = arr[rows]
-        parts.append(block)
-        widths.append(block.shape[1])
-    return flatten_activations(dict(zip(layers, parts, strict=True)))  # [n, D], the layout contract
-
-
-def iter_activation_batches(
-    settings: Settings, locations: list[tuple[str, int]], layers: list[str], batch: int = 2048
-):
-    """Yield [m, D] batches of ``read_activations`` in order (bounded memory for big datasets)."""
-    for a in range(0, len(locations), batch):
-        yield read_activations(settings, locations[a : a + batch], layers)
 
 
 GENERATE_DATASET_KIND = jobs.JobKind(
@@ -458,6 +498,7 @@ class ChunkParams(BaseModel):
     chunk: int = Field(ge=0)
     start: int = Field(ge=0)
     stop: int = Field(ge=1)
+    resume: int | None = Field(default=None, ge=0, description="the chunk's first missing sample index")
     batch_size: int = Field(default=64, ge=1, le=1024)
 
 

@@ -24,7 +24,9 @@ def files_under(root):
 def test_cancelled_dataset_job_stops_and_writes_nothing_after(lab, tiny_model):
     lab.worker(name="busy")
     job = lab.submit(
-        "generate_dataset", {"model": "tiny", "name": "to-cancel", "num_samples": 200, "batch_size": 5}
+        "generate_dataset",
+        # micro-batches of 5 keep the lab's chunks at 50 samples (a chunk is a multiple of the micro-batch)
+        {"model": "tiny", "name": "to-cancel", "num_samples": 200, "batch_size": 5, "micro_batch": 5},
     )
     dataset_id = job.params["dataset_id"]
     folder = lab.settings.data_root / "datasets" / str(dataset_id)

@@ -40,6 +40,12 @@ def test_bounds_on_counts_steps_and_strings_answer_400_naming_the_field(world: W
         ("/api/v1/datasets", {"model": "m", "name": "d" * 500, "num_samples": 1}, "name"),
         ("/api/v1/datasets", {"model": "m", "name": "d", "num_samples": 1, "batch_size": 1025}, "batch_size"),
         ("/api/v1/datasets", {"model": "m", "name": "d", "num_samples": 1, "steps": 0}, "steps"),
+        ("/api/v1/datasets", {"model": "m", "name": "d", "num_samples": 1, "micro_batch": 0}, "micro_batch"),
+        (
+            "/api/v1/datasets",
+            {"model": "m", "name": "d", "num_samples": 1, "micro_batch": 1025},
+            "micro_batch",
+        ),
         ("/api/v1/embeddings", {"dataset": "x" * 101}, "dataset"),
         ("/api/v1/embeddings", {"dataset": "1", "n_neighbors": 201}, "n_neighbors"),
         ("/api/v1/jobs", {"kind": "ping", "params": {"seconds": 601}}, "params.seconds"),

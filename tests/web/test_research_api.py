@@ -150,6 +150,13 @@ def test_bad_dataset_and_embedding_bodies_name_the_body_field(client, sessions, 
     )
     assert res.status_code == 400 and res.json["field"] == "layers"
     assert "unknown layer(s) nope; valid layers:" in res.json["error"]
+    for bad in (0, 4096):
+        res = client.post(
+            "/api/v1/datasets",
+            json={"model": "model-fake", "name": "new", "num_samples": 5, "micro_batch": bad},
+            headers=alice,
+        )
+        assert res.status_code == 400 and res.json["field"] == "micro_batch", res.json
     res = client.post("/api/v1/embeddings", json={"dataset": "fake", "pca_dims": 4000}, headers=alice)
     assert res.status_code == 400 and res.json["field"] == "pca_dims", res.json
     assert count(sessions, Job) == 0 and count(sessions, Embedding) == 1
@@ -165,6 +172,7 @@ def test_models_datasets_and_class_counts(client, alice, lab):
     assert datasets[0]["num_samples"] == 30 and datasets[0]["num_generated"] == 2
     one = client.get(f"/api/v1/datasets/{lab.dataset_id}", headers=alice).json
     assert one["class_counts"] == {"0": 10, "1": 10, "2": 10}
+    assert one["micro_batch"] == 1 and one["chunk_size"] > 0  # a dataset made one sample per call
     missing = client.get("/api/v1/datasets/999", headers=alice)
     assert missing.status_code == 404 and "No dataset" in missing.json["error"]
 

@@ -36,6 +36,7 @@ function facts(ds) {
     ["Layers", (ds.layers || []).map((l) => `${l} ${(ds.layer_shapes[l] || []).join("×")}`).join(", ")],
     ["Seed · steps", `${ds.seed} · ${ds.steps}`],
     ["Activations", ds.dtype],
+    ["Micro-batch · chunk", `${ds.micro_batch} samples per model call · ${ds.chunk_size} per chunk`],
     ["Created", when(ds.created_at)],
   ];
   els.facts.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v, class: k === "Status" ? `status-${v}` : "" })]));

@@ -140,6 +140,8 @@ function readForm() {
   }
   const steps = String(data.get("steps") || "").trim();
   if (steps) body.steps = Number(steps);
+  const microBatch = String(data.get("micro_batch") || "").trim();
+  if (microBatch) body.micro_batch = Number(microBatch);
   const text = data.get("layers_text");
   body.layers = text !== null ? String(text).split(/[\s,]+/).filter(Boolean) : data.getAll("layers");
   if (!body.layers.length) throw new Error("Choose at least one layer to capture.");
