@@ -233,6 +233,7 @@ def generate(
     layer_strength: Mapping[str, float] | None = None,
     mask_mode: str = "replace",
     normalize: bool = False,
+    alpha: float = 1.0,
     record_intervention: bool = False,
     capture: Sequence[str] | None = None,
     label_mode: str = "onehot",
@@ -249,9 +250,9 @@ def generate(
     each sample its own replacement) replace layer outputs on every evaluation of every step
     (``mask_steps=None``) or only of the first ``mask_steps`` steps; ``mask_window=(start, stop)`` masks
     steps start <= i < stop instead (``mask_steps=k`` is ``(0, k)``; give one of the two). Step i covers
-    both model evaluations of Heun step i. ``strength``, ``layer_strength``, ``mask_mode`` and
-    ``normalize`` are ``ActivationMask``'s: strength 1 (default) is the plain replacement, strength 0
-    the unmasked output, bit-for-bit; ``mask_mode="add"`` adds the masks as steering directions.
+    both model evaluations of Heun step i. ``strength``, ``layer_strength``, ``mask_mode``,
+    ``normalize`` and ``alpha`` are ``ActivationMask``'s: strength 1 (default) is the plain replacement,
+    strength 0 the unmasked output, bit-for-bit; ``mask_mode="add"`` adds the masks as steering directions.
     ``record_intervention`` returns the intervention's size per layer and sample. ``capture`` lists
     layers whose activations are returned as float32 ndarrays [B, C, H, W], taken from the **last**
     model evaluation: the one whose output is the returned image (masked, if masks are active on the
@@ -313,6 +314,7 @@ def generate(
             layer_strength=layer_strength,
             mode=mask_mode,
             normalize=normalize,
+            alpha=alpha,
             record=record_intervention,
         )
         shared = (

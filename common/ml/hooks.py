@@ -259,19 +259,24 @@ def _strength(name: str, value: Any) -> float:
 
 
 def apply_intervention(
-    output: torch.Tensor, mask: torch.Tensor, strength: float, mode: str = "replace", normalize: bool = False
+    output: torch.Tensor,
+    mask: torch.Tensor,
+    strength: float,
+    mode: str = "replace",
+    normalize: bool = False,
+    alpha: float = 1.0,
 ) -> torch.Tensor:
     """Usage: ``apply_intervention(natural, target, 0.5)`` -> the intervened output, same shape and dtype.
 
     ``output`` (the layer's natural output) [B, ...] and ``mask`` [B, ...] (already broadcast and cast)
     of any layout, so a UNet of any family can use it. ``mode="replace"``: ``(1 - s) * natural + s *
     target``, with s = 1 returning ``mask`` itself and s = 0 ``output`` itself (both exact).
-    ``mode="add"``: ``natural + s * d`` for a direction ``d``; with ``normalize`` the direction of each
-    sample is first rescaled to the norm of that sample's natural output (``d / |d| * |natural|``, both
-    norms over all of a sample's elements), so ``s`` reads as a fraction of the activation's own size.
-    s = 0 returns ``output`` itself.
+    ``mode="add"``: ``natural + s * alpha * d`` for a direction ``d`` and a signed scale ``alpha``; with
+    ``normalize`` the direction of each sample is first rescaled to the norm of that sample's natural
+    output (``d / |d| * |natural|``, both norms over all of a sample's elements), so ``alpha`` reads as a
+    fraction of the activation's own size. s = 0 or alpha = 0 returns ``output`` itself.
     """
-    if strength == 0.0:
+    if strength == 0.0 or (mode == "add" and alpha == 0.0):
         return output
     if mode == "replace":
         return mask if strength == 1.0 else (1.0 - strength) * output + strength * mask
@@ -283,7 +288,7 @@ def apply_intervention(
         vnorm = torch.linalg.vector_norm
         scale = vnorm(output, dim=dims, keepdim=True) / vnorm(d, dim=dims, keepdim=True).clamp_min(1e-12)
         d = d * scale  # [B, 1, ..., 1] * [B, ...]
-    return output + strength * d
+    return output + (strength * alpha) * d
 
 
 class ActivationMask(_HookContext):
@@ -299,10 +304,11 @@ class ActivationMask(_HookContext):
     Interventions (``apply_intervention``): ``strength`` s in [0, 1] (default 1: the replacement above,
     bit-for-bit) blends ``(1 - s) * natural + s * mask``, overridable per layer with ``layer_strength``
     (``{layer: s}``, only masked layers); s = 0 leaves the layer untouched. ``mode="add"`` treats each
-    mask as a direction added to the natural output (``natural + s * mask``, ``normalize`` rescales it
-    to the natural output's norm first). ``window=(start, stop)`` with the ``step`` attribute set by the
-    sampler before each call limits the hooks to steps start <= step < stop while the context stays
-    entered (``step`` None: always on); samplers that enter the context per step need neither.
+    mask as a direction added to the natural output (``natural + s * alpha * mask``, ``normalize``
+    rescales it to the natural output's norm first). ``window=(start, stop)`` with the ``step``
+    attribute set by the sampler before each call limits the hooks to steps start <= step < stop while
+    the context stays entered (``step`` None: always on); samplers that enter the context per step need
+    neither.
     ``record=True`` keeps, per layer, the last call's per-sample ``|applied - natural| / |natural|`` in
     ``sizes[layer]`` (float64 ndarray [B]).
 
@@ -320,6 +326,7 @@ class ActivationMask(_HookContext):
         layer_strength: Mapping[str, float] | None = None,
         mode: str = "replace",
         normalize: bool = False,
+        alpha: float = 1.0,
         window: tuple[int, int] | None = None,
         record: bool = False,
         modules: Mapping[str, nn.Module] | None = None,
@@ -342,7 +349,7 @@ class ActivationMask(_HookContext):
             )
         base = _strength("*", strength)
         self.strength = {name: _strength(name, (layer_strength or {}).get(name, base)) for name in self.masks}
-        self.mode, self.normalize, self.record = mode, bool(normalize), bool(record)
+        self.mode, self.normalize, self.alpha, self.record = mode, bool(normalize), float(alpha), bool(record)
         if window is not None:
             start, stop = (int(v) for v in window)
             if not 0 <= start <= stop:
@@ -393,7 +400,7 @@ class ActivationMask(_HookContext):
                 return None
             m = mask.to(device=output.device, dtype=output.dtype)
             m = m.expand(B, *([-1] * (m.ndim - 1))) if m.shape[0] != B else m  # [B, C, H, W]
-            out = apply_intervention(output, m, strength, self.mode, self.normalize)
+            out = apply_intervention(output, m, strength, self.mode, self.normalize, self.alpha)
             if self.record:
                 dims = tuple(range(1, output.ndim))
                 nat = output.detach().to(torch.float64)

@@ -127,3 +127,13 @@ def test_window_gate_lets_a_sampler_keep_the_mask_entered(tiny, ref):
             m.step = 1
             during = tiny(x, sigma, y)
     assert torch.equal(before, plain) and not torch.equal(during, plain)
+
+
+def test_alpha_scales_a_normalised_direction_and_its_sign_steers_back():
+    natural = torch.randn(2, 4, 3, 3)
+    d = torch.randn(1, 4, 3, 3).expand(2, -1, -1, -1)
+    up = apply_intervention(natural, d, 1.0, "add", normalize=True, alpha=0.3)
+    down = apply_intervention(natural, d, 1.0, "add", normalize=True, alpha=-0.3)
+    torch.testing.assert_close(up - natural, natural - down)
+    torch.testing.assert_close((up - natural).flatten(1).norm(dim=1), 0.3 * natural.flatten(1).norm(dim=1))
+    assert apply_intervention(natural, d, 1.0, "add", alpha=0.0) is natural
