@@ -349,12 +349,22 @@ def history(user, dataset, class_label, parent, mode, effect_min, since, limit, 
 
 
 @main.command()
-@click.argument("sample", type=int)
+@click.argument("sample", type=int, required=False)
 @click.option(
     "--out", type=click.Path(dir_okay=False), default=None, help="Also write the replayed PNG here."
 )
-def replay(sample: int, out: str | None) -> None:
-    """Regenerate generated SAMPLE from its recorded recipe and compare with the stored image."""
+@click.option("--bundle", default=None, help="Replay a reproducibility bundle (zip) instead of a sample.")
+def replay(sample: int | None, out: str | None, bundle: str | None) -> None:
+    """Regenerate generated SAMPLE from its recorded recipe (or --bundle FILE from the bundle alone, on
+    any data root with the same model registered) and compare with the stored image; exit 1 if it differs."""
+    if (sample is None) == (bundle is None):
+        raise click.UsageError("Give a SAMPLE id or --bundle FILE (one of the two).")
+    if bundle is not None:
+        from common.research.bundles import replay_bundle
+
+        report = replay_bundle(load_settings(), bundle)
+        click.echo(report.summary, err=not report.identical)
+        sys.exit(0 if report.identical else 1)
     from common.platform.storage import atomic_write_bytes, png_bytes
     from common.research.embeddings import ReducerCache
     from common.research.generations import replay as do_replay

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import itertools
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,6 +46,7 @@ from common.research.variations import generated_dir, make_variations, record_ma
 
 MAX_CELLS = 256
 AXES = ("strength", "layers", "mask_window", "seed", "mode", "alpha")
+Alpha = Annotated[float, Field(ge=-MAX_ALPHA, le=MAX_ALPHA, allow_inf_nan=False)]
 Axis = Literal["strength", "layers", "mask_window", "seed", "mode", "alpha"]
 
 
@@ -54,12 +55,14 @@ class SweepGrid(BaseModel):
 
     strength: list[Strength] | None = Field(default=None, min_length=1, max_length=MAX_CELLS)
     layers: list[list[str]] | None = Field(default=None, min_length=1, max_length=MAX_CELLS)
-    mask_window: list[tuple[Step, Step] | None] | None = Field(default=None, min_length=1, max_length=MAX_CELLS)
+    mask_window: list[tuple[Step, Step] | None] | None = Field(
+        default=None, min_length=1, max_length=MAX_CELLS
+    )
     seed: list[int] | None = Field(default=None, min_length=1, max_length=MAX_CELLS)
     mode: list[Literal["activation_mean", "umap_inverse", "weighted", "direction"]] | None = Field(
         default=None, min_length=1, max_length=MAX_CELLS
     )
-    alpha: list[float] | None = Field(default=None, min_length=1, max_length=MAX_CELLS)
+    alpha: list[Alpha] | None = Field(default=None, min_length=1, max_length=MAX_CELLS)
 
 
 class SweepParams(GenerateFromNeighborsParams):
@@ -75,17 +78,17 @@ def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def prepare_sweep(session: Session, params: SweepParams, owner: User, settings: Settings) -> dict[str, Any]:
     grid = params.grid.model_dump(mode="json", exclude_none=True)
     if not grid:
-        raise UserError("The grid has no axis; give at least one of " + ", ".join(AXES) + ".", field="params.grid")
+        raise UserError(
+            "The grid has no axis; give at least one of " + ", ".join(AXES) + ".", field="params.grid"
+        )
     count = 1
     for values in grid.values():
         count *= len(values)
     if count > MAX_CELLS:
         raise UserError(
-            f"The grid has {count} cells; a sweep runs at most {MAX_CELLS}. Use fewer values.", field="params.grid"
+            f"The grid has {count} cells; a sweep runs at most {MAX_CELLS}. Use fewer values.",
+            field="params.grid",
         )
-    alpha_max = max((abs(a) for a in grid.get("alpha", [])), default=0.0)
-    if alpha_max > MAX_ALPHA:
-        raise UserError(f"grid alpha must be within ±{MAX_ALPHA:g}.", field="params.grid.alpha")
     base = params.model_dump(mode="json", by_alias=True, exclude={"grid"})
     if base["seed"] is None:
         base["seed"] = secrets.randbits(31)  # one seed for every cell, so the cells differ only by the grid
@@ -93,8 +96,11 @@ def prepare_sweep(session: Session, params: SweepParams, owner: User, settings: 
     prepared = []
     for i, cell in enumerate(cells):
         axis = next(iter(cell), "grid")
+        merged = {**base, **cell}
+        if merged["mode"] != "direction" and "mode" in cell:  # the direction's options serve its cells only
+            merged.update(negative=None, alpha=None, normalize=False)
         try:
-            one = GenerateFromNeighborsParams.model_validate({**base, **cell})
+            one = GenerateFromNeighborsParams.model_validate(merged)
         except ValidationError as exc:
             message, _ = pydantic_message(exc)
             raise UserError(f"Cell {i} ({cell}): {message}", field=f"params.grid.{axis}") from None
@@ -160,7 +166,7 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
     return result
 
 
-# -- reads ----------------------------------------------------------------------------------------------------
+# -- reads ---------------------------------------------------------------------------------------------
 
 
 def get_sweep(session: Session, sweep_id: int) -> Sweep:
@@ -243,11 +249,9 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     for c, key in enumerate(col_keys):
         draw.text((left + c * (tile + pad), 2), " ".join(key)[:18], fill="black")
-    paths = dict(
-        session.execute(select(Sample.id, Sample.image_path).where(Sample.id.in_([v for v in placed.values() if v])))
-        .tuples()
-        .all()
-    )
+    wanted = [v for v in placed.values() if v]
+    found = session.execute(select(Sample.id, Sample.image_path).where(Sample.id.in_(wanted)))
+    paths = {sid: path for sid, path in found}
     for r, value in enumerate(row_values):
         draw.text((2, top + r * (tile + pad) + tile // 2), f"{rows}={_label(value)}"[:18], fill="black")
         for c, key in enumerate(col_keys):

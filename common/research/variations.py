@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,11 @@ from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_byt
 from common.research.datasets import CODE_VERSION, noise_seed
 from common.research.interventions import mask_window, readout, render_options
 from common.research.recipe import Recipe, labels_for
+
+try:
+    TORCH_VERSION: str | None = metadata.version("torch")
+except metadata.PackageNotFoundError:  # pragma: no cover - a worker always has torch
+    TORCH_VERSION = None
 
 
 def render(
@@ -92,6 +98,8 @@ class Made:
     actual: np.ndarray  # [n, 2]
     twin_points: np.ndarray | None  # [n, 2]
     readouts: list[dict[str, Any]]
+    device: str = "cpu"  # where the images were made (recorded: bit-identity holds per kind of device)
+    threads: int = 1  # torch CPU threads (a batched convolution's bits may depend on them)
 
 
 def make_variations(model, reducer, recipe: Recipe, p: dict[str, Any], seeds, sigma_max, ds_layers, check):
@@ -115,7 +123,10 @@ def make_variations(model, reducer, recipe: Recipe, p: dict[str, Any], seeds, si
         res.images,
         twin.images if twin else None,
     )
-    return Made(seeds, micro_batch, res, twin, actual, twin_points, reads)
+    from common.ml.device import current_threads
+
+    device = str(next(model.parameters()).device)
+    return Made(seeds, micro_batch, res, twin, actual, twin_points, reads, device, current_threads())
 
 
 def save_made(settings: Settings, folder: str, made: Made, recipe: Recipe, ds_layers) -> None:
@@ -228,6 +239,9 @@ def record_made(
                     "variations": n,
                     "recipe_seed": int(p["seed"]),
                     "micro_batch": made.micro_batch,
+                    "device": made.device,
+                    "threads": made.threads,
+                    "torch": TORCH_VERSION,
                 },
                 "checkpoint_sha256": sha,
                 "code_version": CODE_VERSION,

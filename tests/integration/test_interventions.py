@@ -6,6 +6,8 @@ of each, and bad interventions refused naming the field with nothing written. SQ
 from __future__ import annotations
 
 import io
+import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,7 +18,10 @@ from common.models import Generation, Job, Lineage, Sample
 from common.research.embeddings import ReducerCache
 from common.research.generations import replay
 from common.research.modelcache import ModelCache
+from tests.integration.test_cli_research import cli
 from tests.integration.test_web_research import env, submit, wait_job  # noqa: F401  (the fixture)
+from tests.support.models import register_tiny_model
+from tests.support.settings import make_settings
 
 
 def _counts(sessions) -> tuple[int, ...]:
@@ -29,7 +34,7 @@ def _png(res) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(res.data)))
 
 
-def test_interventions_twins_readouts_and_refusals(env, sessions):  # noqa: F811
+def test_interventions_twins_readouts_sweeps_bundles_and_refusals(env, sessions, tmp_path):  # noqa: F811
     settings, client, tokens = env
     alice = tokens["alice"]
     job = submit(
@@ -125,8 +130,84 @@ def test_interventions_twins_readouts_and_refusals(env, sessions):  # noqa: F811
     assert [r["sample_id"] for r in rows] == [steered]
 
     # -- every kind replays bit-for-bit from its record ---------------------------------------------
-    cache, reducers = ModelCache(2), ReducerCache()
+    cache, reducers = ModelCache(2, threads=settings.cpu_threads()), ReducerCache()  # the worker's threads
     with sessions() as s:
         for sid in (got[1], zero_ids[0], steered):
             image, stored = replay(settings, s, sid, cache, reducers)
             assert np.array_equal(image, np.asarray(Image.open(io.BytesIO(stored)))), sid
+
+    # -- a sweep: 2 strengths × 2 layer sets as one job ---------------------------------------------
+    sweep_body = {
+        **base,
+        "steps": 1,
+        "grid": {"strength": [0.0, 1.0], "layers": [["midblock"], ["encoder_bottleneck"]]},
+    }
+    before = _counts(sessions)
+    for grid, field, words in (
+        ({"strength": [i / 16 for i in range(17)], "seed": list(range(16))}, "grid", "272 cells"),
+        ({"colour": [1, 2]}, "grid.colour", "not a known field"),
+        ({"alpha": [1.0]}, "grid.alpha", "only used with mode 'direction'"),
+        ({"mask_window": [[0, 2]]}, "grid.mask_window", "outside the model's steps"),
+    ):
+        res = client.post("/api/v1/sweeps", json={**sweep_body, "grid": grid}, headers=alice)
+        assert res.status_code == 400 and res.json["field"] == field and words in res.json["error"], res.json
+    assert _counts(sessions) == before
+    job = wait_job(client, alice, submit(client, alice, "/api/v1/sweeps", sweep_body)["id"])
+    assert job["queue"] == "interactive" and len(job["result"]["cells"]) == 4
+    sweep = client.get(f"/api/v1/sweeps/{job['result']['sweep_id']}", headers=alice).json
+    assert sweep["axes"] == ["strength", "layers"] and sweep["job_id"] == job["id"]
+    assert [c["params"] for c in sweep["cells"]] == [
+        {"strength": s, "layers": layer}
+        for s in (0.0, 1.0)
+        for layer in (["midblock"], ["encoder_bottleneck"])
+    ]
+    assert all(len(c["samples"]) == 1 for c in sweep["cells"])
+    assert [c["effect"] == 0 for c in sweep["cells"]] == [True, True, False, False]
+    rows = client.get(f"/api/v1/history?sweep={sweep['id']}", headers=alice).json["generations"]
+    assert sorted(r["sweep_cell"] for r in rows) == [0, 1, 2, 3]
+    sheet = _png(
+        client.get(f"/api/v1/sweeps/{sweep['id']}/sheet.png?rows=layers&cols=strength", headers=alice)
+    )
+    assert sheet.shape == (28 + 2 * 100, 110 + 2 * 100, 3)  # 2 x 2 tiles of 96 + 4 px, labels top and left
+    res = client.get(f"/api/v1/sweeps/{sweep['id']}/sheet.png?rows=seed", headers=alice)
+    assert res.status_code == 400 and res.json["field"] == "rows"
+
+    # -- a reproducibility bundle replays on a fresh data root with only the model registered -------
+    res = client.get(f"/api/v1/samples/{got[1]}/bundle", headers=alice)
+    assert res.status_code == 200 and res.mimetype == "application/zip"
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(res.data)
+    with zipfile.ZipFile(bundle) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        neighbours = json.loads(zf.read("neighbours.json"))
+        with np.load(io.BytesIO(zf.read("targets.npz"))) as z:
+            assert sorted(z.files) == ["encoder_bottleneck", "midblock"]
+    assert set(manifest["files"]) >= {
+        "recipe.json",
+        "model.json",
+        "targets.npz",
+        "image.png",
+        "environment.json",
+    }
+    assert {n["sample_id"] for n in neighbours["samples"]} == set(base["neighbors"])
+    fresh = make_settings(tmp_path / "fresh", redis_url=settings.redis_url)
+    from common.platform import migrate
+    from common.platform.db import make_engine, session_factory
+
+    migrate.upgrade(fresh)
+    out = cli(fresh, "replay", "--bundle", str(bundle), check=False)
+    assert out.returncode != 0 and "No model with checkpoint sha256" in out.stderr
+    engine = make_engine(fresh)
+    register_tiny_model(session_factory(engine), fresh)
+    engine.dispose()
+    out = cli(fresh, "replay", "--bundle", str(bundle))
+    assert "bit-identical" in out.stdout
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            dst.writestr(
+                item, data.replace(b'"strength": 0.5', b'"strength": 0.6') if item == "recipe.json" else data
+            )
+    out = cli(fresh, "replay", "--bundle", str(tampered), check=False)
+    assert out.returncode != 0 and "recipe.json does not match its sha256" in out.stderr

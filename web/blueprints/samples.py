@@ -22,6 +22,7 @@ from common.models.base import ID_SPELLING, MAX_ROW_ID, is_id_text, looks_numeri
 from common.platform.errors import NotFound
 from common.platform.storage import UnsafePath, resolve_inside
 from common.research import reads as research_reads
+from common.research.bundles import build_bundle
 from common.research.exports import history_table, lineage_table
 from common.research.generations import GenerateFromNeighborsParams
 from common.research.history import (
@@ -115,6 +116,25 @@ def get_image(sample_id: int):
 )
 def get_twin(sample_id: int):
     return _png_response(sample_id, twin_image_path(get_db(), sample_id), "twin")
+
+
+@api_route(
+    bp,
+    "/samples/<int:sample_id>/bundle",
+    methods=["GET"],
+    summary="A generated sample's reproducibility bundle (zip): recipe, model card, neighbour hashes, "
+    "target tensors, versions, the image and a replay command, with a manifest of file hashes",
+)
+def get_bundle(sample_id: int):
+    data = build_bundle(get_settings(), get_db(), sample_id)
+    response = send_file(
+        io.BytesIO(data),
+        mimetype="application/zip",
+        as_attachment=True,
+        download_name=f"sample-{sample_id}.zip",
+    )
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
 
 
 def _png_response(sample_id: int, stored: str, tag: str):
