@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from common.models import Embedding, Generation, GeneratorModel, Lineage, Sample
 from common.platform.config import Settings
 from common.platform.errors import NotFound, UserError
-from common.platform.storage import resolve_inside
+from common.platform.storage import UnsafePath, resolve_inside
 from common.research.datasets import read_activations
 from common.research.generations import _replay_batch, replay_params
 from common.research.interventions import render_options
@@ -85,6 +85,18 @@ def build_bundle(settings: Settings, session: Session, sample_id: int) -> bytes:
         raise NotFound(
             f"Sample {sample_id} was not generated from neighbours; it has no bundle.", field="sample"
         )
+    try:
+        return _bundle(settings, session, sample, gen)
+    except (OSError, ValueError, UnsafePath):  # a file gone or changed under the data root
+        raise NotFound(
+            f"The files of sample {sample_id} (its target tensors, image or its neighbours' activations) "
+            "are not available; it has no bundle.",
+            field="sample",
+        ) from None
+
+
+def _bundle(settings: Settings, session: Session, sample: Sample, gen: Generation) -> bytes:
+    sample_id = sample.id
     emb = session.get(Embedding, gen.embedding_id)
     model: GeneratorModel = emb.dataset.model
     params = replay_params(session, gen)

@@ -229,7 +229,7 @@ def contact_sheet(
     for name, value in (("rows", rows), ("cols", cols)):
         if value is not None and value not in axes:
             raise UserError(f"{name}={value!r} is not an axis of this sweep ({', '.join(axes)}).", field=name)
-    rows = rows or axes[0]
+    rows = rows or next((a for a in axes if a != cols), axes[0])
     cols = cols or next((a for a in axes if a != rows), None)
     if cols == rows:
         raise UserError("rows and cols must be different axes.", field="cols")
@@ -258,8 +258,11 @@ def contact_sheet(
             sid = placed.get((r, key))
             if sid is None:
                 continue
-            with Image.open(resolve_inside(settings.data_root, paths[sid])) as im:
-                thumb = im.convert("RGB").resize((tile, tile), Image.NEAREST)
+            try:
+                with Image.open(resolve_inside(settings.data_root, paths[sid])) as im:
+                    thumb = im.convert("RGB").resize((tile, tile), Image.NEAREST)
+            except (OSError, ValueError):  # an image gone from the data root: its tile stays blank
+                continue
             sheet.paste(thumb, (left + c * (tile + pad), top + r * (tile + pad)))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")

@@ -18,9 +18,9 @@ from common.models import Generation, Job, Lineage, Sample
 from common.research.embeddings import ReducerCache
 from common.research.generations import replay
 from common.research.modelcache import ModelCache
+from common.research.registry import add_model
 from tests.integration.test_cli_research import cli
 from tests.integration.test_web_research import env, submit, wait_job  # noqa: F401  (the fixture)
-from tests.support.models import register_tiny_model
 from tests.support.settings import make_settings
 
 
@@ -198,7 +198,14 @@ def test_interventions_twins_readouts_sweeps_bundles_and_refusals(env, sessions,
     out = cli(fresh, "replay", "--bundle", str(bundle), check=False)
     assert out.returncode != 0 and "No model with checkpoint sha256" in out.stderr
     engine = make_engine(fresh)
-    register_tiny_model(session_factory(engine), fresh)
+    with session_factory(engine).begin() as s:  # the same checkpoint file, under another name
+        add_model(
+            s,
+            fresh,
+            "tiny-copy",
+            checkpoint=settings.data_root / "models" / "tiny.safetensors",
+            preset="tiny16",
+        )
     engine.dispose()
     out = cli(fresh, "replay", "--bundle", str(bundle))
     assert "bit-identical" in out.stdout
