@@ -101,7 +101,7 @@ def _bundle(settings: Settings, session: Session, sample: Sample, gen: Generatio
     model: GeneratorModel = emb.dataset.model
     params = replay_params(session, gen)
     seeds, micro_batch, pos = _replay_batch(gen)
-    folder = sample.act_shard
+    folder = (gen.diagnostics or {}).get("mask_dir") or sample.act_shard  # where the target tensors are
     targets = {}
     for name in gen.layers:
         targets[name] = np.load(

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import secrets
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
@@ -32,7 +34,7 @@ from common import jobs
 from common.models import Generation, Sample, Sweep, User
 from common.platform.config import Settings
 from common.platform.errors import NotFound, UserError, pydantic_message
-from common.platform.storage import resolve_inside
+from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
 from common.research.embeddings import ReducerCache, get_embedding
 from common.research.generations import (
     MAX_ALPHA,
@@ -42,7 +44,13 @@ from common.research.generations import (
     build_recipe,
     prepare_generate_from_neighbors,
 )
-from common.research.variations import generated_dir, make_variations, record_made, save_made, variation_seeds
+from common.research.variations import (
+    generated_dir,
+    make_variations,
+    project_all,
+    record_made,
+    variation_seeds,
+)
 
 MAX_CELLS = 256
 AXES = ("strength", "layers", "mask_window", "seed", "mode", "alpha")
@@ -125,20 +133,33 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
         ds, model_row = emb.dataset, emb.dataset.model
         reducer = reducers.get(settings, session, emb)
         model = model_cache.get(settings, model_row)
-        recipes = [build_recipe(settings, session, emb, c, reducers) for c in cells]
+        recipes = _recipes(settings, session, emb, cells, reducers)
         ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
-    made = []
+    made, twins = [], {}
     for i, (cell, recipe) in enumerate(zip(cells, recipes, strict=True)):
         ctx.progress(0.05 + 0.85 * i / len(cells), f"cell {i + 1} of {len(cells)}")
         seeds = variation_seeds(int(cell["seed"]), int(cell["variations"]))
-        made.append(make_variations(model, reducer, recipe, cell, seeds, sigma_max, ds_layers, ctx.check))
+        made.append(
+            make_variations(
+                model,
+                reducer,
+                recipe,
+                cell,
+                seeds,
+                sigma_max,
+                ds_layers,
+                ctx.check,
+                twins=twins,
+                project=False,
+            )
+        )
+    project_all(reducer, made)
     model_cache.assert_no_hooks()
     ctx.check()
     ctx.progress(0.9, "saving images and activations")
     root = generated_dir(ds_id, ctx.job_id)
-    for i, (m, recipe) in enumerate(zip(made, recipes, strict=True)):
-        save_made(settings, f"{root}/cell-{i:03d}", m, recipe, ds_layers)
+    places = save_sweep(settings, root, made, recipes, ds_layers)
     with ctx.session_factory.begin() as session:
         out = []
         first = 0
@@ -156,6 +177,9 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
                 sha=sha,
                 first_variation=first,
                 sweep=(int(p["sweep_id"]), i),
+                act_shard=root,
+                first_row=first,
+                **places[i],
             )
             first += len(ids)
             out.append({"cell": i, "samples": ids, "readout": m.readouts})
@@ -164,6 +188,46 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
         result = {"sweep_id": sweep.id, "cells": out, "model_cache": model_cache.stats()}
         ctx.complete(session, result)
     return result
+
+
+def save_sweep(settings: Settings, root: str, made: list, recipes: list, ds_layers) -> list[dict[str, str]]:
+    """A sweep's files under ``root``: each cell's images in ``cell-<i>/``, every cell's activations in one
+    ``<layer>.npy`` (rows in cell order), and a twin (``twin-<k>/``) or a recipe's target tensors
+    (``recipe-<k>/``) once however many cells share it. Returns each cell's ``twin_dir``/``mask_dir``."""
+    data, places = settings.data_root, []
+    twin_dirs: dict[int, str] = {}
+    mask_dirs: dict[int, str] = {}
+    for i, (m, recipe) in enumerate(zip(made, recipes, strict=True)):
+        for v in range(len(m.seeds)):
+            atomic_write_bytes(data / root / f"cell-{i:03d}" / f"{v:03d}.png", png_bytes(m.res.images[v]))
+        if m.twin is not None and id(m.twin) not in twin_dirs:
+            twin_dirs[id(m.twin)] = f"{root}/twin-{len(twin_dirs):03d}"
+            for v in range(len(m.seeds)):
+                atomic_write_bytes(
+                    data / twin_dirs[id(m.twin)] / f"twin-{v:03d}.png", png_bytes(m.twin.images[v])
+                )
+        if id(recipe) not in mask_dirs:
+            mask_dirs[id(recipe)] = f"{root}/recipe-{len(mask_dirs):03d}"
+            for name, mask in recipe.masks.items():
+                atomic_save_npy(data / mask_dirs[id(recipe)] / f"mask-{name}.npy", mask)
+        places.append({"twin_dir": twin_dirs.get(id(m.twin)), "mask_dir": mask_dirs[id(recipe)]})
+    for name in ds_layers:
+        rows = [m.res.activations[name].reshape(len(m.seeds), -1) for m in made]
+        atomic_save_npy(data / root / f"{name}.npy", np.concatenate(rows).astype(np.float32))  # [cells·n, D]
+    return places
+
+
+def _recipes(settings, session, emb, cells, reducers) -> list:
+    """Each cell's recipe, built once per distinct one (strength, window, seed and alpha do not change it)."""
+    keys = ("mode", "layers", "neighbors", "negative", "weights", "class", "selected")
+    built: dict[str, Any] = {}
+    out = []
+    for cell in cells:
+        key = json.dumps([cell.get(k) for k in keys])
+        if key not in built:
+            built[key] = build_recipe(settings, session, emb, cell, reducers)
+        out.append(built[key])
+    return out
 
 
 # -- reads ---------------------------------------------------------------------------------------------

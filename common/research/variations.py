@@ -102,20 +102,44 @@ class Made:
     threads: int = 1  # torch CPU threads (a batched convolution's bits may depend on them)
 
 
-def make_variations(model, reducer, recipe: Recipe, p: dict[str, Any], seeds, sigma_max, ds_layers, check):
+def make_variations(
+    model,
+    reducer,
+    recipe: Recipe,
+    p: dict[str, Any],
+    seeds,
+    sigma_max,
+    ds_layers,
+    check,
+    twins=None,
+    project=True,
+):
     """Render ``seeds`` with the recipe and ``p``'s intervention, and (``compare_natural``, default on) the
-    same seeds without it; project both onto the map and read out the intervention's size and effect."""
+    same seeds without it; project both onto the map and read out the intervention's size and effect.
+
+    ``twins``: a dict shared by several calls (a sweep's cells) so that cells with the same seeds,
+    conditioning and steps render their natural twin once. ``project=False`` leaves ``actual`` and
+    ``twin_points`` to the caller (``project_all``: one transform for many cells)."""
     micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
     steps, options = int(p["steps"]), render_options(p)
     res = render(model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check=check)
     twin = None
     if p.get("compare_natural", True):
-        twin = render(model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check, True)
-    layers = reducer.layers
-    actual = reducer.transform(flatten_activations({n: res.activations[n] for n in layers}))  # [n, 2]
-    twin_points = (
-        reducer.transform(flatten_activations({n: twin.activations[n] for n in layers})) if twin else None
-    )
+        key = (
+            tuple(seeds),
+            steps,
+            micro_batch,
+            recipe.label_mode,
+            recipe.class_label,
+            repr(recipe.label_weights),
+        )
+        twin = (twins or {}).get(key)
+        if twin is None:
+            twin = render(
+                model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check, True
+            )
+            if twins is not None:
+                twins[key] = twin
     reads = readout(
         res.intervention,
         res.activations,
@@ -126,7 +150,25 @@ def make_variations(model, reducer, recipe: Recipe, p: dict[str, Any], seeds, si
     from common.ml.device import current_threads
 
     device = str(next(model.parameters()).device)
-    return Made(seeds, micro_batch, res, twin, actual, twin_points, reads, device, current_threads())
+    made = Made(seeds, micro_batch, res, twin, np.zeros((0, 2)), None, reads, device, current_threads())
+    if project:
+        project_all(reducer, [made])
+    return made
+
+
+def project_all(reducer, made: list[Made]) -> None:
+    """Where every image and twin of ``made`` lands on the map, in one transform (sets ``actual`` and
+    ``twin_points``)."""
+    layers = reducer.layers
+    parts = [flatten_activations({n: m.res.activations[n] for n in layers}) for m in made]
+    parts += [flatten_activations({n: m.twin.activations[n] for n in layers}) for m in made if m.twin]
+    points = reducer.transform(np.concatenate(parts))  # [sum n (+ twins), 2]
+    at = 0
+    for m in made:
+        m.actual, at = points[at : at + len(m.seeds)], at + len(m.seeds)
+    for m in made:
+        if m.twin:
+            m.twin_points, at = points[at : at + len(m.seeds)], at + len(m.seeds)
 
 
 def save_made(settings: Settings, folder: str, made: Made, recipe: Recipe, ds_layers) -> None:
@@ -157,9 +199,17 @@ def record_made(
     sha: str,
     first_variation: int = 0,
     sweep: tuple[int, int] | None = None,
+    act_shard: str | None = None,
+    first_row: int = 0,
+    twin_dir: str | None = None,
+    mask_dir: str | None = None,
 ) -> list[int]:
     """The sample, generation, lineage and map-point rows of ``made`` (inserted idempotently, keyed by
-    job and variation ``first_variation + v``); returns the new sample ids in variation order."""
+    job and variation ``first_variation + v``); returns the new sample ids in variation order.
+
+    Files as ``save_made`` lays them out under ``folder``, unless a sweep shares them: activations in
+    ``act_shard`` from row ``first_row``, twins in ``twin_dir``, target tensors in ``mask_dir``."""
+    act_shard, twin_dir, mask_dir = act_shard or folder, twin_dir or folder, mask_dir or folder
     now = jobs.now()
     n = len(made.seeds)
     insert_ignore(
@@ -173,8 +223,8 @@ def record_made(
                 "label_weights": recipe.label_weights,
                 "noise_seed": made.seeds[v],
                 "image_path": f"{folder}/{v:03d}.png",
-                "act_shard": folder,
-                "act_row": v,
+                "act_shard": act_shard,
+                "act_row": first_row + v,
                 "origin": "generated",
                 "job_id": job_id,
                 "variation": first_variation + v,
@@ -220,7 +270,7 @@ def record_made(
                 "readout": read,
                 "effect": max(effects.values()) if effects else None,
                 "image_change": read["image_change"],
-                "twin_image_path": f"{folder}/twin-{v:03d}.png" if made.twin is not None else None,
+                "twin_image_path": f"{twin_dir}/twin-{v:03d}.png" if made.twin is not None else None,
                 "twin_x": float(twin_xy[0]) if twin_xy is not None else None,
                 "twin_y": float(twin_xy[1]) if twin_xy is not None else None,
                 "sweep_id": sweep[0] if sweep else None,
@@ -239,6 +289,7 @@ def record_made(
                     "variations": n,
                     "recipe_seed": int(p["seed"]),
                     "micro_batch": made.micro_batch,
+                    "mask_dir": mask_dir,
                     "device": made.device,
                     "threads": made.threads,
                     "torch": TORCH_VERSION,
