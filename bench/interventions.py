@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--model", default="digits-onestep")
     ap.add_argument("--trials", type=int, default=8, help="digit pairs (a, b) per curve point")
     ap.add_argument("--speed-only", action="store_true", help="only the sweep vs separate jobs figure")
+    ap.add_argument(
+        "--steer-class", default="selected", help="conditioning while steering: selected | uniform"
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-interventions-"))
@@ -164,7 +167,8 @@ def run(args, settings, sessions, publisher, admin) -> dict:
         steer = {
             "embedding": emb_id, "selected": selected, "neighbors": other[:16],
             "negative": [s for s in own if s != selected][:16], "mode": "direction",
-            "seed": 100 + trial, "compare_natural": False, "grid": {"alpha": ALPHAS},
+            "class": args.steer_class, "seed": 100 + trial, "compare_natural": False,
+            "grid": {"alpha": ALPHAS},
         }  # fmt: skip
         done = run_job(sessions, publisher, settings, admin, "sweep", steer)
         ids = [c["samples"][0] for c in done.result["cells"]]
@@ -185,6 +189,7 @@ def run(args, settings, sessions, publisher, admin) -> dict:
                 actual, span = np.array([g.actual_x, g.actual_y]), center - np.array([g.twin_x, g.twin_y])
                 t_by_strength[i] += float((actual - twin) @ span / max(span @ span, 1e-12))
     report["classifier_held_out_accuracy"] = round(clf.held_out_accuracy, 3)
+    report["steering_class"] = args.steer_class
     report["steering_share_reading_as_target"] = {
         str(a): round(float(h / len(pairs)), 3) for a, h in zip(ALPHAS, hits, strict=True)
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.lab import copy_logs, running_lab
-from tests.e2e.test_explorer import POST_JSON
+from tests.e2e.test_explorer import POST_JSON, READY
 from tests.support.waiting import wait_for_job
 
 
@@ -53,5 +53,8 @@ def test_sweep_page_renders_its_grid_and_opens_a_cell_on_the_map(lab, signed_in)
     href = first.get_attribute("href")
     assert href.startswith(f"/explorer?embedding={lab.embedding_id}&sample=")
     first.click()
-    page.wait_for_url(f"**{href}")
+    page.wait_for_url("**/explorer**")
+    page.wait_for_function(READY, timeout=60_000)
+    sample = int(href.rsplit("=", 1)[1])
+    page.wait_for_function(f"() => window.__latentlab.explorer.state().selected === {sample}")
     assert not session.page_errors and not session.csp_violations()

@@ -172,6 +172,33 @@ def test_interventions_twins_readouts_sweeps_bundles_and_refusals(env, sessions,
     res = client.get(f"/api/v1/sweeps/{sweep['id']}/sheet.png?rows=seed", headers=alice)
     assert res.status_code == 400 and res.json["field"] == "rows"
 
+    # the same from the shell, with a progress bar
+    cmd = [
+        "sweep",
+        "--embedding",
+        str(emb_id),
+        "--selected",
+        str(ids[0]),
+        "--neighbors",
+        f"{ids[1]},{ids[2]}",
+    ]
+    out = cli(
+        settings,
+        *cmd,
+        "--steps",
+        "1",
+        "--grid",
+        "strength=0.5",
+        "--grid",
+        "seed=1,2",
+        "--as",
+        "alice",
+        "--wait",
+    )
+    assert "100%" in out.stderr and len(json.loads(out.stdout.strip().splitlines()[-1])["cells"]) == 2
+    out = cli(settings, *cmd, "--grid", "colour=1", "--as", "alice", check=False)
+    assert out.returncode == 2 and "'grid.colour' is not a known field" in out.stderr, out.stderr
+
     # -- a reproducibility bundle replays on a fresh data root with only the model registered -------
     res = client.get(f"/api/v1/samples/{got[1]}/bundle", headers=alice)
     assert res.status_code == 200 and res.mimetype == "application/zip"
