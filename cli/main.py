@@ -7,6 +7,7 @@ import sys
 
 import click
 
+import cli.experiments  # noqa: F401  (attaches the sweep command to main)
 import cli.exports  # noqa: F401  (attaches the export commands to main)
 import cli.models  # noqa: F401  (attaches the model commands to main)
 import cli.research  # noqa: F401  (attaches the research commands to main)

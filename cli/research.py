@@ -180,11 +180,20 @@ def reproject(embedding, samples, username, wait):
 @click.option("--neighbors", required=True, help="Comma-separated neighbour sample ids.")
 @click.option(
     "--mode",
-    type=click.Choice(["activation_mean", "umap_inverse", "weighted"]),
+    type=click.Choice(["activation_mean", "umap_inverse", "weighted", "direction"]),
     default="activation_mean",
     show_default=True,
 )
 @click.option("--weights", default=None, help="For --mode weighted: comma-separated, one per neighbour.")
+@click.option(
+    "--negative", default=None, help="For --mode direction: comma-separated sample ids to steer from."
+)
+@click.option("--alpha", default=None, type=float, help="For --mode direction: signed scale (default 1).")
+@click.option("--normalize", is_flag=True, help="For --mode direction: scale to the activation's norm.")
+@click.option("--strength", default=None, type=float, help="0 (unmasked) .. 1 (the clamp, default).")
+@click.option("--layer-strength", default=None, help="Per layer: LAYER=S,LAYER=S (masked layers only).")
+@click.option("--mask-window", default=None, help="START:STOP, the steps masked (STOP exclusive).")
+@click.option("--no-compare-natural", is_flag=True, help="Skip the natural twin and the effect readout.")
 @click.option("--layers", default=None, help="Layers to mask (default: the embedding's).")
 @click.option(
     "--class",
@@ -205,6 +214,13 @@ def generate(
     neighbors,
     mode,
     weights,
+    negative,
+    alpha,
+    normalize,
+    strength,
+    layer_strength,
+    mask_window,
+    no_compare_natural,
     layers,
     class_,
     steps,
@@ -231,8 +247,41 @@ def generate(
         "mask_steps": mask_steps,
         "variations": variations,
         "seed": seed,
+        **intervention_options(negative, alpha, normalize, strength, layer_strength, mask_window),
     }
+    if no_compare_natural:
+        params["compare_natural"] = False
     _submit("generate_from_neighbors", params, username, wait)
+
+
+def intervention_options(negative, alpha, normalize, strength, layer_strength, mask_window) -> dict:
+    """The intervention's parameters from the command line (only those given)."""
+    out: dict = {}
+    if negative is not None:
+        out["negative"] = _csv_ids(negative)
+    if alpha is not None:
+        out["alpha"] = alpha
+    if normalize:
+        out["normalize"] = True
+    if strength is not None:
+        out["strength"] = strength
+    if layer_strength is not None:
+        try:
+            pairs = [item.split("=", 1) for item in layer_strength.split(",") if item.strip()]
+            out["layer_strength"] = {name.strip(): float(v) for name, v in pairs}
+        except ValueError:
+            raise click.BadParameter(
+                f"'{layer_strength}' is not LAYER=S,LAYER=S (e.g. midblock=0.5)",
+                param_hint="--layer-strength",
+            ) from None
+    if mask_window is not None:
+        start, _, stop = mask_window.partition(":")
+        if not (start.isascii() and start.isdigit() and stop.isascii() and stop.isdigit()):
+            raise click.BadParameter(
+                f"'{mask_window}' is not START:STOP (e.g. 0:2)", param_hint="--mask-window"
+            )
+        out["mask_window"] = [int(start), int(stop)]
+    return out
 
 
 @main.command()
@@ -257,7 +306,10 @@ def neighbors(embedding, sample, k, space):
 @click.option("--dataset", default=None)
 @click.option("--class", "class_label", default=None, type=int)
 @click.option("--parent", default=None, type=ROW_ID)
-@click.option("--mode", type=click.Choice(["activation_mean", "umap_inverse", "weighted"]), default=None)
+@click.option(
+    "--mode", type=click.Choice(["activation_mean", "umap_inverse", "weighted", "direction"]), default=None
+)
+@click.option("--effect-min", default=None, type=float, help="Only effects at least this (relative).")
 @click.option("--since", default=None, help="ISO date or datetime.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True)
@@ -266,7 +318,7 @@ def neighbors(embedding, sample, k, space):
     help="Export every matching row (no --limit) as CSV or Parquet.",
 )  # fmt: skip
 @click.option("-o", "--output", "out", default=None, help="File for --format (CSV: default standard output).")
-def history(user, dataset, class_label, parent, mode, since, limit, as_json, fmt, out):
+def history(user, dataset, class_label, parent, mode, effect_min, since, limit, as_json, fmt, out):
     """Generated samples, newest first, with their recipes."""
     from pydantic import ValidationError
 
@@ -281,6 +333,7 @@ def history(user, dataset, class_label, parent, mode, since, limit, as_json, fmt
             class_label=class_label,
             parent=parent,
             mode=mode,
+            effect_min=effect_min,
             since=since,
             limit=limit,
         )
@@ -305,12 +358,22 @@ def history(user, dataset, class_label, parent, mode, since, limit, as_json, fmt
 
 
 @main.command()
-@click.argument("sample", type=int)
+@click.argument("sample", type=int, required=False)
 @click.option(
     "--out", type=click.Path(dir_okay=False), default=None, help="Also write the replayed PNG here."
 )
-def replay(sample: int, out: str | None) -> None:
-    """Regenerate generated SAMPLE from its recorded recipe and compare with the stored image."""
+@click.option("--bundle", default=None, help="Replay a reproducibility bundle (zip) instead of a sample.")
+def replay(sample: int | None, out: str | None, bundle: str | None) -> None:
+    """Regenerate generated SAMPLE from its recorded recipe (or --bundle FILE from the bundle alone, on
+    any data root with the same model registered) and compare with the stored image; exit 1 if it differs."""
+    if (sample is None) == (bundle is None):
+        raise click.UsageError("Give a SAMPLE id or --bundle FILE (one of the two).")
+    if bundle is not None:
+        from common.research.bundles import replay_bundle
+
+        report = replay_bundle(load_settings(), bundle)
+        click.echo(report.summary, err=not report.identical)
+        sys.exit(0 if report.identical else 1)
     from common.platform.storage import atomic_write_bytes, png_bytes
     from common.research.embeddings import ReducerCache
     from common.research.generations import replay as do_replay

@@ -153,9 +153,23 @@ def register_blueprints(app: Flask) -> None:
         pages,
         queues,
         samples,
+        sweeps,
     )
 
-    modules = (health, auth_bp, jobs, datasets, embeddings, samples, exports, queues, events, docs, pages)
+    modules = (
+        health,
+        auth_bp,
+        jobs,
+        datasets,
+        embeddings,
+        samples,
+        sweeps,
+        exports,
+        queues,
+        events,
+        docs,
+        pages,
+    )
     for module in modules:
         app.register_blueprint(module.bp)
 

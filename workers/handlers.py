@@ -8,7 +8,7 @@ import signal
 import time
 
 from common.jobs import JobContext
-from common.research import datasets, embeddings, generations
+from common.research import datasets, embeddings, generations, sweeps
 from common.research.embeddings import ReducerCache
 from common.research.modelcache import ModelCache
 
@@ -108,6 +108,10 @@ def generate_from_neighbors(ctx: JobContext) -> dict:
     return generations.run_generate_from_neighbors(ctx, model_cache(ctx), reducer_cache(ctx))
 
 
+def sweep(ctx: JobContext) -> dict:
+    return sweeps.run_sweep(ctx, model_cache(ctx), reducer_cache(ctx))
+
+
 HANDLERS = {
     "ping": ping,
     "generate_dataset": generate_dataset,
@@ -115,4 +119,5 @@ HANDLERS = {
     "fit_embedding": fit_embedding,
     "reproject": reproject,
     "generate_from_neighbors": generate_from_neighbors,
+    "sweep": sweep,
 }

@@ -53,6 +53,12 @@ def limit_cpu_threads(threads: int) -> None:
         _blas_limited = (key[0], key[1], len(sys.modules))  # threadpoolctl may have imported modules
 
 
+def current_threads() -> int:
+    """Usage: ``current_threads()`` -> torch's intra-op CPU threads now (recorded with CPU renders: a
+    batched convolution's bits may depend on it)."""
+    return torch.get_num_threads()
+
+
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())

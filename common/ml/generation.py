@@ -50,13 +50,16 @@ class GenerationResult:
 
     images: uint8 [B, H, W, C]. activations: ``{layer: float32 [B, C, H, W]}`` from the last model
     evaluation, or None. images_float: float32 [B, C, H, W] raw output (about [-1, 1]) when asked for.
-    sigmas: the noise levels t_0 .. t_N (t_N = 0) the sampler stepped through.
+    sigmas: the noise levels t_0 .. t_N (t_N = 0) the sampler stepped through. intervention (with
+    ``record_intervention``): ``{layer: float64 [B]}``, each sample's ``|applied - natural| / |natural|``
+    at the last model evaluation where the masks were active (absent when they never were).
     """
 
     images: np.ndarray
     activations: dict[str, np.ndarray] | None = None
     images_float: np.ndarray | None = None
     sigmas: list[float] = field(default_factory=list)
+    intervention: dict[str, np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,6 +229,13 @@ def generate(
     rho: float = 7.0,
     masks: Mapping[str, Any] | None = None,
     mask_steps: int | None = None,
+    mask_window: Sequence[int] | None = None,
+    strength: float = 1.0,
+    layer_strength: Mapping[str, float] | None = None,
+    mask_mode: str = "replace",
+    normalize: bool = False,
+    alpha: float = 1.0,
+    record_intervention: bool = False,
     capture: Sequence[str] | None = None,
     label_mode: str = "onehot",
     device: str | torch.device | None = None,
@@ -239,9 +249,15 @@ def generate(
     ``steps > 1`` runs EDM's deterministic Heun sampler on the Karras schedule (sigma_max, sigma_min,
     rho), 2*steps - 1 model evaluations. ``masks`` (``{layer: [1|B, C, H, W]}``, a [B, ...] mask gives
     each sample its own replacement) replace layer outputs on every evaluation of every step
-    (``mask_steps=None``) or only of the first ``mask_steps`` steps. ``capture`` lists layers whose
-    activations are returned as float32 ndarrays [B, C, H, W], taken from the **last** model evaluation:
-    the one whose output is the returned image (masked, if masks are active on the last step).
+    (``mask_steps=None``) or only of the first ``mask_steps`` steps; ``mask_window=(start, stop)`` masks
+    steps start <= i < stop instead (``mask_steps=k`` is ``(0, k)``; give one of the two). Step i covers
+    both model evaluations of Heun step i. ``strength``, ``layer_strength``, ``mask_mode``,
+    ``normalize`` and ``alpha`` are ``ActivationMask``'s: strength 1 (default) is the plain replacement,
+    strength 0 the unmasked output, bit-for-bit; ``mask_mode="add"`` adds the masks as steering directions.
+    ``record_intervention`` returns the intervention's size per layer and sample. ``capture`` lists
+    layers whose activations are returned as float32 ndarrays [B, C, H, W], taken from the **last**
+    model evaluation: the one whose output is the returned image (masked, if masks are active on the
+    last step).
     ``class_labels`` and ``label_mode``: see ``make_class_labels``. ``device`` must be None or the
     model's device (the model is never moved). Returns a ``GenerationResult`` (images uint8 [B, H, W, C]).
 
@@ -258,6 +274,13 @@ def generate(
         raise ValueError("no seeds given")
     if mask_steps is not None and mask_steps < 0:
         raise ValueError(f"mask_steps must be None or >= 0, got {mask_steps}")
+    if mask_steps is not None and mask_window is not None:
+        raise ValueError("give mask_steps or mask_window, not both (mask_steps=k is mask_window=(0, k))")
+    window = (0, int(mask_steps)) if mask_steps is not None else None
+    if mask_window is not None:
+        window = (int(mask_window[0]), int(mask_window[1]))
+        if not 0 <= window[0] <= window[1]:
+            raise ValueError(f"mask_window {list(mask_window)} must satisfy 0 <= start <= stop")
     dev = _model_device(model)
     want = torch.device(device) if device is not None else dev
     if want.type != dev.type or want.index not in (None, dev.index):
@@ -288,15 +311,28 @@ def generate(
                     f"or ({B}, C, H, W) for {B} seeds"
                 )
             tensors[name] = t
-        shared = ActivationMask(model, tensors) if all(t.shape[0] == 1 for t in tensors.values()) else None
+        how = dict(
+            strength=strength,
+            layer_strength=layer_strength,
+            mode=mask_mode,
+            normalize=normalize,
+            alpha=alpha,
+            record=record_intervention,
+        )
+        shared = (
+            ActivationMask(model, tensors, **how) if all(t.shape[0] == 1 for t in tensors.values()) else None
+        )
         mask_ctxs = [
             shared
             if shared is not None
             else ActivationMask(
-                model, {n: (t if t.shape[0] == 1 else _pad_rows(t[a:b], K)) for n, t in tensors.items()}
+                model,
+                {n: (t if t.shape[0] == 1 else _pad_rows(t[a:b], K)) for n, t in tensors.items()},
+                **how,
             )
             for a, b in chunks
         ]
+    sizes: list[dict[str, np.ndarray]] = [{} for _ in chunks]  # per chunk: the last masked call's sizes
     captured: dict[str, list[np.ndarray]] | None = {n: [] for n in capture} if capture else None
 
     def denoise(x: torch.Tensor, sigma: float, step: int, last: bool) -> torch.Tensor:
@@ -309,8 +345,9 @@ def generate(
             xc = _pad_rows(x[a:b].to(torch.float32), K)  # [K, C, R, R]
             yc = _pad_rows(labels[a:b], K) if labels is not None else None  # [K, label_dim]
             sigma_t = torch.full((K,), sigma, dtype=torch.float32, device=dev)
+            masked = mask_ctxs is not None and (window is None or window[0] <= step < window[1])
             with ExitStack() as stack:
-                if mask_ctxs is not None and (mask_steps is None or step < mask_steps):
+                if masked:
                     stack.enter_context(mask_ctxs[c])
                 cap = (
                     stack.enter_context(ActivationCapture(model, capture, pinned=pinned))
@@ -318,6 +355,8 @@ def generate(
                     else None
                 )
                 outs.append(model(xc, sigma_t, yc)[:n])  # [n, C, R, R]
+            if masked and record_intervention:
+                sizes[c] = {name: v[:n].copy() for name, v in mask_ctxs[c].sizes.items()}
             if cap is not None:
                 for name in capture:  # read after the stream is synchronised (non-blocking copies)
                     captured[name].append(cap.activations[name][:n])
@@ -344,9 +383,13 @@ def generate(
     if pinned:
         torch.cuda.synchronize(dev)
     activations = {n: torch.cat(parts).numpy() for n, parts in captured.items()} if captured else None
+    intervention = None
+    if record_intervention and all(sizes):
+        intervention = {name: np.concatenate([part[name] for part in sizes]) for name in sizes[0]}
     return GenerationResult(
         images=images,
         activations=activations,
         images_float=img.detach().to("cpu", torch.float32).numpy() if return_float else None,
         sigmas=sigmas,
+        intervention=intervention,
     )

@@ -43,7 +43,9 @@ __all__ = [
     "LAYER_TABLES",
     "ActivationCapture",
     "ActivationMask",
+    "MASK_MODES",
     "active_hook_count",
+    "apply_intervention",
     "dhariwal_block_names",
     "dhariwal_layer_table",
     "layer_module",
@@ -257,6 +259,49 @@ def _as_mask_tensor(name: str, value: Any) -> torch.Tensor:
     return t
 
 
+MASK_MODES = ("replace", "add")
+
+
+def _strength(name: str, value: Any) -> float:
+    s = float(value)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"strength for layer {name!r} is {s}; it must be within [0, 1]")
+    return s
+
+
+def apply_intervention(
+    output: torch.Tensor,
+    mask: torch.Tensor,
+    strength: float,
+    mode: str = "replace",
+    normalize: bool = False,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Usage: ``apply_intervention(natural, target, 0.5)`` -> the intervened output, same shape and dtype.
+
+    ``output`` (the layer's natural output) [B, ...] and ``mask`` [B, ...] (already broadcast and cast)
+    of any layout, so a UNet of any family can use it. ``mode="replace"``: ``(1 - s) * natural + s *
+    target``, with s = 1 returning ``mask`` itself and s = 0 ``output`` itself (both exact).
+    ``mode="add"``: ``natural + s * alpha * d`` for a direction ``d`` and a signed scale ``alpha``; with
+    ``normalize`` the direction of each sample is first rescaled to the norm of that sample's natural
+    output (``d / |d| * |natural|``, both norms over all of a sample's elements), so ``alpha`` reads as a
+    fraction of the activation's own size. s = 0 or alpha = 0 returns ``output`` itself.
+    """
+    if strength == 0.0 or (mode == "add" and alpha == 0.0):
+        return output
+    if mode == "replace":
+        return mask if strength == 1.0 else (1.0 - strength) * output + strength * mask
+    if mode != "add":
+        raise ValueError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
+    d = mask
+    if normalize:
+        dims = tuple(range(1, output.ndim))
+        vnorm = torch.linalg.vector_norm
+        scale = vnorm(output, dim=dims, keepdim=True) / vnorm(d, dim=dims, keepdim=True).clamp_min(1e-12)
+        d = d * scale  # [B, 1, ..., 1] * [B, ...]
+    return output + (strength * alpha) * d
+
+
 class ActivationMask(_HookContext):
     """Usage: ``with ActivationMask(model, {"encoder_bottleneck": mask}): model(x, sigma, y)``.
 
@@ -266,16 +311,67 @@ class ActivationMask(_HookContext):
     output's dtype at run time. A shape that does not fit the layer raises ValueError naming the layer
     and both shapes (checked on enter when ``layer_shapes`` is cached for the model, else on the forward
     pass). Unknown names raise KeyError listing the valid names. Two active masks on one layer are refused.
+
+    Interventions (``apply_intervention``): ``strength`` s in [0, 1] (default 1: the replacement above,
+    bit-for-bit) blends ``(1 - s) * natural + s * mask``, overridable per layer with ``layer_strength``
+    (``{layer: s}``, only masked layers); s = 0 leaves the layer untouched. ``mode="add"`` treats each
+    mask as a direction added to the natural output (``natural + s * alpha * mask``, ``normalize``
+    rescales it to the natural output's norm first). ``window=(start, stop)`` with the ``step``
+    attribute set by the sampler before each call limits the hooks to steps start <= step < stop while
+    the context stays entered (``step`` None: always on); samplers that enter the context per step need
+    neither.
+    ``record=True`` keeps, per layer, the last call's per-sample ``|applied - natural| / |natural|`` in
+    ``sizes[layer]`` (float64 ndarray [B]).
+
+    The hooks are family-agnostic: they only see a module's output tensor (or the first element of a
+    tuple output), so any model whose layers resolve through ``modules`` (a ``{name: nn.Module}``
+    mapping, instead of an EDM model's layer table) can be masked the same way.
     """
 
-    def __init__(self, model: nn.Module, masks: Mapping[str, Any]):
+    def __init__(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, Any],
+        *,
+        strength: float = 1.0,
+        layer_strength: Mapping[str, float] | None = None,
+        mode: str = "replace",
+        normalize: bool = False,
+        alpha: float = 1.0,
+        window: tuple[int, int] | None = None,
+        record: bool = False,
+        modules: Mapping[str, nn.Module] | None = None,
+    ):
         super().__init__()
         self.model = model
         self._marked: list[nn.Module] = []
-        self.modules = _resolve(model, masks.keys())
+        self.modules = dict(modules) if modules is not None else _resolve(model, masks.keys())
+        missing = [name for name in masks if name not in self.modules]
+        if missing:
+            raise KeyError(f"no module given for layer(s) {', '.join(map(repr, missing))}")
         self.masks = {name: _as_mask_tensor(name, value) for name, value in masks.items()}
+        if mode not in MASK_MODES:
+            raise ValueError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
+        unmasked = [name for name in (layer_strength or {}) if name not in self.masks]
+        if unmasked:
+            raise ValueError(
+                f"layer_strength names {', '.join(map(repr, unmasked))}, which is not masked; "
+                f"masked layers: {', '.join(self.masks)}"
+            )
+        base = _strength("*", strength)
+        self.strength = {name: _strength(name, (layer_strength or {}).get(name, base)) for name in self.masks}
+        self.mode, self.normalize, self.alpha, self.record = mode, bool(normalize), float(alpha), bool(record)
+        if window is not None:
+            start, stop = (int(v) for v in window)
+            if not 0 <= start <= stop:
+                raise ValueError(f"window {list(window)} must satisfy 0 <= start <= stop")
+            window = (start, stop)
+        self.window = window
+        self.step: int | None = None
+        self.sizes: dict[str, np.ndarray] = {}
         seen: dict[int, str] = {}
-        for name, module in self.modules.items():
+        for name in self.masks:
+            module = self.modules[name]
             if id(module) in seen:
                 raise ValueError(
                     f"layers {seen[id(module)]!r} and {name!r} are the same module; mask it once"
@@ -291,8 +387,19 @@ class ActivationMask(_HookContext):
                         f"(B, {', '.join(map(str, expected))}); expected (1, {', '.join(map(str, expected))})"
                     )
 
+    def active(self) -> bool:
+        """Usage: ``mask.step = i; mask.active()`` -> whether the hooks change outputs at the current step."""
+        if self.window is None or self.step is None:
+            return True
+        return self.window[0] <= self.step < self.window[1]
+
     def _make_hook(self, name: str, mask: torch.Tensor):
-        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        strength = self.strength[name]
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple):  # blocks that also return skips (a diffusers down block)
+                first = hook(module, args, output[0])
+                return None if first is None else (first, *output[1:])
             B = output.shape[0]
             if mask.shape[1:] != output.shape[1:] or mask.shape[0] not in (1, B):
                 raise ValueError(
@@ -300,17 +407,28 @@ class ActivationMask(_HookContext):
                     f"{tuple(output.shape)}; expected (1, {', '.join(map(str, output.shape[1:]))}) "
                     f"or the full batch shape"
                 )
+            if not self.active():
+                return None
             m = mask.to(device=output.device, dtype=output.dtype)
-            return m.expand(B, -1, -1, -1) if m.shape[0] != B else m  # [B, C, H, W]
+            m = m.expand(B, *([-1] * (m.ndim - 1))) if m.shape[0] != B else m  # [B, C, H, W]
+            out = apply_intervention(output, m, strength, self.mode, self.normalize, self.alpha)
+            if self.record:
+                dims = tuple(range(1, output.ndim))
+                nat = output.detach().to(torch.float64)
+                change = torch.linalg.vector_norm(out.detach().to(torch.float64) - nat, dim=dims)
+                size = change / torch.linalg.vector_norm(nat, dim=dims).clamp_min(1e-12)
+                self.sizes[name] = size.cpu().numpy()
+            return out
 
         return hook
 
     def _register(self) -> None:
         device, dtype = _param_device_dtype(self.model)
-        for name, module in self.modules.items():
-            if _MASKED.get(module, 0):
+        for name in self.masks:
+            if _MASKED.get(self.modules[name], 0):
                 raise ValueError(f"layer {name!r} is already masked by another active ActivationMask")
-        for name, module in self.modules.items():
+        for name in self.masks:
+            module = self.modules[name]
             mask = self.masks[name].to(device=device, dtype=dtype if dtype.is_floating_point else None)
             self._handles.append(module.register_forward_hook(self._make_hook(name, mask), prepend=True))
             _MASKED[module] = _MASKED.get(module, 0) + 1

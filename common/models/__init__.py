@@ -3,7 +3,7 @@
 from common.models.base import Base, utcnow
 from common.models.datasets import Dataset, Sample
 from common.models.embeddings import Embedding, EmbeddingPoint
-from common.models.generations import Generation, Lineage
+from common.models.generations import Generation, Lineage, Sweep
 from common.models.jobs import Job
 from common.models.registry import GeneratorModel
 from common.models.users import ApiToken, User
@@ -19,6 +19,7 @@ __all__ = [
     "Job",
     "Lineage",
     "Sample",
+    "Sweep",
     "User",
     "utcnow",
 ]

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from common.models.base import Base, utcnow
 from common.models.datasets import Sample
 
-GENERATION_MODES = ("activation_mean", "umap_inverse", "weighted")
-LINEAGE_ROLES = ("selected", "neighbor")
+GENERATION_MODES = ("activation_mean", "umap_inverse", "weighted", "direction")
+LINEAGE_ROLES = ("selected", "neighbor", "negative")
 
 
 class Generation(Base):
@@ -20,7 +20,7 @@ class Generation(Base):
 
     __tablename__ = "generations"
     __table_args__ = (
-        CheckConstraint("mode IN ('activation_mean', 'umap_inverse', 'weighted')", name="mode"),
+        CheckConstraint("mode IN ('activation_mean', 'umap_inverse', 'weighted', 'direction')", name="mode"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -47,15 +47,43 @@ class Generation(Base):
     code_version: Mapped[str] = mapped_column(String(64))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the intervention (null on rows made before interventions: a full-strength clamp of mask_steps)
+    mask_window: Mapped[list[Any] | None]  # [start, stop): the steps masked; null = every step
+    strength: Mapped[float | None] = mapped_column(Float)
+    intervention: Mapped[dict[str, Any] | None]  # layer_strength, alpha, normalize (mode 'direction')
+    # the readout against the natural twin (the same seed without the intervention); null when not compared
+    readout: Mapped[dict[str, Any] | None]  # intervention_size {layer: v}, effect {layer: v}, image_change
+    effect: Mapped[float | None] = mapped_column(Float)  # the largest relative effect over captured layers
+    image_change: Mapped[float | None] = mapped_column(Float)  # mean |intervened - twin| in pixel values
+    twin_image_path: Mapped[str | None] = mapped_column(String(512))
+    twin_x: Mapped[float | None] = mapped_column(Float)  # where the twin landed on the map
+    twin_y: Mapped[float | None] = mapped_column(Float)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    sweep_cell: Mapped[int | None]
 
     sample: Mapped[Sample] = relationship(foreign_keys=[sample_id])
+
+
+class Sweep(Base):
+    """A grid of generations run as one job: the base parameters, the grid's axes and its cells."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    embedding_id: Mapped[int] = mapped_column(ForeignKey("embeddings.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    params: Mapped[dict[str, Any]]  # the generate parameters every cell starts from
+    grid: Mapped[dict[str, Any]]  # axis -> values, in the order given
+    cells: Mapped[list[Any]]  # one dict of axis -> value per cell, row-major over the grid
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Lineage(Base):
     """(child, parent, role, weight): which samples a generated sample was made from."""
 
     __tablename__ = "lineage"
-    __table_args__ = (CheckConstraint("role IN ('selected', 'neighbor')", name="role"),)
+    __table_args__ = (CheckConstraint("role IN ('selected', 'neighbor', 'negative')", name="role"),)
 
     child_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
     parent_id: Mapped[int] = mapped_column(

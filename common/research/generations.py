@@ -1,7 +1,10 @@
 """Generate from neighbours: combine the chosen samples' activations, clamp them into the generator with
 forward hooks, make new images, and record each one with its full recipe and lineage.
 
-How the neighbours combine (the modes, the masks, the class) is ``common/research/recipe.py``.
+How the neighbours combine (the modes, the masks, the class) is ``common/research/recipe.py``; how much,
+when and in which direction the masks act, and the readout against each image's natural twin, is
+``common/research/interventions.py`` (mode ``direction``: the neighbours are the positive set, ``negative``
+the set to steer away from); rendering and recording the variations is ``common/research/variations.py``.
 
 After generating, the image's actual activations are captured and projected with the map's reducer, so
 each generation stores where it was meant to land and where it landed.
@@ -22,23 +25,30 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.ml.activations import flatten_activations, split_flat
+from common.ml.activations import split_flat
 from common.models import Dataset, Embedding, EmbeddingPoint, Generation, Job, Lineage, Sample, User
 from common.models.base import RowId
 from common.platform.config import Settings
-from common.platform.db import insert_ignore
 from common.platform.errors import UserError
-from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
-from common.research.datasets import CODE_VERSION, noise_seed, read_activations
+from common.platform.storage import resolve_inside
+from common.research.datasets import read_activations
 from common.research.embeddings import ReducerCache, get_embedding
+from common.research.interventions import MAX_ALPHA, check_intervention, render_options
 from common.research.recipe import (
     Recipe,
     choose_class,
     combine_activations,
-    labels_for,
     masks_from_targets,
     neighbour_weights,
     weighted_center,
+)
+from common.research.variations import (
+    generated_dir,
+    make_variations,
+    record_made,
+    render,
+    save_made,
+    variation_seeds,
 )
 
 MAX_WEIGHT = 1e6
@@ -47,6 +57,8 @@ MAX_WEIGHT = 1e6
 # a neighbour's weight: bounded so that their sum stays finite (1e308 + 1e308 overflows to inf, and
 # normalising by inf put the generation at (0, 0))
 Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+Strength = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Step = Annotated[int, Field(ge=0, le=256)]
 
 
 class GenerateFromNeighborsParams(BaseModel):
@@ -57,7 +69,7 @@ class GenerateFromNeighborsParams(BaseModel):
     neighbors: list[RowId] = Field(
         min_length=1, max_length=256, description="sample ids whose activations combine"
     )
-    mode: Literal["activation_mean", "umap_inverse", "weighted"] = "activation_mean"
+    mode: Literal["activation_mean", "umap_inverse", "weighted", "direction"] = "activation_mean"
     weights: list[Weight] | None = Field(
         default=None, max_length=256, description="for mode 'weighted': one per neighbour (0 to 1e6)"
     )
@@ -69,6 +81,31 @@ class GenerateFromNeighborsParams(BaseModel):
     )
     steps: int | None = Field(default=None, ge=1, le=256)
     mask_steps: int | None = Field(default=None, ge=0, le=256, description="mask only the first k steps")
+    mask_window: tuple[Step, Step] | None = Field(
+        default=None, description="[start, stop): mask only these steps (null: every step)"
+    )
+    strength: float = Field(
+        default=1.0, ge=0, le=1, description="(1 - s)·natural + s·target; 0 = unmasked, 1 = the clamp"
+    )
+    layer_strength: dict[str, Strength] | None = Field(
+        default=None, max_length=64, description="per masked layer, overriding 'strength'"
+    )
+    negative: list[RowId] | None = Field(
+        default=None, min_length=1, max_length=256, description="mode 'direction': the set to steer away from"
+    )
+    alpha: float | None = Field(
+        default=None,
+        ge=-MAX_ALPHA,
+        le=MAX_ALPHA,
+        allow_inf_nan=False,
+        description="mode 'direction': signed scale of mean(neighbors) − mean(negative) (default 1)",
+    )
+    normalize: bool = Field(
+        default=False, description="mode 'direction': rescale the direction to the natural activation's norm"
+    )
+    compare_natural: bool = Field(
+        default=True, description="also render each seed without the intervention and record the effect"
+    )
     variations: int = Field(default=1, ge=1, le=64)
     seed: int | None = Field(default=None, ge=0, le=2**62)
 
@@ -83,6 +120,8 @@ class GenerateFromNeighborsParams(BaseModel):
             raise ValueError("'weights' is only used with mode 'weighted'")
         if len(set(self.neighbors)) != len(self.neighbors):
             raise ValueError("'neighbors' lists a sample twice")
+        if self.negative is not None and len(set(self.negative)) != len(self.negative):
+            raise ValueError("'negative' lists a sample twice")
         if isinstance(self.class_mode, int) and self.class_mode < 0:
             raise ValueError("an explicit class must be a non-negative class index")
         return self
@@ -97,7 +136,7 @@ def prepare_generate_from_neighbors(
             f"Embedding {emb.id} is still {emb.status}; wait for its fit to finish.", field="params.embedding"
         )
     ds = emb.dataset
-    wanted = [params.selected, *params.neighbors]
+    wanted = [params.selected, *params.neighbors, *(params.negative or [])]
     on_map = set(
         session.scalars(
             select(EmbeddingPoint.sample_id).where(
@@ -110,7 +149,11 @@ def prepare_generate_from_neighbors(
         raise UserError(
             f"Sample(s) {', '.join(map(str, off))} are not on embedding {emb.id} (they belong to another "
             "dataset or embedding, or were never placed); choose samples shown on this map.",
-            field="params.selected" if params.selected in off else "params.neighbors",
+            field="params.selected"
+            if params.selected in off
+            else "params.neighbors"
+            if set(off) & set(params.neighbors)
+            else "params.negative",
         )
     layers = sorted(set(params.layers or emb.layers))
     allowed = emb.layers if params.mode == "umap_inverse" else ds.layers
@@ -132,6 +175,7 @@ def prepare_generate_from_neighbors(
             f"mask_steps ({params.mask_steps}) cannot exceed steps ({steps}).", field="params.mask_steps"
         )
     out = params.model_dump(mode="json", by_alias=True)
+    check_intervention(out, steps=steps, layers=layers)
     out.update(
         layers=layers, steps=steps, seed=params.seed if params.seed is not None else secrets.randbits(31)
     )
@@ -146,8 +190,10 @@ def build_recipe(
 ) -> Recipe:
     ds: Dataset = emb.dataset
     neighbors = [int(s) for s in p["neighbors"]]
+    negative = [int(s) for s in p.get("negative") or []]
     samples = {
-        s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_([p["selected"], *neighbors])))
+        s.id: s
+        for s in session.scalars(select(Sample).where(Sample.id.in_([p["selected"], *neighbors, *negative])))
     }
     points = {
         pt.sample_id: (pt.x, pt.y)
@@ -178,6 +224,9 @@ def build_recipe(
     else:
         locs = [(samples[s].act_shard, samples[s].act_row) for s in neighbors]
         x = read_activations(settings, locs, layers).astype(np.float64)  # [k, D_masked]
+        if p["mode"] == "direction":  # mean(positive) - mean(negative), one vector over the masked layers
+            neg = [(samples[s].act_shard, samples[s].act_row) for s in negative]
+            x = x - read_activations(settings, neg, layers).astype(np.float64).mean(axis=0)  # [k, D_masked]
         targets = combine_activations(x, w, {name: shapes[name] for name in layers})  # {name: [C, H, W]}
     masks = masks_from_targets(targets, shapes, layers)
 
@@ -193,52 +242,6 @@ def build_recipe(
     return Recipe(
         masks, center, w, class_label, label_mode, class_label, label_weights, roundtrip, diagnostics
     )
-
-
-def render(
-    model,
-    recipe: Recipe,
-    seeds: list[int],
-    steps: int,
-    sigma_max: float,
-    mask_steps: int | None,
-    capture: list[str],
-    micro_batch: int | None = None,
-    check=None,
-):
-    """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult.
-    ``check`` is called before every model call (see ``generate``)."""
-    from common.ml.generation import generate
-
-    labels, mode = labels_for(recipe, len(seeds))
-    return generate(
-        model,
-        labels,
-        seeds,
-        steps=steps,
-        sigma_max=sigma_max,
-        masks=recipe.masks,
-        mask_steps=mask_steps,
-        capture=capture,
-        label_mode=mode,
-        micro_batch=micro_batch,
-        check=check,
-    )
-
-
-def variations_micro_batch(model, variations: int) -> int:
-    """Samples per model call for ``variations`` images of one recipe (recorded, so a replay matches)."""
-    from common.ml.generation import micro_batch_for
-
-    return micro_batch_for(next(model.parameters()).device, variations)
-
-
-def generated_dir(dataset_id: int, job_id: int) -> str:
-    return f"datasets/{dataset_id}/generated/job-{job_id:08d}"
-
-
-def variation_seeds(seed: int, variations: int) -> list[int]:
-    return [noise_seed(seed, v) for v in range(variations)]
 
 
 # -- the job ---------------------------------------------------------------------------------------------
@@ -258,122 +261,32 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
     ctx.progress(0.2, f"generating {p['variations']} variation(s)")
     seeds = variation_seeds(int(p["seed"]), int(p["variations"]))
-    micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
-    res = render(
-        model,
-        recipe,
-        seeds,
-        int(p["steps"]),
-        sigma_max,
-        p.get("mask_steps"),
-        ds_layers,
-        micro_batch,
-        check=ctx.check,
-    )
+    made = make_variations(model, reducer, recipe, p, seeds, sigma_max, ds_layers, ctx.check)
     model_cache.assert_no_hooks()
     ctx.check()
-    n = len(seeds)
-    actual_x = flatten_activations({name: res.activations[name] for name in reducer.layers})  # [n, D_map]
-    actual = reducer.transform(actual_x)  # [n, 2]
     ctx.progress(0.8, "saving images and activations")
-
     folder = generated_dir(ds_id, ctx.job_id)
-    root = settings.data_root
-    for v in range(n):
-        atomic_write_bytes(root / folder / f"{v:03d}.png", png_bytes(res.images[v]))
-    for name in ds_layers:
-        atomic_save_npy(
-            root / folder / f"{name}.npy", res.activations[name].reshape(n, -1).astype(np.float32)
-        )
-    for name, mask in recipe.masks.items():
-        atomic_save_npy(root / folder / f"mask-{name}.npy", mask)
-
-    now = jobs.now()
+    save_made(settings, folder, made, recipe, ds_layers)
     with ctx.session_factory.begin() as session:  # fenced at its end, by ctx.complete
-        insert_ignore(
+        ids = record_made(
             session,
-            Sample.__table__,
-            [
-                {
-                    "dataset_id": ds_id,
-                    "index": None,
-                    "class_label": recipe.class_label,
-                    "label_weights": recipe.label_weights,
-                    "noise_seed": seeds[v],
-                    "image_path": f"{folder}/{v:03d}.png",
-                    "act_shard": folder,
-                    "act_row": v,
-                    "origin": "generated",
-                    "job_id": ctx.job_id,
-                    "variation": v,
-                    "created_by_id": ctx.owner_id,
-                    "created_at": now,
-                }
-                for v in range(n)
-            ],
+            job_id=ctx.job_id,
+            owner_id=ctx.owner_id,
+            ds_id=ds_id,
+            emb_id=emb_id,
+            p=p,
+            recipe=recipe,
+            made=made,
+            folder=folder,
+            sha=sha,
         )
-        ids = dict(
-            session.execute(
-                select(Sample.variation, Sample.id).where(
-                    Sample.job_id == ctx.job_id, Sample.origin == "generated"
-                )
-            ).all()
-        )
-        gens, lineage, points = [], [], []
-        for v in range(n):
-            sid = ids[v]
-            ax, ay = float(actual[v, 0]), float(actual[v, 1])
-            gens.append(
-                {
-                    "sample_id": sid,
-                    "embedding_id": emb_id,
-                    "selected_sample_id": int(p["selected"]),
-                    "job_id": ctx.job_id,
-                    "mode": p["mode"],
-                    "center_x": float(recipe.center[0]),
-                    "center_y": float(recipe.center[1]),
-                    "layers": list(recipe.masks),
-                    "steps": int(p["steps"]),
-                    "mask_steps": p.get("mask_steps"),
-                    "noise_seed": seeds[v],
-                    "class_mode": str(p["class"]),
-                    "class_label": recipe.class_label,
-                    "label_weights": recipe.label_weights,
-                    "actual_x": ax,
-                    "actual_y": ay,
-                    "roundtrip_error": recipe.roundtrip_error,
-                    "distance_to_intended": float(np.hypot(ax - recipe.center[0], ay - recipe.center[1])),
-                    "diagnostics": {
-                        **recipe.diagnostics,
-                        "variation": v,
-                        "variations": n,
-                        "recipe_seed": int(p["seed"]),
-                        "micro_batch": micro_batch,
-                    },
-                    "checkpoint_sha256": sha,
-                    "code_version": CODE_VERSION,
-                    "created_by_id": ctx.owner_id,
-                    "created_at": now,
-                }
-            )
-            lineage.append(
-                {"child_id": sid, "parent_id": int(p["selected"]), "role": "selected", "weight": 0.0}
-            )
-            lineage += [
-                {"child_id": sid, "parent_id": int(nb), "role": "neighbor", "weight": float(wt)}
-                for nb, wt in zip(p["neighbors"], recipe.weights, strict=True)
-            ]
-            points.append({"embedding_id": emb_id, "sample_id": sid, "x": ax, "y": ay, "projected": True})
-        insert_ignore(session, Generation.__table__, gens)
-        insert_ignore(session, Lineage.__table__, lineage)
-        insert_ignore(session, EmbeddingPoint.__table__, points)
-        emb = session.get(Embedding, emb_id)
-        emb.num_points = emb.num_points + len(points)
         result = {
             "embedding_id": emb_id,
-            "samples": [ids[v] for v in range(n)],
+            "samples": ids,
             "center": [float(recipe.center[0]), float(recipe.center[1])],
-            "actual": actual.round(6).tolist(),
+            "actual": made.actual.round(6).tolist(),
+            "twin": made.twin_points.round(6).tolist() if made.twin_points is not None else None,
+            "readout": made.readouts,
             "roundtrip_error": recipe.roundtrip_error,
             "inverse_warning": recipe.diagnostics.get("inverse_warning"),
             "model_cache": model_cache.stats(),
@@ -383,29 +296,47 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
     return result
 
 
+def replay_params(session: Session, gen: Generation) -> dict[str, Any]:
+    """The generate parameters a recorded generation ran with (its recipe, intervention and steps)."""
+    parents = session.execute(
+        select(Lineage.parent_id, Lineage.role, Lineage.weight).where(Lineage.child_id == gen.sample_id)
+    ).all()
+    neighbors = [pid for pid, role, _ in parents if role == "neighbor"]
+    negative = sorted(pid for pid, role, _ in parents if role == "negative")
+    weights = {pid: wt for pid, role, wt in parents if role == "neighbor"}
+    # lineage rows come back unordered; the job's params keep the neighbours' order
+    job = session.get(Job, gen.job_id) if gen.job_id else None
+    if job is not None and "neighbors" in job.params:
+        neighbors = [int(s) for s in job.params["neighbors"]]
+        negative = [int(s) for s in job.params.get("negative") or []] or negative
+    elif job is not None and gen.sweep_id is not None:
+        neighbors = [int(s) for s in job.params["base"]["neighbors"]]
+    inter = gen.intervention or {}
+    return {
+        "selected": gen.selected_sample_id,
+        "neighbors": neighbors,
+        "negative": negative or None,
+        "mode": gen.mode,
+        "weights": [weights[s] for s in neighbors] if gen.mode == "weighted" else None,
+        "layers": list(gen.layers),
+        "class": int(gen.class_mode) if gen.class_mode.isdigit() else gen.class_mode,
+        "steps": gen.steps,
+        "mask_steps": gen.mask_steps if gen.mask_window is None else None,
+        "mask_window": gen.mask_window,
+        "strength": gen.strength if gen.strength is not None else 1.0,
+        "layer_strength": inter.get("layer_strength"),
+        "alpha": inter.get("alpha"),
+        "normalize": bool(inter.get("normalize")),
+    }
+
+
 def replay(settings: Settings, session: Session, sample_id: int, model_cache, reducers: ReducerCache):
     """Regenerate a generated sample from its recorded recipe; returns (uint8 image, stored PNG bytes)."""
     gen = session.scalar(select(Generation).where(Generation.sample_id == sample_id))
     if gen is None:
         raise UserError(f"Sample {sample_id} was not generated from neighbours; nothing to replay.")
-    parents = session.execute(
-        select(Lineage.parent_id, Lineage.role, Lineage.weight).where(Lineage.child_id == sample_id)
-    ).all()
-    neighbors = [pid for pid, role, _ in parents if role == "neighbor"]
-    weights = {pid: wt for pid, role, wt in parents if role == "neighbor"}
     emb = get_embedding(session, gen.embedding_id)
-    # lineage rows come back unordered; the job's params keep the neighbours' order
-    job = session.get(Job, gen.job_id) if gen.job_id else None
-    if job is not None:
-        neighbors = [int(s) for s in job.params["neighbors"]]
-    params = {
-        "selected": gen.selected_sample_id,
-        "neighbors": neighbors,
-        "mode": gen.mode,
-        "weights": [weights[s] for s in neighbors] if gen.mode == "weighted" else None,
-        "layers": list(gen.layers),
-        "class": int(gen.class_mode) if gen.class_mode.isdigit() else gen.class_mode,
-    }
+    params = replay_params(session, gen)
     recipe = build_recipe(settings, session, emb, params, reducers)
     model = model_cache.get(settings, emb.dataset.model)
     seeds, micro_batch, pos = _replay_batch(gen)
@@ -415,7 +346,7 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
         seeds,
         gen.steps,
         emb.dataset.model.default_sigma_max,
-        gen.mask_steps,
+        render_options(params),
         [],
         micro_batch,
     )

@@ -29,8 +29,15 @@ class HistoryQuery(BaseModel):
     dataset: str | None = Field(default=None, max_length=100, description="dataset name or id")
     class_label: int | None = Field(default=None, alias="class", ge=0, le=100_000)
     parent: RowId | None = Field(default=None, description="only children of this sample")
-    mode: Literal["activation_mean", "umap_inverse", "weighted"] | None = None
+    mode: Literal["activation_mean", "umap_inverse", "weighted", "direction"] | None = None
     embedding: RowId | None = None
+    effect_min: float | None = Field(
+        default=None, ge=0, le=1e6, allow_inf_nan=False, description="largest relative effect at least this"
+    )
+    image_change_min: float | None = Field(
+        default=None, ge=0, le=255, allow_inf_nan=False, description="mean |pixel - twin's| at least this"
+    )
+    sweep: RowId | None = Field(default=None, description="only the cells of this sweep")
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=100, ge=1, le=1000)
@@ -67,6 +74,19 @@ def generation_to_dict(gen: Generation, sample: Sample, username: str | None = N
         "layers": gen.layers,
         "steps": gen.steps,
         "mask_steps": gen.mask_steps,
+        "mask_window": gen.mask_window,
+        "strength": gen.strength,
+        "intervention": gen.intervention,
+        "readout": gen.readout,
+        "effect": gen.effect,
+        "image_change": gen.image_change,
+        "twin": (
+            {"image_url": f"/api/v1/samples/{gen.sample_id}/twin", "point": [gen.twin_x, gen.twin_y]}
+            if gen.twin_image_path
+            else None
+        ),
+        "sweep_id": gen.sweep_id,
+        "sweep_cell": gen.sweep_cell,
         "noise_seed": gen.noise_seed,
         "class_mode": gen.class_mode,
         "class_label": gen.class_label,
@@ -101,6 +121,12 @@ def history(session: Session, q: HistoryQuery) -> list[dict[str, Any]]:
         stmt = stmt.where(Generation.mode == q.mode)
     if q.embedding:
         stmt = stmt.where(Generation.embedding_id == q.embedding)
+    if q.effect_min is not None:
+        stmt = stmt.where(Generation.effect >= q.effect_min)
+    if q.image_change_min is not None:
+        stmt = stmt.where(Generation.image_change >= q.image_change_min)
+    if q.sweep:
+        stmt = stmt.where(Generation.sweep_id == q.sweep)
     if q.since:
         stmt = stmt.where(Generation.created_at >= q.since)
     if q.until:
@@ -131,6 +157,18 @@ def get_sample(session: Session, sample_id: int) -> Sample:
     if sample is None:
         raise NotFound(f"No sample {sample_id}.", field="sample")
     return sample
+
+
+def twin_image_path(session: Session, sample_id: int) -> str:
+    """The stored path of a generated sample's natural twin image; NotFound when it has none."""
+    get_sample(session, sample_id)
+    path = session.scalar(select(Generation.twin_image_path).where(Generation.sample_id == sample_id))
+    if not path:
+        raise NotFound(
+            f"Sample {sample_id} has no natural twin (it was not generated, or with compare_natural false).",
+            field="sample",
+        )
+    return path
 
 
 def sample_detail(session: Session, sample: Sample) -> dict[str, Any]:

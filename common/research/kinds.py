@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from common.jobs import ping
 from common.jobs.kinds import JobKind
-from common.research import datasets, embeddings, generations
+from common.research import datasets, embeddings, generations, sweeps
 
 KINDS: dict[str, JobKind] = {
-    kind.name: kind for module in (ping, datasets, embeddings, generations) for kind in module.KINDS
+    kind.name: kind for module in (ping, datasets, embeddings, generations, sweeps) for kind in module.KINDS
 }

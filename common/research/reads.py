@@ -124,6 +124,8 @@ def generation_overlays(session: Session, embedding_id: int, *, limit: int = 500
             Generation.actual_x,
             Generation.actual_y,
             Generation.selected_sample_id,
+            Generation.twin_x,
+            Generation.twin_y,
             Job.params,
         )
         .outerjoin(Job, Job.id == Generation.job_id)
@@ -156,6 +158,7 @@ def generation_overlays(session: Session, embedding_id: int, *, limit: int = 500
                 "actual": [g.actual_x, g.actual_y],
                 "parents": found,
                 "selected": g.selected_sample_id,
+                "twin": [g.twin_x, g.twin_y],
             }
         )
     return out

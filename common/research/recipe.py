@@ -7,7 +7,9 @@ Modes of combining the neighbours (``MODES``):
 * ``activation_mean`` (default): the mean of the neighbours' real activations, full dimension;
 * ``umap_inverse``: the mean of the neighbours' 2-D points through the map's inverse (UMAP, PCA and
   scaler undone), split per layer in sorted order;
-* ``weighted``: user weights over the neighbours (interpolation).
+* ``weighted``: user weights over the neighbours (interpolation);
+* ``direction``: the mean of the neighbours minus the mean of a ``negative`` set, added to the natural
+  activation (a steering direction, ``common/research/interventions.py``).
 
 Usage::
 
@@ -28,7 +30,7 @@ import numpy as np
 from common.ml.activations import split_flat
 from common.platform.errors import UserError
 
-MODES = ("activation_mean", "umap_inverse", "weighted")
+MODES = ("activation_mean", "umap_inverse", "weighted", "direction")
 CLASS_MODES = ("selected", "neighbor_majority", "blend", "uniform", "none")
 
 

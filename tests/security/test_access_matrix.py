@@ -145,6 +145,41 @@ def generation_body(w: World, who: str) -> dict:
     return {"embedding": w.lab.embedding_id, "selected": ids[5], "neighbors": ids[6:9], "variations": 1}
 
 
+def sweep_body(w: World, who: str) -> dict:
+    return {**generation_body(w, who), "grid": {"strength": [0.0, 1.0]}}
+
+
+def a_sweep(w: World) -> int:
+    """A sweep of A's (recorded here: the world has no worker), with no cells run yet."""
+    from common.models import Sweep
+
+    with w.sessions.begin() as s:
+        sweep = Sweep(
+            embedding_id=w.lab.embedding_id,
+            owner_id=w.users["A"],
+            params={},
+            grid={"strength": [0.0, 1.0]},
+            cells=[{"strength": 0.0}, {"strength": 1.0}],
+        )
+        s.add(sweep)
+        s.flush()
+        return sweep.id
+
+
+def twin_of_a_sample(w: World, who: str):
+    """A generated sample's natural twin (its own image stands in for it: the world has no worker)."""
+    from sqlalchemy import update
+
+    from common.models import Generation, Sample
+
+    with w.sessions.begin() as s:
+        path = s.get(Sample, w.generated_id).image_path
+        s.execute(
+            update(Generation).where(Generation.sample_id == w.generated_id).values(twin_image_path=path)
+        )
+    return f"/api/v1/samples/{w.generated_id}/twin", {}
+
+
 # -- listings and streams must not leak A's private jobs or tokens ---------------------------------------
 
 
@@ -187,6 +222,7 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ),
     ("/explorer", "GET"): Expect(**PAGE, request=get(lambda w: "/explorer")),
     ("/history", "GET"): Expect(**PAGE, request=get(lambda w: "/history")),
+    ("/sweeps/<int:sweep_id>", "GET"): Expect(**PAGE, request=get(lambda w: f"/sweeps/{a_sweep(w)}")),
     ("/jobs", "GET"): Expect(**PAGE, request=get(lambda w: "/jobs")),
     ("/login", "GET"): Expect(anon=200, A=302, B=302, admin=302, request=get(lambda w: "/login")),
     ("/login", "POST"): Expect(anon=400, A=302, B=302, admin=302, request=form_login, ends_sessions=True),
@@ -290,6 +326,18 @@ EXPECTED: dict[tuple[str, str], Expect] = {
         **LAB, request=get(lambda w: f"/api/v1/samples/{w.generated_id}/image")
     ),
     ("/api/v1/samples/<int:sample_id>/activations", "GET"): Expect(**LAB, request=activations_of_a_sample),
+    ("/api/v1/samples/<int:sample_id>/twin", "GET"): Expect(**LAB, request=twin_of_a_sample),
+    # the seeded generation has no target tensors on disk: a signed-in user is told it is not available
+    ("/api/v1/samples/<int:sample_id>/bundle", "GET"): Expect(
+        anon=401, A=404, B=404, admin=404, request=get(lambda w: f"/api/v1/samples/{w.generated_id}/bundle")
+    ),
+    ("/api/v1/sweeps", "POST"): Expect(**CREATE, request=post(lambda w: "/api/v1/sweeps", sweep_body)),
+    ("/api/v1/sweeps/<int:sweep_id>", "GET"): Expect(
+        **LAB, request=get(lambda w: f"/api/v1/sweeps/{a_sweep(w)}")
+    ),
+    ("/api/v1/sweeps/<int:sweep_id>/sheet.png", "GET"): Expect(
+        **LAB, request=get(lambda w: f"/api/v1/sweeps/{a_sweep(w)}/sheet.png")
+    ),
     ("/api/v1/exports/history", "GET"): Expect(
         **LAB, request=get(lambda w: "/api/v1/exports/history", query_string={"format": "csv"})
     ),

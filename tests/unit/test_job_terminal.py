@@ -83,6 +83,7 @@ def test_the_kind_table_names_every_kind_once_and_the_accessor_refuses_unknown_o
         "generate_from_neighbors",
         "ping",
         "reproject",
+        "sweep",
     ]
     assert get_kind("fit_embedding").on_failed is not None
     try:

@@ -73,6 +73,12 @@ def history_page():
     return render_template("history.html")
 
 
+@bp.get("/sweeps/<int:sweep_id>")
+@login_required
+def sweep_page(sweep_id: int):
+    return render_template("sweep.html", sweep_id=sweep_id)
+
+
 @bp.get("/explorer")
 @login_required
 def explorer_page():

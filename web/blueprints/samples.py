@@ -22,9 +22,17 @@ from common.models.base import ID_SPELLING, MAX_ROW_ID, is_id_text, looks_numeri
 from common.platform.errors import NotFound
 from common.platform.storage import UnsafePath, resolve_inside
 from common.research import reads as research_reads
+from common.research.bundles import build_bundle
 from common.research.exports import history_table, lineage_table
 from common.research.generations import GenerateFromNeighborsParams
-from common.research.history import HistoryQuery, get_sample, history, lineage_graph, sample_detail
+from common.research.history import (
+    HistoryQuery,
+    get_sample,
+    history,
+    lineage_graph,
+    sample_detail,
+    twin_image_path,
+)
 from web.api import api_route
 from web.auth import get_db, get_sessions, get_settings
 from web.blueprints.jobs import JobOut
@@ -97,11 +105,44 @@ def get_sample_detail(sample_id: int):
 @api_route(bp, "/samples/<int:sample_id>/image", methods=["GET"], summary="A sample's image (PNG)")
 def get_image(sample_id: int):
     sample = get_sample(get_db(), sample_id)
-    data, mtime = _read_image(sample.id, sample.image_path)
+    return _png_response(sample.id, sample.image_path, "sample")
+
+
+@api_route(
+    bp,
+    "/samples/<int:sample_id>/twin",
+    methods=["GET"],
+    summary="A generated sample's natural twin: the same seed without the intervention (PNG)",
+)
+def get_twin(sample_id: int):
+    return _png_response(sample_id, twin_image_path(get_db(), sample_id), "twin")
+
+
+@api_route(
+    bp,
+    "/samples/<int:sample_id>/bundle",
+    methods=["GET"],
+    summary="A generated sample's reproducibility bundle (zip): recipe, model card, neighbour hashes, "
+    "target tensors, versions, the image and a replay command, with a manifest of file hashes",
+)
+def get_bundle(sample_id: int):
+    data = build_bundle(get_settings(), get_db(), sample_id)
+    response = send_file(
+        io.BytesIO(data),
+        mimetype="application/zip",
+        as_attachment=True,
+        download_name=f"sample-{sample_id}.zip",
+    )
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def _png_response(sample_id: int, stored: str, tag: str):
+    data, mtime = _read_image(sample_id, stored)
     response = send_file(
         io.BytesIO(data),
         mimetype="image/png",
-        etag=f"sample-{sample.id}-{len(data)}-{int(mtime)}",
+        etag=f"{tag}-{sample_id}-{len(data)}-{int(mtime)}",
         last_modified=mtime,
         conditional=True,
     )

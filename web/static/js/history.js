@@ -11,6 +11,7 @@ const els = {
   dataset: $("f-dataset"),
   cls: $("f-class"),
   mode: $("f-mode"),
+  effect: $("f-effect"),
   since: $("f-since"),
   until: $("f-until"),
   error: $("history-error"),
@@ -25,7 +26,7 @@ const els = {
   depth: $("lineage-depth"),
 };
 const PAGE = 25;
-const FILTERS = ["user", "dataset", "class", "mode", "since", "until"];
+const FILTERS = ["user", "dataset", "class", "mode", "effect_min", "since", "until"];
 const state = { datasets: [], offset: 0, nextOffset: null, sample: null };
 
 function datasetById(id) {
@@ -56,6 +57,7 @@ function filtersFromUrl() {
   fillClasses();
   els.cls.value = params.get("class") || "";
   els.mode.value = params.get("mode") || "";
+  els.effect.value = params.get("effect_min") || "";
   els.since.value = params.get("since") || "";
   els.until.value = params.get("until") || "";
   state.offset = Number(params.get("offset") || 0);
@@ -64,7 +66,7 @@ function filtersFromUrl() {
 
 function urlFromFilters({ push = true } = {}) {
   const params = new URLSearchParams();
-  const values = { user: els.user.value.trim(), dataset: els.dataset.value, class: els.cls.value, mode: els.mode.value, since: els.since.value, until: els.until.value };
+  const values = { user: els.user.value.trim(), dataset: els.dataset.value, class: els.cls.value, mode: els.mode.value, effect_min: els.effect.value.trim(), since: els.since.value, until: els.until.value };
   for (const k of FILTERS) if (values[k]) params.set(k, values[k]);
   if (state.offset) params.set("offset", String(state.offset));
   if (state.sample) params.set("sample", String(state.sample));
@@ -79,6 +81,7 @@ function apiQuery() {
   if (els.dataset.value) params.set("dataset", els.dataset.value);
   if (els.cls.value) params.set("class", els.cls.value);
   if (els.mode.value) params.set("mode", els.mode.value);
+  if (els.effect.value.trim()) params.set("effect_min", els.effect.value.trim());
   // dates are the user's local days; the API takes ISO 8601 (no offset = UTC), so send full instants
   if (els.since.value) params.set("since", new Date(`${els.since.value}T00:00:00`).toISOString());
   if (els.until.value) params.set("until", new Date(`${els.until.value}T23:59:59.999`).toISOString());

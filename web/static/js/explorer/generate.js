@@ -58,6 +58,8 @@ const FIELD_INPUTS = {
   variations: "gen-variations",
   steps: "gen-steps",
   mask_steps: "gen-mask-steps",
+  mask_window: "gen-window-start",
+  strength: "gen-strength",
   seed: "gen-seed",
   class: "gen-class",
   mode: "gen-mode",
@@ -92,6 +94,21 @@ export async function submitGeneration(e) {
     if (steps !== undefined) body.steps = steps;
     const maskSteps = intField(els.genMaskSteps, { min: 0, max: 256, name: "Mask steps" });
     if (maskSteps !== undefined) body.mask_steps = maskSteps;
+    const start = intField(els.genWindowStart, { min: 0, max: 256, name: "Mask window start" });
+    const stop = intField(els.genWindowStop, { min: 1, max: 256, name: "Mask window stop" });
+    if ((start === undefined) !== (stop === undefined)) throw new Error("Give both ends of the mask window, or neither.");
+    if (start !== undefined) body.mask_window = [start, stop];
+    const strength = els.genStrength.value.trim();
+    els.genStrength.removeAttribute("aria-invalid");
+    if (strength !== "") {
+      const s = Number(strength);
+      if (!(s >= 0 && s <= 1)) {
+        els.genStrength.setAttribute("aria-invalid", "true");
+        throw new Error("Strength must be a number from 0 (unmasked) to 1 (the full clamp).");
+      }
+      body.strength = s;
+    }
+    body.compare_natural = els.genCompare.checked;
     const seed = intField(els.genSeed, { min: 0, max: 2 ** 53 - 1, name: "Seed" });
     if (seed !== undefined) body.seed = seed;
     const layers = [...els.genLayers.querySelectorAll("input:checked")].map((i) => i.value);
@@ -148,7 +165,7 @@ async function followJob(job) {
   }
   if (final.status === "succeeded") {
     const ids = (final.result && final.result.samples) || [];
-    renderResults(ids); // the images load while the map's overlays are fetched
+    renderResults(ids, final.result.readout || [], Boolean(final.result.twin)); // images load while overlays are fetched
     await refreshOverlays(new Set(ids));
     say(els.genMessage, `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.`, "ok");
   }
@@ -175,12 +192,19 @@ async function refreshOverlays(fresh = new Set()) {
   els.status.textContent = els.status.textContent.replace(/^[\d,.\s]+points/, `${fmt(state.map.n + state.map.extra.size)} points`);
 }
 
-function renderResults(ids) {
+function readoutText(r) {
+  if (!r || !r.effect) return "";
+  const eff = Math.max(...Object.values(r.effect));
+  return `effect ${eff.toFixed(3)} · Δpx ${r.image_change.toFixed(1)}`;
+}
+
+function renderResults(ids, readouts = [], twins = false) {
   els.genResults.replaceChildren(
-    ...ids.map((id) =>
+    ...ids.map((id, i) =>
       h(
         "li",
         {},
+        twins ? h("img", { class: "twin", src: `/api/v1/samples/${id}/twin`, alt: `natural twin of sample ${id}`, title: "natural twin: the same seed without the intervention", loading: "lazy" }) : null,
         h(
           "button",
           {
@@ -191,6 +215,7 @@ function renderResults(ids) {
           thumb(id, { alt: `generated sample ${id}` }),
         ),
         h("span", { text: `#${id}` }),
+        readouts[i] ? h("span", { class: "muted readout", text: readoutText(readouts[i]) }) : null,
       ),
     ),
   );

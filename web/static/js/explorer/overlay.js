@@ -70,7 +70,7 @@ export class Overlay {
   }
 
   // data: {selected: {id,x,y}|null, neighbours: [{id,x,y,source}], parents: [{id,x,y}],
-  //        generations: [{id, center:[x,y]|null, actual:[x,y]|null}], fresh: Set of new ids}
+  //        generations: [{id, center, actual, twin: [x,y]|null}], fresh: Set of new ids}
   render(data) {
     this.data = { ...this.data, ...data };
     const d = this.data;
@@ -83,6 +83,12 @@ export class Overlay {
         const line = svg("line", { class: "gen-line" });
         group.append(line);
         this.lines.push({ el: line, x1: g.center[0], y1: g.center[1], x2: g.actual[0], y2: g.actual[1] });
+      }
+      if (g.twin && g.actual) {
+        // where the same seed lands without the intervention -> where the intervened image landed
+        const line = svg("line", { class: "twin-line" });
+        group.append(line);
+        this.lines.push({ el: line, x1: g.twin[0], y1: g.twin[1], x2: g.actual[0], y2: g.actual[1] });
       }
       if (g.actual) {
         const dot = svg("circle", { class: "gen-actual", r: 4.5 });

@@ -54,6 +54,7 @@ export function renderOverlay() {
       id: g.sample_id,
       center: g.center && g.center[0] !== null ? g.center : null,
       actual: g.actual && g.actual[0] !== null ? g.actual : null,
+      twin: g.twin && g.twin[0] !== null ? g.twin : null,
     })),
     fresh: state.fresh,
   });

@@ -1,0 +1,319 @@
+"""Rendering one recipe's variations and recording them: the intervened images, their natural twins, where
+both land on the map and the readout (``common/research/interventions.py``), the files under the job's
+folder and the sample, generation, lineage and map-point rows. Used by a generate-from-neighbours job
+(``common/research/generations.py``) and by every cell of a sweep (``common/research/sweeps.py``).
+
+Usage::
+
+    made = make_variations(model, reducer, recipe, params, seeds, sigma_max, layers, check)
+    save_made(settings, folder, made, recipe, layers)
+    ids = record_made(session, job_id=…, owner_id=…, ds_id=…, emb_id=…, p=params, recipe=recipe, made=made,
+                      folder=folder, sha=…)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import jobs
+from common.ml.activations import flatten_activations
+from common.models import Embedding, EmbeddingPoint, Generation, Lineage, Sample
+from common.platform.config import Settings
+from common.platform.db import insert_ignore
+from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes
+from common.research.datasets import CODE_VERSION, noise_seed
+from common.research.interventions import mask_window, readout, render_options
+from common.research.recipe import Recipe, labels_for
+
+try:
+    TORCH_VERSION: str | None = metadata.version("torch")
+except metadata.PackageNotFoundError:  # pragma: no cover - a worker always has torch
+    TORCH_VERSION = None
+
+
+def render(
+    model,
+    recipe: Recipe,
+    seeds: list[int],
+    steps: int,
+    sigma_max: float,
+    options: dict[str, Any] | None,
+    capture: list[str],
+    micro_batch: int | None = None,
+    check=None,
+    natural: bool = False,
+):
+    """Run the generator with the recipe's masks and the intervention ``options`` (``render_options``;
+    None: the plain clamp); returns common.ml.generation.GenerationResult with the intervention's size
+    recorded. ``natural`` renders the same seeds, labels and micro-batch without any mask (the twin).
+    ``check`` is called before every model call (see ``generate``)."""
+    from common.ml.generation import generate
+
+    labels, mode = labels_for(recipe, len(seeds))
+    common_kw = dict(
+        steps=steps,
+        sigma_max=sigma_max,
+        capture=capture,
+        label_mode=mode,
+        micro_batch=micro_batch,
+        check=check,
+    )
+    if natural:
+        return generate(model, labels, seeds, **common_kw)
+    return generate(
+        model, labels, seeds, masks=recipe.masks, record_intervention=True, **common_kw, **options
+    )
+
+
+def variations_micro_batch(model, variations: int) -> int:
+    """Samples per model call for ``variations`` images of one recipe (recorded, so a replay matches)."""
+    from common.ml.generation import micro_batch_for
+
+    return micro_batch_for(next(model.parameters()).device, variations)
+
+
+def generated_dir(dataset_id: int, job_id: int) -> str:
+    return f"datasets/{dataset_id}/generated/job-{job_id:08d}"
+
+
+def variation_seeds(seed: int, variations: int) -> list[int]:
+    return [noise_seed(seed, v) for v in range(variations)]
+
+
+@dataclass
+class Made:
+    """The images of one recipe: the intervened run, its natural twin (or None), where both landed, and
+    the readout per variation."""
+
+    seeds: list[int]
+    micro_batch: int
+    res: Any  # GenerationResult (intervened)
+    twin: Any  # GenerationResult of the natural twin, or None
+    actual: np.ndarray  # [n, 2]
+    twin_points: np.ndarray | None  # [n, 2]
+    readouts: list[dict[str, Any]]
+    device: str = "cpu"  # where the images were made (recorded: bit-identity holds per kind of device)
+    threads: int = 1  # torch CPU threads (a batched convolution's bits may depend on them)
+
+
+def make_variations(
+    model,
+    reducer,
+    recipe: Recipe,
+    p: dict[str, Any],
+    seeds,
+    sigma_max,
+    ds_layers,
+    check,
+    twins=None,
+    project=True,
+):
+    """Render ``seeds`` with the recipe and ``p``'s intervention, and (``compare_natural``, default on) the
+    same seeds without it; project both onto the map and read out the intervention's size and effect.
+
+    ``twins``: a dict shared by several calls (a sweep's cells) so that cells with the same seeds,
+    conditioning and steps render their natural twin once. ``project=False`` leaves ``actual`` and
+    ``twin_points`` to the caller (``project_all``: one transform for many cells)."""
+    micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
+    steps, options = int(p["steps"]), render_options(p)
+    res = render(model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check=check)
+    twin = None
+    if p.get("compare_natural", True):
+        key = (
+            tuple(seeds),
+            steps,
+            micro_batch,
+            recipe.label_mode,
+            recipe.class_label,
+            repr(recipe.label_weights),
+        )
+        twin = (twins or {}).get(key)
+        if twin is None:
+            twin = render(
+                model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check, True
+            )
+            if twins is not None:
+                twins[key] = twin
+    reads = readout(
+        res.intervention,
+        res.activations,
+        twin.activations if twin else None,
+        res.images,
+        twin.images if twin else None,
+    )
+    from common.ml.device import current_threads
+
+    device = str(next(model.parameters()).device)
+    made = Made(seeds, micro_batch, res, twin, np.zeros((0, 2)), None, reads, device, current_threads())
+    if project:
+        project_all(reducer, [made])
+    return made
+
+
+def project_all(reducer, made: list[Made]) -> None:
+    """Where every image and twin of ``made`` lands on the map, in one transform (sets ``actual`` and
+    ``twin_points``)."""
+    layers = reducer.layers
+    parts = [flatten_activations({n: m.res.activations[n] for n in layers}) for m in made]
+    parts += [flatten_activations({n: m.twin.activations[n] for n in layers}) for m in made if m.twin]
+    points = reducer.transform(np.concatenate(parts))  # [sum n (+ twins), 2]
+    at = 0
+    for m in made:
+        m.actual, at = points[at : at + len(m.seeds)], at + len(m.seeds)
+    for m in made:
+        if m.twin:
+            m.twin_points, at = points[at : at + len(m.seeds)], at + len(m.seeds)
+
+
+def save_made(settings: Settings, folder: str, made: Made, recipe: Recipe, ds_layers) -> None:
+    """Images, twins, activations and masks of ``made`` under ``folder`` (each file written atomically)."""
+    root, n = settings.data_root, len(made.seeds)
+    for v in range(n):
+        atomic_write_bytes(root / folder / f"{v:03d}.png", png_bytes(made.res.images[v]))
+        if made.twin is not None:
+            atomic_write_bytes(root / folder / f"twin-{v:03d}.png", png_bytes(made.twin.images[v]))
+    for name in ds_layers:
+        acts = made.res.activations[name].reshape(n, -1).astype(np.float32)
+        atomic_save_npy(root / folder / f"{name}.npy", acts)
+    for name, mask in recipe.masks.items():
+        atomic_save_npy(root / folder / f"mask-{name}.npy", mask)
+
+
+def record_made(
+    session: Session,
+    *,
+    job_id: int,
+    owner_id: int | None,
+    ds_id: int,
+    emb_id: int,
+    p: dict[str, Any],
+    recipe: Recipe,
+    made: Made,
+    folder: str,
+    sha: str,
+    first_variation: int = 0,
+    sweep: tuple[int, int] | None = None,
+    act_shard: str | None = None,
+    first_row: int = 0,
+    twin_dir: str | None = None,
+    mask_dir: str | None = None,
+) -> list[int]:
+    """The sample, generation, lineage and map-point rows of ``made`` (inserted idempotently, keyed by
+    job and variation ``first_variation + v``); returns the new sample ids in variation order.
+
+    Files as ``save_made`` lays them out under ``folder``, unless a sweep shares them: activations in
+    ``act_shard`` from row ``first_row``, twins in ``twin_dir``, target tensors in ``mask_dir``."""
+    act_shard, twin_dir, mask_dir = act_shard or folder, twin_dir or folder, mask_dir or folder
+    now = jobs.now()
+    n = len(made.seeds)
+    insert_ignore(
+        session,
+        Sample.__table__,
+        [
+            {
+                "dataset_id": ds_id,
+                "index": None,
+                "class_label": recipe.class_label,
+                "label_weights": recipe.label_weights,
+                "noise_seed": made.seeds[v],
+                "image_path": f"{folder}/{v:03d}.png",
+                "act_shard": act_shard,
+                "act_row": first_row + v,
+                "origin": "generated",
+                "job_id": job_id,
+                "variation": first_variation + v,
+                "created_by_id": owner_id,
+                "created_at": now,
+            }
+            for v in range(n)
+        ],
+    )
+    by_variation = dict(
+        session.execute(
+            select(Sample.variation, Sample.id).where(Sample.job_id == job_id, Sample.origin == "generated")
+        ).all()
+    )
+    ids = [by_variation[first_variation + v] for v in range(n)]
+    options = render_options(p)
+    intervention = {
+        "layer_strength": options["layer_strength"],
+        "alpha": options["alpha"] if p["mode"] == "direction" else None,
+        "normalize": options["normalize"],
+    }
+    gens, lineage, points = [], [], []
+    for v, sid in enumerate(ids):
+        ax, ay = float(made.actual[v, 0]), float(made.actual[v, 1])
+        read = made.readouts[v]
+        twin_xy = made.twin_points[v] if made.twin_points is not None else None
+        effects = read["effect"]
+        gens.append(
+            {
+                "sample_id": sid,
+                "embedding_id": emb_id,
+                "selected_sample_id": int(p["selected"]),
+                "job_id": job_id,
+                "mode": p["mode"],
+                "center_x": float(recipe.center[0]),
+                "center_y": float(recipe.center[1]),
+                "layers": list(recipe.masks),
+                "steps": int(p["steps"]),
+                "mask_steps": p.get("mask_steps"),
+                "mask_window": mask_window(p),
+                "strength": options["strength"],
+                "intervention": intervention,
+                "readout": read,
+                "effect": max(effects.values()) if effects else None,
+                "image_change": read["image_change"],
+                "twin_image_path": f"{twin_dir}/twin-{v:03d}.png" if made.twin is not None else None,
+                "twin_x": float(twin_xy[0]) if twin_xy is not None else None,
+                "twin_y": float(twin_xy[1]) if twin_xy is not None else None,
+                "sweep_id": sweep[0] if sweep else None,
+                "sweep_cell": sweep[1] if sweep else None,
+                "noise_seed": made.seeds[v],
+                "class_mode": str(p["class"]),
+                "class_label": recipe.class_label,
+                "label_weights": recipe.label_weights,
+                "actual_x": ax,
+                "actual_y": ay,
+                "roundtrip_error": recipe.roundtrip_error,
+                "distance_to_intended": float(np.hypot(ax - recipe.center[0], ay - recipe.center[1])),
+                "diagnostics": {
+                    **recipe.diagnostics,
+                    "variation": v,
+                    "variations": n,
+                    "recipe_seed": int(p["seed"]),
+                    "micro_batch": made.micro_batch,
+                    "mask_dir": mask_dir,
+                    "device": made.device,
+                    "threads": made.threads,
+                    "torch": TORCH_VERSION,
+                },
+                "checkpoint_sha256": sha,
+                "code_version": CODE_VERSION,
+                "created_by_id": owner_id,
+                "created_at": now,
+            }
+        )
+        lineage.append({"child_id": sid, "parent_id": int(p["selected"]), "role": "selected", "weight": 0.0})
+        lineage += [
+            {"child_id": sid, "parent_id": int(nb), "role": "neighbor", "weight": float(wt)}
+            for nb, wt in zip(p["neighbors"], recipe.weights, strict=True)
+        ]
+        negative = [int(s) for s in p.get("negative") or []]
+        lineage += [
+            {"child_id": sid, "parent_id": nb, "role": "negative", "weight": 1.0 / len(negative)}
+            for nb in negative
+        ]
+        points.append({"embedding_id": emb_id, "sample_id": sid, "x": ax, "y": ay, "projected": True})
+    insert_ignore(session, Generation.__table__, gens)
+    insert_ignore(session, Lineage.__table__, lineage)
+    insert_ignore(session, EmbeddingPoint.__table__, points)
+    emb = session.get(Embedding, emb_id)
+    emb.num_points = emb.num_points + len(points)
+    return ids
