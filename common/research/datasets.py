@@ -31,13 +31,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.ml.activations import check_layers, flatten_activations, layer_map
+from common.ml.activations import check_layers, flatten_activations
 from common.models import Dataset, Job, Sample, User
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
 from common.platform.ids import find_by_id_or_name
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, sweep_temp_files
+from common.research.conditioning import (
+    TEXT_FIELDS,
+    conditioned_layer_map,
+    is_text_model,
+    refuse_text_fields,
+    text_conditioning,
+)
 from common.research.registry import get_model
 
 CODE_VERSION = "latentlab-0.1"
@@ -97,6 +104,18 @@ class GenerateDatasetParams(BaseModel):
     dtype: Literal["float16", "float32"] = Field(
         default="float32", description="storage type of the activation shards (and GPU inference precision)"
     )
+    # text conditioning (diffusers models only; common/research/conditioning.py)
+    prompts: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="sample i uses prompt i mod len (default: the model card's)",
+    )
+    negative_prompt: str | None = Field(default=None, max_length=2000, description="the unconditional prompt")
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=50, allow_inf_nan=False, description="classifier-free guidance (> 1: on)"
+    )
+    height: int | None = Field(default=None, ge=8, le=4096, description="image height in pixels")
+    width: int | None = Field(default=None, ge=8, le=4096, description="image width in pixels")
 
     @field_validator("name")
     @classmethod
@@ -118,7 +137,14 @@ def prepare_generate_dataset(
 ) -> dict[str, Any]:
     """Validate against the database and create (or grow) the dataset row; returns the job's params."""
     model = get_model(session, params.model)
-    label_dim = int(model.config["label_dim"])
+    text = {k: getattr(params, k) for k in TEXT_FIELDS}
+    conditioning = None
+    if is_text_model(model):
+        conditioning = text_conditioning(model, **text)
+        label_dim = len(conditioning["prompts"])  # a prompt index plays the role of the class
+    else:
+        refuse_text_fields(model, text)
+        label_dim = int(model.config["label_dim"])
     classes = list(range(label_dim)) if params.classes == "all" else sorted(set(params.classes))
     bad = [c for c in classes if not 0 <= c < label_dim]
     if bad:
@@ -138,7 +164,7 @@ def prepare_generate_dataset(
     steps = params.steps or model.default_steps
     ds = session.scalar(select(Dataset).where(Dataset.name == params.name))
     if ds is None:
-        table = layer_map(model.config, model.architecture)
+        table = conditioned_layer_map(model, conditioning)
         ds = Dataset(
             name=params.name,
             model_id=model.id,
@@ -155,6 +181,7 @@ def prepare_generate_dataset(
             checkpoint_sha256=model.checkpoint_sha256,
             code_version=CODE_VERSION,
             owner_id=owner.id,
+            conditioning=conditioning,
         )
         session.add(ds)
         session.flush()
@@ -166,7 +193,7 @@ def prepare_generate_dataset(
                 "Pick a new name for a dataset of your own.",
                 field="params.name",
             )
-        _check_growable(session, ds, model.id, layers, params, steps, classes)
+        _check_growable(session, ds, model.id, layers, params, steps, classes, conditioning)
         ds.target_size = params.num_samples
         ds.status = "generating"
     out = params.model_dump(mode="json")
@@ -174,7 +201,9 @@ def prepare_generate_dataset(
     return out
 
 
-def _check_growable(session, ds: Dataset, model_id, layers, params, steps, classes) -> None:
+def _check_growable(
+    session, ds: Dataset, model_id, layers, params, steps, classes, conditioning=None
+) -> None:
     if ds.status == "generating":
         raise Conflict(
             f"Dataset '{ds.name}' is still generating; wait for its job or cancel it first.",
@@ -187,6 +216,7 @@ def _check_growable(session, ds: Dataset, model_id, layers, params, steps, class
         "steps": ds.steps == steps,
         "classes": ds.classes == classes,
         "dtype": ds.dtype == params.dtype,
+        "text conditioning": (ds.conditioning or None) == conditioning,
     }
     differ = [k for k, ok in same.items() if not ok]
     if differ:
@@ -289,7 +319,7 @@ def on_dataset_job_failed(session: Session, job: Job) -> None:
 
 def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
     """Generate one chunk: images, activation shards, sample rows (all-or-nothing, idempotent)."""
-    from common.ml.generation import generate
+    from common.ml.families import get_family
 
     p = ctx.params
     k, start, stop = int(p["chunk"]), int(p["start"]), int(p["stop"])
@@ -300,7 +330,12 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         model_row = ds.model
         layers, shapes, classes = list(ds.layers), dict(ds.layer_shapes), list(ds.classes)
         seed, steps, dtype = ds.seed, ds.steps, np.dtype(ds.dtype)
-        sigma_max = model_row.default_sigma_max
+        family = get_family(model_row.family or "edm")
+        options = family.sampler_options(
+            model_row.config,
+            {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
+            ds.conditioning,
+        )
         dataset_id, model_sha = ds.id, model_row.checkpoint_sha256
     # outside the session: on SQLite every transaction holds the write lock (BEGIN IMMEDIATE), and a cold
     # load (torch import, checkpoint read) would block every heartbeat and claim for its duration
@@ -319,9 +354,7 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         idx = list(range(a, b))
         labels = [class_for(classes, i) for i in idx]
         seeds = [noise_seed(seed, i) for i in idx]
-        res = generate(
-            model, labels, seeds, steps=steps, sigma_max=sigma_max, capture=layers, check=ctx.check
-        )
+        res = family.generate(model, labels, seeds, steps=steps, capture=layers, check=ctx.check, **options)
         ctx.check(fresh=True)  # files are not fenced by a transaction: a cancelled or lost attempt stops here
         write_chunk_images(root, dataset_id, k, idx, res.images)
         for j, i in enumerate(idx):
@@ -392,7 +425,9 @@ def dataset_to_dict(session: Session, ds: Dataset) -> dict[str, Any]:
         "steps": ds.steps,
         "dtype": ds.dtype,
         "classes": ds.classes,
-        "label_names": ds.model.label_names,
+        "label_names": ds.label_names,
+        "family": ds.model.family,
+        "conditioning": ds.conditioning,
         "target_size": ds.target_size,
         "num_samples": count_samples(session, ds.id),
         "num_generated": count_samples(session, ds.id, origin="generated"),

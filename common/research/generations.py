@@ -29,6 +29,7 @@ from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import UserError
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
+from common.research.conditioning import check_prompts, is_text_model, refuse_text_fields
 from common.research.datasets import CODE_VERSION, noise_seed, read_activations
 from common.research.embeddings import ReducerCache, get_embedding
 from common.research.recipe import (
@@ -71,6 +72,13 @@ class GenerateFromNeighborsParams(BaseModel):
     mask_steps: int | None = Field(default=None, ge=0, le=256, description="mask only the first k steps")
     variations: int = Field(default=1, ge=1, le=64)
     seed: int | None = Field(default=None, ge=0, le=2**62)
+    # text-to-image (diffusers) models only
+    prompt: str | None = Field(
+        default=None, max_length=2000, description="free-text conditioning instead of the 'class' mode"
+    )
+    mask_passes: Literal["both", "cond"] | None = Field(
+        default=None, description="under guidance: mask both passes (default) or only the conditional one"
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -121,7 +129,16 @@ def prepare_generate_from_neighbors(
             f"Cannot mask {', '.join(bad)}: use {where} ({', '.join(allowed)}).", field="params.layers"
         )
     model = ds.model
-    label_dim = int(model.config["label_dim"])
+    label_dim = len(ds.label_names) if is_text_model(model) else int(model.config["label_dim"])
+    if is_text_model(model):
+        if params.prompt is not None:
+            check_prompts([params.prompt], "params.prompt")
+            if "class_mode" in params.model_fields_set:
+                raise UserError(
+                    "Give either a free-text 'prompt' or a 'class' mode, not both.", field="params.prompt"
+                )
+    else:
+        refuse_text_fields(model, {"prompt": params.prompt, "mask_passes": params.mask_passes})
     if isinstance(params.class_mode, int) and params.class_mode >= label_dim:
         raise UserError(
             f"class {params.class_mode} is out of range (0–{label_dim - 1}).", field="params.class"
@@ -181,7 +198,7 @@ def build_recipe(
         targets = combine_activations(x, w, {name: shapes[name] for name in layers})  # {name: [C, H, W]}
     masks = masks_from_targets(targets, shapes, layers)
 
-    label_dim = int(ds.model.config["label_dim"])
+    label_dim = len(ds.label_names) if is_text_model(ds.model) else int(ds.model.config["label_dim"])
     cm = p["class"]
     class_label, label_weights, label_mode = choose_class(
         cm,
@@ -190,9 +207,32 @@ def build_recipe(
         w,
         label_dim,
     )
+    if p.get("prompt"):  # free text: not one of the dataset's prompts, so no class
+        class_label, label_weights, label_mode = None, None, "onehot"
+        diagnostics["prompt"] = p["prompt"]
     return Recipe(
         masks, center, w, class_label, label_mode, class_label, label_weights, roundtrip, diagnostics
     )
+
+
+def sampler_setup(model_row, ds: Dataset, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(family name, the family's sampler options) for a generation from dataset ``ds``: the dataset's
+    text conditioning, a free-text ``prompt`` and ``mask_passes`` when given (diffusers), else the
+    EDM sampler's ``sigma_max``."""
+    from common.ml.families import get_family
+
+    name = model_row.family or "edm"
+    options = get_family(name).sampler_options(
+        model_row.config,
+        {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
+        ds.conditioning,
+    )
+    if p.get("prompt"):
+        options["prompts"] = [p["prompt"]]
+        options["free_prompt"] = True
+    if p.get("mask_passes"):
+        options["mask_passes"] = p["mask_passes"]
+    return name, options
 
 
 def render(
@@ -205,24 +245,31 @@ def render(
     capture: list[str],
     micro_batch: int | None = None,
     check=None,
+    family: str = "edm",
+    options: dict[str, Any] | None = None,
 ):
     """Run the generator with the recipe's masks; returns common.ml.generation.GenerationResult.
-    ``check`` is called before every model call (see ``generate``)."""
-    from common.ml.generation import generate
+    ``check`` is called before every model call (see ``generate``). ``family`` and ``options``
+    (``sampler_setup``) pick the model family's sampler; without options the EDM sampler's ``sigma_max``."""
+    from common.ml.families import get_family
 
-    labels, mode = labels_for(recipe, len(seeds))
-    return generate(
+    options = dict(options) if options else {"sigma_max": sigma_max}
+    if options.pop("free_prompt", False):
+        labels, mode = [0] * len(seeds), "onehot"  # the one free-text prompt
+    else:
+        labels, mode = labels_for(recipe, len(seeds))
+    return get_family(family).generate(
         model,
         labels,
         seeds,
         steps=steps,
-        sigma_max=sigma_max,
         masks=recipe.masks,
         mask_steps=mask_steps,
         capture=capture,
         label_mode=mode,
         micro_batch=micro_batch,
         check=check,
+        **options,
     )
 
 
@@ -256,6 +303,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         model = model_cache.get(settings, model_row)
         ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
+        family, options = sampler_setup(model_row, ds, p)
     ctx.progress(0.2, f"generating {p['variations']} variation(s)")
     seeds = variation_seeds(int(p["seed"]), int(p["variations"]))
     micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
@@ -269,6 +317,8 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         ds_layers,
         micro_batch,
         check=ctx.check,
+        family=family,
+        options=options,
     )
     model_cache.assert_no_hooks()
     ctx.check()
@@ -336,7 +386,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
                     "steps": int(p["steps"]),
                     "mask_steps": p.get("mask_steps"),
                     "noise_seed": seeds[v],
-                    "class_mode": str(p["class"]),
+                    "class_mode": "prompt" if p.get("prompt") else str(p["class"]),
                     "class_label": recipe.class_label,
                     "label_weights": recipe.label_weights,
                     "actual_x": ax,
@@ -349,6 +399,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
                         "variations": n,
                         "recipe_seed": int(p["seed"]),
                         "micro_batch": micro_batch,
+                        **_text_diagnostics(family, options),
                     },
                     "checkpoint_sha256": sha,
                     "code_version": CODE_VERSION,
@@ -404,9 +455,14 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
         "mode": gen.mode,
         "weights": [weights[s] for s in neighbors] if gen.mode == "weighted" else None,
         "layers": list(gen.layers),
-        "class": int(gen.class_mode) if gen.class_mode.isdigit() else gen.class_mode,
+        "class": int(gen.class_mode)
+        if gen.class_mode.isdigit()
+        else ("selected" if gen.class_mode == "prompt" else gen.class_mode),
+        "prompt": (gen.diagnostics or {}).get("prompt"),
+        "mask_passes": (gen.diagnostics or {}).get("mask_passes"),
     }
     recipe = build_recipe(settings, session, emb, params, reducers)
+    family, options = sampler_setup(emb.dataset.model, emb.dataset, params)
     model = model_cache.get(settings, emb.dataset.model)
     seeds, micro_batch, pos = _replay_batch(gen)
     res = render(
@@ -418,9 +474,19 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
         gen.mask_steps,
         [],
         micro_batch,
+        family=family,
+        options=options,
     )
     sample = session.get(Sample, sample_id)
     return res.images[pos], resolve_inside(settings.data_root, sample.image_path).read_bytes()
+
+
+def _text_diagnostics(family: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What a diffusers generation ran with beyond the recipe (recorded, so a replay matches)."""
+    if family != "diffusers":
+        return {}
+    keys = ("guidance_scale", "negative_prompt", "height", "width", "mask_passes")
+    return {"family": family, **{k: options.get(k) for k in keys}}
 
 
 def _replay_batch(gen: Generation) -> tuple[list[int], int | None, int]:
