@@ -152,8 +152,11 @@ def prepare_generate_dataset(
             f"class(es) {bad} out of range: model '{model.name}' has classes 0–{label_dim - 1}.",
             field="params.classes",
         )
+    wanted = params.layers
+    if "layers" not in params.model_fields_set:  # each family names its own default layers
+        wanted = list(model.config.get("default_layers", DEFAULT_LAYERS))
     try:
-        layers = check_layers(model.config, params.layers, model.architecture)
+        layers = check_layers(model.config, wanted, model.architecture)
     except KeyError as exc:
         raise UserError(str(exc.args[0]), field="params.layers") from None
     if params.num_samples > settings.max_dataset_samples:

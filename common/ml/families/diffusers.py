@@ -359,6 +359,7 @@ def inspect(
         size_multiple=multiple,
         max_prompt_tokens=max_tokens,
         prediction_type=sched_cfg.get("prediction_type", "epsilon"),
+        default_layers=["mid_block"],
     )
     gen = DiffusersGenerator(pipe, config).eval()
     from common.ml.hooks import layer_shapes, module_path
