@@ -26,7 +26,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("datasets", schema=None) as batch_op:
-        batch_op.drop_column("conditioning")
-    with op.batch_alter_table("models", schema=None) as batch_op:
-        batch_op.drop_column("family")
+    # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35, PostgreSQL): a batch copy of the table would break
+    # the SQL views over it (0003_sql_views)
+    op.execute("ALTER TABLE datasets DROP COLUMN conditioning")
+    op.execute("ALTER TABLE models DROP COLUMN family")
