@@ -274,3 +274,14 @@ def test_model_cache_is_bounded_by_bytes(tiny_pipelines, sd, tmp_path):
     tiny = ModelCache(capacity=10, device="cpu", max_bytes=1)
     tiny.get(settings, rows[0])
     assert len(tiny) == 1  # the model just asked for is always kept
+
+
+def test_prompts_over_the_tokenizer_limit_are_truncated(sd):
+    from common.ml.families.diffusers_sampling import encode_prompts
+
+    model, config = sd
+    limit = config["max_prompt_tokens"]  # 16 in the tiny tokenizer: start, 14 words, end
+    long, _ = encode_prompts(model, [" ".join(["digit"] * (limit + 10))])
+    cut, _ = encode_prompts(model, [" ".join(["digit"] * (limit - 2))])
+    shorter, _ = encode_prompts(model, [" ".join(["digit"] * (limit - 3))])
+    assert torch.equal(long, cut) and not torch.equal(cut, shorter)
