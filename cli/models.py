@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -16,20 +17,88 @@ def model() -> None:
 
 @model.command("add")
 @click.argument("name")
-@click.option("--preset", required=True, help="Architecture preset, e.g. dmd2-imagenet64.")
-@click.option(
-    "--checkpoint", required=True, type=click.Path(exists=True, dir_okay=True), help="Weights file."
-)
+@click.option("--preset", default=None, help="EDM architecture preset, e.g. dmd2-imagenet64.")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=True), help="EDM weights file.")
 @click.option(
     "--skip-load-check", is_flag=True, help="Do not load the checkpoint strictly before registering."
 )
-def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) -> None:
-    """Register CHECKPOINT as model NAME (loaded strictly once to prove it matches the preset)."""
+@click.option(
+    "--diffusers",
+    "diffusers_path",
+    default=None,
+    type=click.Path(),
+    help="A diffusers pipeline folder (model_index.json), or a .safetensors of UNet weights with --config.",
+)
+@click.option(
+    "--config", "config_dir", default=None, type=click.Path(), help="Pipeline folder for a .safetensors."
+)
+@click.option(
+    "--prompt", "prompts", multiple=True, help="A default prompt (repeatable; the model's classes)."
+)
+@click.option("--steps", type=int, default=None, help="Default sampler steps.")
+@click.option("--guidance-scale", type=float, default=None, help="Default guidance (> 1 turns CFG on).")
+@click.option("--no-guidance", is_flag=True, help="The recipe forbids classifier-free guidance (Turbo).")
+@click.option(
+    "--scheduler", default=None, help="A diffusers scheduler class name, e.g. EulerDiscreteScheduler."
+)
+@click.option("--timesteps", default=None, help="Explicit timesteps, e.g. 999,749,499,249.")
+@click.option("--resolution", type=int, default=None, help="Default height and width in pixels.")
+@click.option("--height", type=int, default=None, help="Default height in pixels.")
+@click.option("--width", type=int, default=None, help="Default width in pixels.")
+@click.option(
+    "--dtype", default="float16", show_default=True, help="GPU precision: float16, bfloat16, float32."
+)
+@click.option("--negative-prompt", default="", help="The unconditional prompt of guidance.")
+def model_add(
+    name: str,
+    preset: str | None,
+    checkpoint: str | None,
+    skip_load_check: bool,
+    diffusers_path: str | None,
+    config_dir: str | None,
+    prompts: tuple[str, ...],
+    steps: int | None,
+    guidance_scale: float | None,
+    no_guidance: bool,
+    scheduler: str | None,
+    timesteps: str | None,
+    resolution: int | None,
+    height: int | None,
+    width: int | None,
+    dtype: str,
+    negative_prompt: str,
+) -> None:
+    """Register model NAME: an EDM CHECKPOINT with --preset (loaded strictly once to prove it matches), or a
+    diffusers pipeline with --diffusers (loaded once on the CPU; its layer table is measured)."""
+    settings = load_settings()
+    require_schema(settings)
+    if diffusers_path:
+        if preset or checkpoint:
+            raise click.UsageError("Give either --diffusers or --preset/--checkpoint, not both.")
+        _add_diffusers(
+            settings,
+            name,
+            diffusers_path,
+            config_dir,
+            list(prompts),
+            steps=steps,
+            guidance_scale=guidance_scale,
+            allow_guidance=not no_guidance,
+            scheduler=scheduler,
+            timesteps=_parse_timesteps(timesteps),
+            height=height or resolution,
+            width=width or resolution,
+            dtype=dtype,
+            negative_prompt=negative_prompt,
+        )
+        return
+    if not preset or not checkpoint:
+        raise click.UsageError("Give --preset and --checkpoint (an EDM model) or --diffusers PATH.")
+    if not Path(checkpoint).exists():
+        raise click.BadParameter(f"no file or folder at {checkpoint}", param_hint="--checkpoint")
     from common.ml.presets import get_preset
     from common.research.registry import add_model
 
-    settings = load_settings()
-    require_schema(settings)
     try:
         p = get_preset(preset)
     except KeyError as exc:
@@ -43,6 +112,50 @@ def model_add(name: str, preset: str, checkpoint: str, skip_load_check: bool) ->
     with open_sessions(settings).begin() as session:
         m = add_model(session, settings, name, checkpoint=checkpoint, preset=preset)
         click.echo(f"registered model '{m.name}' (id {m.id}, sha256 {m.checkpoint_sha256[:16]}…)")
+
+
+def _parse_timesteps(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise click.BadParameter(
+            f"'{text}' is not comma-separated integers, e.g. 999,749,499,249", param_hint="--timesteps"
+        ) from None
+
+
+def _add_diffusers(
+    settings, name: str, path: str, config_dir: str | None, prompts: list[str], **options
+) -> None:
+    from common.platform.errors import UserError
+    from common.research.registry import add_diffusers_model
+
+    folder, weights = Path(path), None
+    if folder.is_file():
+        if not config_dir:
+            raise click.BadParameter(
+                f"{path} is a file: give its pipeline folder with --config FOLDER", param_hint="--diffusers"
+            )
+        folder, weights = Path(config_dir), path
+    elif config_dir:
+        raise click.BadParameter(
+            "--config goes with a .safetensors file given to --diffusers", param_hint="--config"
+        )
+    click.echo(f"loading the diffusers pipeline in {folder} on the CPU …")
+    try:
+        with open_sessions(settings).begin() as session:
+            m = add_diffusers_model(
+                session, settings, name, path=folder, prompts=prompts, unet_weights=weights, **options
+            )
+            click.echo(
+                f"registered model '{m.name}' (id {m.id}, family diffusers, {m.config['pipeline']}, "
+                f"sha256 {m.checkpoint_sha256[:16]}…)"
+            )
+    except UserError as exc:
+        hints = {"prompts": "--prompt", "diffusers": "--diffusers", "name": "NAME"}
+        hint = hints.get(exc.field, f"--{exc.field.replace('_', '-')}") if exc.field else None
+        raise click.BadParameter(exc.message, param_hint=hint) from None
 
 
 @model.command("list")

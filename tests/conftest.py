@@ -96,3 +96,12 @@ def publisher(settings):
     client = redis.Redis.from_url(settings.redis_url)
     yield Publisher(app.send_task, client)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory) -> dict:
+    """Tiny random-weight diffusers pipeline folders, built once per session: {"sd": path, "sdxl": path}."""
+    from tests.support.diffusers_models import make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {kind: make_tiny_pipeline(root / kind, kind=kind) for kind in ("sd", "sdxl")}

@@ -18,7 +18,10 @@ def model_cache(ctx: JobContext) -> ModelCache:
     cache = ctx.services.get("models")
     if cache is None:
         cache = ctx.services["models"] = ModelCache(
-            ctx.settings.model_cache_size, ctx.settings.device or None, ctx.settings.cpu_threads()
+            ctx.settings.model_cache_size,
+            ctx.settings.device or None,
+            ctx.settings.cpu_threads(),
+            max_bytes=ctx.settings.model_cache_bytes or None,
         )
     return cache
 

@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "DHARIWAL_ARCHITECTURE",
+    "DIFFUSERS_ARCHITECTURE",
     "LAYER_TABLES",
     "LayerInfo",
     "check_layers",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 DHARIWAL_ARCHITECTURE = "dhariwal-unet"
+DIFFUSERS_ARCHITECTURE = "diffusers-unet"
 
 
 # -- the layer table ---------------------------------------------------------------------------------------
@@ -119,9 +121,17 @@ def _dhariwal_table(config: Mapping[str, Any]) -> list[LayerInfo]:
     return [LayerInfo(name, module, shapes[module]) for name, module in table.items()]
 
 
+def _stored_table(config: Mapping[str, Any]) -> list[LayerInfo]:
+    """A diffusers UNet's table, measured once when the model was registered and stored in its config as
+    ``layers: [[name, module path, [C, H, W]], ...]`` at the model's default resolution
+    (``common/ml/families/diffusers.py``)."""
+    return [LayerInfo(str(n), str(m), tuple(int(v) for v in s)) for n, m, s in config["layers"]]
+
+
 # architecture -> builder(config) -> every hookable layer in forward order
 LAYER_TABLES: dict[str, Callable[[Mapping[str, Any]], list[LayerInfo]]] = {
     DHARIWAL_ARCHITECTURE: _dhariwal_table,
+    DIFFUSERS_ARCHITECTURE: _stored_table,
 }
 
 

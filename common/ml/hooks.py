@@ -19,6 +19,19 @@ Capture and mask are context managers whose hooks are always removed on exit, ex
 Mask hooks are registered with ``prepend=True`` so they run before any capture hook on the same module:
 capturing a masked layer returns the mask. A replaced encoder output is also what the encoder pushes onto
 its skip stack (the network appends the hook-returned tensor), as the reference does.
+
+Other model families (``common/ml/families/``) describe their layers to this module instead of an EDM
+network: a model object with a ``latentlab_layer_refs()`` method returning ``{name: (module path, part)}``
+in forward order (and a ``latentlab_dry_run()`` for ``layer_shapes``). ``part`` says which piece of the
+module's output the layer is (``_read_part``/``_write_part``):
+
+* ``None`` -- the output is a tensor; capture stores it, a mask replaces it;
+* ``"first"`` -- the output is a tuple; the layer is its item 0. A mask replaces item 0 **and** every
+  entry of a later tuple item that is the same tensor object: a diffusers down block returns
+  ``(hidden_states, skips)`` whose last skip *is* ``hidden_states``, so clamping the block clamps what
+  flows down the skip connection from that point too;
+* ``"skip:<j>"`` -- the output is ``(hidden, skips)`` and the layer is ``skips[j]`` (a down block's skip
+  tensor, captured or clamped on its own).
 """
 
 from __future__ import annotations
@@ -73,11 +86,50 @@ def _unet(model: nn.Module) -> tuple[DhariwalUNet, str]:
     raise TypeError(f"expected an EDMPrecond or DhariwalUNet, got {type(model).__name__}")
 
 
+def _layer_refs(model: nn.Module) -> dict[str, tuple[str, str | None]] | None:
+    """``{name: (module path, part)}`` of a model that describes its own layers, else None (EDM)."""
+    refs = getattr(model, "latentlab_layer_refs", None)
+    return refs() if callable(refs) else None
+
+
+def _part(model: nn.Module, name: str) -> str | None:
+    refs = _layer_refs(model)
+    return refs[_ALIASES.get(name, name)][1] if refs is not None else None
+
+
+def _read_part(output: Any, part: str | None) -> torch.Tensor:
+    if part is None:
+        return output
+    if part == "first":
+        return output[0]
+    return output[1][int(part.removeprefix("skip:"))]
+
+
+def _write_part(output: Any, part: str | None, value: torch.Tensor) -> Any:
+    if part is None:
+        return value
+    if part == "first":
+        old = output[0]
+        rest = tuple(
+            tuple(value if t is old else t for t in item) if isinstance(item, tuple) else item
+            for item in output[1:]
+        )
+        return (value, *rest)
+    j = int(part.removeprefix("skip:"))
+    skips = list(output[1])
+    skips[j] = value
+    return (output[0], tuple(skips), *output[2:])
+
+
 def layer_table(model: nn.Module) -> dict[str, str]:
     """Usage: ``layer_table(model)`` -> ``{"encoder_block_0": "model.enc.64x64_conv", ...}`` in forward order.
 
-    Built from the model's own ``enc``/``dec`` entries; paths are relative to ``EDMPrecond``.
+    Built from the model's own ``enc``/``dec`` entries; paths are relative to ``EDMPrecond``. A model with
+    ``latentlab_layer_refs()`` (another family) gives its own table.
     """
+    refs = _layer_refs(model)
+    if refs is not None:
+        return {name: path for name, (path, _part) in refs.items()}
     unet, _ = _unet(model)
     return dhariwal_layer_table(list(unet.enc.keys()), list(unet.dec.keys()))
 
@@ -112,6 +164,8 @@ def layer_module(model: nn.Module, name: str) -> nn.Module:
 
     Raises KeyError listing the valid names for an unknown layer.
     """
+    if _layer_refs(model) is not None:
+        return model.get_submodule(module_path(model, name))
     unet, strip = _unet(model)
     path = module_path(model, name)
     root = model if not strip else unet
@@ -217,13 +271,16 @@ class ActivationCapture(_HookContext):
         self.activations: dict[str, torch.Tensor] = {}
 
     def _make_hook(self, name: str):
+        part = _part(self.model, name)
+
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if self.pinned and self.to_cpu and output.is_cuda:
-                host = torch.empty(output.shape, dtype=torch.float32, pin_memory=True)  # [B, C, H, W]
-                self.activations[name] = host.copy_(output.detach().float(), non_blocking=True)
+            value = _read_part(output, part)
+            if self.pinned and self.to_cpu and value.is_cuda:
+                host = torch.empty(value.shape, dtype=torch.float32, pin_memory=True)  # [B, C, H, W]
+                self.activations[name] = host.copy_(value.detach().float(), non_blocking=True)
                 return
-            device = "cpu" if self.to_cpu else output.device
-            self.activations[name] = output.detach().to(device=device, dtype=torch.float32, copy=True)
+            device = "cpu" if self.to_cpu else value.device
+            self.activations[name] = value.detach().to(device=device, dtype=torch.float32, copy=True)
 
         return hook
 
@@ -369,14 +426,12 @@ class ActivationMask(_HookContext):
         self.window = window
         self.step: int | None = None
         self.sizes: dict[str, np.ndarray] = {}
-        seen: dict[int, str] = {}
-        for name in self.masks:
-            module = self.modules[name]
-            if id(module) in seen:
-                raise ValueError(
-                    f"layers {seen[id(module)]!r} and {name!r} are the same module; mask it once"
-                )
-            seen[id(module)] = name
+        seen: dict[tuple, str] = {}
+        for name, module in self.modules.items():
+            key = (id(module), _part(model, name))  # a down block and its skips are parts of one module
+            if key in seen:
+                raise ValueError(f"layers {seen[key]!r} and {name!r} are the same module; mask it once")
+            seen[key] = name
         cached = _SHAPES.get(model)
         if cached is not None:
             for name, mask in self.masks.items():
@@ -395,11 +450,10 @@ class ActivationMask(_HookContext):
 
     def _make_hook(self, name: str, mask: torch.Tensor):
         strength = self.strength[name]
+        part = _part(self.model, name)
 
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if isinstance(output, tuple):  # blocks that also return skips (a diffusers down block)
-                first = hook(module, args, output[0])
-                return None if first is None else (first, *output[1:])
+        def hook(module: nn.Module, args: Any, full: Any) -> Any:
+            output = _read_part(full, part)
             B = output.shape[0]
             if mask.shape[1:] != output.shape[1:] or mask.shape[0] not in (1, B):
                 raise ValueError(
@@ -418,7 +472,7 @@ class ActivationMask(_HookContext):
                 change = torch.linalg.vector_norm(out.detach().to(torch.float64) - nat, dim=dims)
                 size = change / torch.linalg.vector_norm(nat, dim=dims).clamp_min(1e-12)
                 self.sizes[name] = size.cpu().numpy()
-            return out
+            return _write_part(full, part, out)
 
         return hook
 
@@ -457,6 +511,13 @@ def layer_shapes(model: nn.Module) -> dict[str, tuple[int, int, int]]:
     cached = _SHAPES.get(model)
     if cached is not None:
         return dict(cached)
+    if _layer_refs(model) is not None:
+        names = layer_names(model)
+        with ActivationCapture(model, names, to_cpu=False) as cap:
+            model.latentlab_dry_run()
+        shapes = {name: tuple(int(s) for s in cap.activations[name].shape[1:]) for name in names}
+        _SHAPES[model] = shapes
+        return dict(shapes)
     unet, _ = _unet(model)
     device, _ = _param_device_dtype(model)
     names = layer_names(model)

@@ -38,8 +38,17 @@ class Dataset(Base):
     code_version: Mapped[str] = mapped_column(String(64))
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # text conditioning of a diffusers model's dataset (prompts, negative_prompt, guidance_scale, height,
+    # width); NULL for an EDM model's dataset
+    conditioning: Mapped[dict[str, Any] | None]
 
     model: Mapped[GeneratorModel] = relationship()
+
+    @property
+    def label_names(self) -> list[Any]:
+        """What a class index names here: the prompts (text conditioning), else the model's labels."""
+        prompts = (self.conditioning or {}).get("prompts")
+        return list(prompts) if prompts else list(self.model.label_names)
 
 
 class Sample(Base):

@@ -17,6 +17,8 @@ class GeneratorModel(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     architecture: Mapped[str] = mapped_column(String(32), default="dhariwal-unet")
+    # which common/ml/families module loads and samples it: "edm" or "diffusers"
+    family: Mapped[str] = mapped_column(String(32), default="edm", server_default="edm")
     preset: Mapped[str | None] = mapped_column(String(64))
     config: Mapped[dict[str, Any]]
     # relative to the data root when inside it, else absolute (a checkpoint the user keeps elsewhere)
@@ -33,4 +35,8 @@ class GeneratorModel(Base):
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of the images this model makes."""
         res = int(self.config["img_resolution"])
-        return res, res, int(self.config["img_channels"])
+        return (
+            int(self.config.get("height", res)),
+            int(self.config.get("width", res)),
+            int(self.config["img_channels"]),
+        )

@@ -78,6 +78,8 @@ class Settings:
     # GPU worker measures the largest batch within it
     micro_batch_memory_mb: int = 8192
     model_cache_size: int = 2  # generators kept loaded per worker process
+    # bytes of weights kept loaded per worker process (least recently used dropped first); 0: count only
+    model_cache_bytes: int = 0
     # torch CPU threads per worker process; 0: a share of the cores (oversubscribed OpenMP threads spin)
     torch_threads: int = 0
     worker_concurrency: int = 1

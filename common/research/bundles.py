@@ -42,7 +42,7 @@ from common.platform.config import Settings
 from common.platform.errors import NotFound, UserError
 from common.platform.storage import UnsafePath, resolve_inside
 from common.research.datasets import read_activations
-from common.research.generations import _replay_batch, replay_params
+from common.research.generations import _replay_batch, replay_params, sampler_setup
 from common.research.interventions import render_options
 
 FORMAT = "latentlab-bundle/1"
@@ -101,6 +101,7 @@ def _bundle(settings: Settings, session: Session, sample: Sample, gen: Generatio
     model: GeneratorModel = emb.dataset.model
     params = replay_params(session, gen)
     seeds, micro_batch, pos = _replay_batch(gen)
+    family, sampler = sampler_setup(model, emb.dataset, params)
     folder = (gen.diagnostics or {}).get("mask_dir") or sample.act_shard  # where the target tensors are
     targets = {}
     for name in gen.layers:
@@ -136,6 +137,8 @@ def _bundle(settings: Settings, session: Session, sample: Sample, gen: Generatio
         "position": pos,
         "steps": gen.steps,
         "sigma_max": model.default_sigma_max,
+        "family": family,
+        "sampler": sampler,
         "class_label": gen.class_label,
         "label_weights": gen.label_weights,
         "label_mode": "blend" if gen.label_weights else ("onehot" if gen.class_label is not None else None),
@@ -230,7 +233,7 @@ def read_bundle(path: str | Path) -> dict[str, bytes]:
 
 def replay_bundle(settings: Settings, path: str | Path, model_cache=None) -> ReplayReport:
     """Regenerate the bundle's image with the model registered here under the same checkpoint sha256."""
-    from common.ml.generation import generate
+    from common.ml.families import get_family
     from common.platform.db import make_engine, session_factory
     from common.research.modelcache import ModelCache
 
@@ -262,12 +265,15 @@ def replay_bundle(settings: Settings, path: str | Path, model_cache=None) -> Rep
         labels = [int(recipe["class_label"])] * n
     else:
         labels, mode = None, {"uniform": "uniform", "none": "null"}.get(recipe["class_mode"], "null")
-    res = generate(
+    sampler = dict(recipe.get("sampler") or {"sigma_max": float(recipe["sigma_max"])})
+    if sampler.pop("free_prompt", False):
+        labels, mode = [0] * n, "onehot"  # the one free-text prompt
+    res = get_family(recipe.get("family") or "edm").generate(
         model,
         labels,
         recipe["seeds"],
         steps=int(recipe["steps"]),
-        sigma_max=float(recipe["sigma_max"]),
+        **sampler,
         masks=masks,
         label_mode=mode,
         micro_batch=recipe["micro_batch"],

@@ -37,13 +37,20 @@ from sqlalchemy.orm import Session
 
 from common import jobs
 from common.ml import batching
-from common.ml.activations import check_layers, layer_map
+from common.ml.activations import check_layers
 from common.models import Dataset, Job, Sample, User
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import Conflict, Forbidden, NotFound, QuotaExceeded, UserError
 from common.platform.ids import find_by_id_or_name
 from common.platform.storage import sweep_temp_files
+from common.research.conditioning import (
+    TEXT_FIELDS,
+    conditioned_layer_map,
+    is_text_model,
+    refuse_text_fields,
+    text_conditioning,
+)
 from common.research.micro_batches import default_micro_batch, measure_once, out_of_memory
 from common.research.registry import get_model
 from common.research.shards import (  # noqa: F401 - the file layout's names, re-exported where they were
@@ -111,6 +118,18 @@ class GenerateDatasetParams(BaseModel):
     dtype: Literal["float16", "float32"] = Field(
         default="float32", description="storage type of the activation shards (and GPU inference precision)"
     )
+    # text conditioning (diffusers models only; common/research/conditioning.py)
+    prompts: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="sample i uses prompt i mod len (default: the model card's)",
+    )
+    negative_prompt: str | None = Field(default=None, max_length=2000, description="the unconditional prompt")
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=50, allow_inf_nan=False, description="classifier-free guidance (> 1: on)"
+    )
+    height: int | None = Field(default=None, ge=8, le=4096, description="image height in pixels")
+    width: int | None = Field(default=None, ge=8, le=4096, description="image width in pixels")
 
     @field_validator("name")
     @classmethod
@@ -132,7 +151,14 @@ def prepare_generate_dataset(
 ) -> dict[str, Any]:
     """Validate against the database and create (or grow) the dataset row; returns the job's params."""
     model = get_model(session, params.model)
-    label_dim = int(model.config["label_dim"])
+    text = {k: getattr(params, k) for k in TEXT_FIELDS}
+    conditioning = None
+    if is_text_model(model):
+        conditioning = text_conditioning(model, **text)
+        label_dim = len(conditioning["prompts"])  # a prompt index plays the role of the class
+    else:
+        refuse_text_fields(model, text)
+        label_dim = int(model.config["label_dim"])
     classes = list(range(label_dim)) if params.classes == "all" else sorted(set(params.classes))
     bad = [c for c in classes if not 0 <= c < label_dim]
     if bad:
@@ -140,8 +166,11 @@ def prepare_generate_dataset(
             f"class(es) {bad} out of range: model '{model.name}' has classes 0–{label_dim - 1}.",
             field="params.classes",
         )
+    wanted = params.layers
+    if "layers" not in params.model_fields_set:  # each family names its own default layers
+        wanted = list(model.config.get("default_layers", DEFAULT_LAYERS))
     try:
-        layers = check_layers(model.config, params.layers, model.architecture)
+        layers = check_layers(model.config, wanted, model.architecture)
     except KeyError as exc:
         raise UserError(str(exc.args[0]), field="params.layers") from None
     if params.num_samples > settings.max_dataset_samples:
@@ -158,7 +187,7 @@ def prepare_generate_dataset(
         if refusal:
             raise UserError(refusal, field="params.micro_batch")
     if ds is None:
-        table = layer_map(model.config, model.architecture)
+        table = conditioned_layer_map(model, conditioning)
         b = params.micro_batch or default_micro_batch(settings, model)
         ds = Dataset(
             name=params.name,
@@ -177,6 +206,7 @@ def prepare_generate_dataset(
             checkpoint_sha256=model.checkpoint_sha256,
             code_version=CODE_VERSION,
             owner_id=owner.id,
+            conditioning=conditioning,
         )
         session.add(ds)
         session.flush()
@@ -188,7 +218,7 @@ def prepare_generate_dataset(
                 "Pick a new name for a dataset of your own.",
                 field="params.name",
             )
-        _check_growable(session, ds, model.id, layers, params, steps, classes)
+        _check_growable(session, ds, model.id, layers, params, steps, classes, conditioning)
         ds.target_size = params.num_samples
         ds.status = "generating"
     out = params.model_dump(mode="json")
@@ -203,7 +233,9 @@ def prepare_generate_dataset(
     return out
 
 
-def _check_growable(session, ds: Dataset, model_id, layers, params, steps, classes) -> None:
+def _check_growable(
+    session, ds: Dataset, model_id, layers, params, steps, classes, conditioning=None
+) -> None:
     if ds.status == "generating":
         raise Conflict(
             f"Dataset '{ds.name}' is still generating; wait for its job or cancel it first.",
@@ -217,6 +249,7 @@ def _check_growable(session, ds: Dataset, model_id, layers, params, steps, class
         "classes": ds.classes == classes,
         "dtype": ds.dtype == params.dtype,
         "micro_batch": params.micro_batch in (None, ds.micro_batch),
+        "text conditioning": (ds.conditioning or None) == conditioning,
     }
     differ = [k for k, ok in same.items() if not ok]
     if differ == ["micro_batch"]:
@@ -333,7 +366,7 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
     Only micro-batches from the one holding the chunk's first missing sample (``resume``) run; the
     samples before it keep their files and shard rows. PNG encoding and image writes run in a background
     thread while the next micro-batches compute."""
-    from common.ml.generation import generate
+    from common.ml.families import get_family
 
     p = ctx.params
     k, start, stop = int(p["chunk"]), int(p["start"]), int(p["stop"])
@@ -344,7 +377,12 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
         model_row = ds.model
         layers, shapes, classes = list(ds.layers), dict(ds.layer_shapes), list(ds.classes)
         seed, steps, dtype, mb = ds.seed, ds.steps, np.dtype(ds.dtype), int(ds.micro_batch)
-        sigma_max = model_row.default_sigma_max
+        family = get_family(model_row.family or "edm")
+        options = family.sampler_options(
+            model_row.config,
+            {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
+            ds.conditioning,
+        )
         dataset_id, model_sha = ds.id, model_row.checkpoint_sha256
     if start % mb:
         raise UserError(f"Chunk {k} starts at {start}, not on a micro-batch boundary (micro_batch {mb}).")
@@ -373,15 +411,15 @@ def run_chunk(ctx: jobs.JobContext, model_cache) -> dict[str, Any]:
             labels = [class_for(classes, i) for i in idx]
             seeds = [noise_seed(seed, i) for i in idx]
             try:
-                res = generate(
+                res = family.generate(
                     model,
                     labels,
                     seeds,
                     steps=steps,
-                    sigma_max=sigma_max,
                     capture=layers,
                     check=ctx.check,
                     micro_batch=mb,
+                    **options,
                 )
             except RuntimeError as exc:  # torch's OutOfMemoryError: a refusal that says what to change
                 refusal = out_of_memory(exc, mb, str(next(model.parameters()).device))
@@ -470,7 +508,9 @@ def dataset_to_dict(session: Session, ds: Dataset) -> dict[str, Any]:
         "micro_batch": ds.micro_batch,
         "chunk_size": ds.chunk_size,
         "classes": ds.classes,
-        "label_names": ds.model.label_names,
+        "label_names": ds.label_names,
+        "family": ds.model.family,
+        "conditioning": ds.conditioning,
         "target_size": ds.target_size,
         "num_samples": count_samples(session, ds.id),
         "num_generated": count_samples(session, ds.id, origin="generated"),

@@ -31,6 +31,7 @@ from common.models.base import RowId
 from common.platform.config import Settings
 from common.platform.errors import UserError
 from common.platform.storage import resolve_inside
+from common.research.conditioning import check_prompts, is_text_model, refuse_text_fields
 from common.research.datasets import read_activations
 from common.research.embeddings import ReducerCache, get_embedding
 from common.research.interventions import MAX_ALPHA, check_intervention, render_options
@@ -108,6 +109,13 @@ class GenerateFromNeighborsParams(BaseModel):
     )
     variations: int = Field(default=1, ge=1, le=64)
     seed: int | None = Field(default=None, ge=0, le=2**62)
+    # text-to-image (diffusers) models only
+    prompt: str | None = Field(
+        default=None, max_length=2000, description="free-text conditioning instead of the 'class' mode"
+    )
+    mask_passes: Literal["both", "cond"] | None = Field(
+        default=None, description="under guidance: mask both passes (default) or only the conditional one"
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -164,7 +172,16 @@ def prepare_generate_from_neighbors(
             f"Cannot mask {', '.join(bad)}: use {where} ({', '.join(allowed)}).", field="params.layers"
         )
     model = ds.model
-    label_dim = int(model.config["label_dim"])
+    label_dim = len(ds.label_names) if is_text_model(model) else int(model.config["label_dim"])
+    if is_text_model(model):
+        if params.prompt is not None:
+            check_prompts([params.prompt], "params.prompt")
+            if "class_mode" in params.model_fields_set:
+                raise UserError(
+                    "Give either a free-text 'prompt' or a 'class' mode, not both.", field="params.prompt"
+                )
+    else:
+        refuse_text_fields(model, {"prompt": params.prompt, "mask_passes": params.mask_passes})
     if isinstance(params.class_mode, int) and params.class_mode >= label_dim:
         raise UserError(
             f"class {params.class_mode} is out of range (0–{label_dim - 1}).", field="params.class"
@@ -230,7 +247,7 @@ def build_recipe(
         targets = combine_activations(x, w, {name: shapes[name] for name in layers})  # {name: [C, H, W]}
     masks = masks_from_targets(targets, shapes, layers)
 
-    label_dim = int(ds.model.config["label_dim"])
+    label_dim = len(ds.label_names) if is_text_model(ds.model) else int(ds.model.config["label_dim"])
     cm = p["class"]
     class_label, label_weights, label_mode = choose_class(
         cm,
@@ -239,9 +256,32 @@ def build_recipe(
         w,
         label_dim,
     )
+    if p.get("prompt"):  # free text: not one of the dataset's prompts, so no class
+        class_label, label_weights, label_mode = None, None, "onehot"
+        diagnostics["prompt"] = p["prompt"]
     return Recipe(
         masks, center, w, class_label, label_mode, class_label, label_weights, roundtrip, diagnostics
     )
+
+
+def sampler_setup(model_row, ds: Dataset, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(family name, the family's sampler options) for a generation from dataset ``ds``: the dataset's
+    text conditioning, a free-text ``prompt`` and ``mask_passes`` when given (diffusers), else the
+    EDM sampler's ``sigma_max``."""
+    from common.ml.families import get_family
+
+    name = model_row.family or "edm"
+    options = get_family(name).sampler_options(
+        model_row.config,
+        {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
+        ds.conditioning,
+    )
+    if p.get("prompt"):
+        options["prompts"] = [p["prompt"]]
+        options["free_prompt"] = True
+    if p.get("mask_passes"):
+        options["mask_passes"] = p["mask_passes"]
+    return name, options
 
 
 # -- the job ---------------------------------------------------------------------------------------------
@@ -259,9 +299,12 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
         model = model_cache.get(settings, model_row)
         ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
+        family, options = sampler_setup(model_row, ds, p)
     ctx.progress(0.2, f"generating {p['variations']} variation(s)")
     seeds = variation_seeds(int(p["seed"]), int(p["variations"]))
-    made = make_variations(model, reducer, recipe, p, seeds, sigma_max, ds_layers, ctx.check)
+    made = make_variations(
+        model, reducer, recipe, p, seeds, sigma_max, ds_layers, ctx.check, family=family, sampler=options
+    )
     model_cache.assert_no_hooks()
     ctx.check()
     ctx.progress(0.8, "saving images and activations")
@@ -319,7 +362,11 @@ def replay_params(session: Session, gen: Generation) -> dict[str, Any]:
         "mode": gen.mode,
         "weights": [weights[s] for s in neighbors] if gen.mode == "weighted" else None,
         "layers": list(gen.layers),
-        "class": int(gen.class_mode) if gen.class_mode.isdigit() else gen.class_mode,
+        "class": int(gen.class_mode)
+        if gen.class_mode.isdigit()
+        else ("selected" if gen.class_mode == "prompt" else gen.class_mode),
+        "prompt": (gen.diagnostics or {}).get("prompt"),
+        "mask_passes": (gen.diagnostics or {}).get("mask_passes"),
         "steps": gen.steps,
         "mask_steps": gen.mask_steps if gen.mask_window is None else None,
         "mask_window": gen.mask_window,
@@ -338,6 +385,7 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
     emb = get_embedding(session, gen.embedding_id)
     params = replay_params(session, gen)
     recipe = build_recipe(settings, session, emb, params, reducers)
+    family, options = sampler_setup(emb.dataset.model, emb.dataset, params)
     model = model_cache.get(settings, emb.dataset.model)
     seeds, micro_batch, pos = _replay_batch(gen)
     res = render(
@@ -349,6 +397,8 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
         render_options(params),
         [],
         micro_batch,
+        family=family,
+        sampler=options,
     )
     sample = session.get(Sample, sample_id)
     return res.images[pos], resolve_inside(settings.data_root, sample.image_path).read_bytes()

@@ -56,6 +56,61 @@ def get_model(session: Session, ref: str | int) -> GeneratorModel:
     return model
 
 
+def check_model_name(session: Session, name: str) -> None:
+    """Refuse a malformed or taken model name (UserError / Conflict naming the field)."""
+    if not name or len(name) > 100 or any(ch not in MODEL_NAME_CHARS for ch in name):
+        raise UserError("A model name has 1–100 characters: letters, digits, '-', '_' or '.'.", field="name")
+    if name.isdigit():  # a model is found by id or name: "3" would be shadowed by model 3
+        raise UserError(f"A model name cannot be only digits ('{name}'); add a letter.", field="name")
+    if session.scalar(select(GeneratorModel.id).where(GeneratorModel.name == name)) is not None:
+        raise Conflict(f"A model named '{name}' is already registered; pick another name.", field="name")
+
+
+def add_diffusers_model(
+    session: Session,
+    settings: Settings,
+    name: str,
+    *,
+    path: str | Path,
+    prompts: list[str],
+    card: dict[str, Any] | None = None,
+    created_by_id: int | None = None,
+    **options: Any,
+) -> GeneratorModel:
+    """Register a diffusers pipeline folder under ``name`` (family ``diffusers``): the pipeline is loaded
+    once on the CPU to check every option and measure its layer table
+    (``common.ml.families.diffusers.inspect``: ``unet_weights``, ``steps``, ``guidance_scale``,
+    ``allow_guidance``, ``scheduler``, ``timesteps``, ``height``, ``width``, ``dtype``, ``negative_prompt``).
+    ``prompts`` are the model's default prompts (its label names). Nothing is written when a check fails."""
+    check_model_name(session, name)
+    folder = Path(path).expanduser()
+    from common.ml.families import ARCHITECTURES, get_family
+
+    config, digest = get_family("diffusers").inspect(folder, prompts=prompts, **options)
+    model = GeneratorModel(
+        name=name,
+        architecture=ARCHITECTURES["diffusers"],
+        family="diffusers",
+        preset=None,
+        config=config,
+        checkpoint_path=_stored_path(settings, folder),
+        checkpoint_sha256=digest,
+        label_names=list(prompts),
+        default_steps=int(config["default_steps"]),
+        default_sigma_max=0.0,
+        card={
+            **(card or {}),
+            "family": "diffusers",
+            "prompts": list(prompts),
+            "weights_sha256": "sha256 over (relative path, sha256) of every weight file",
+        },
+        created_by_id=created_by_id,
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
 def add_model(
     session: Session,
     settings: Settings,
@@ -74,12 +129,7 @@ def add_model(
     """Register a checkpoint under ``name``. Either ``preset`` (its config, labels and sampler) or an
     explicit ``config`` + ``label_names``. The checkpoint is hashed; loading it strictly is the caller's
     check (``common.ml.checkpoints.load_generator``), done by ``latentlab model add``."""
-    if not name or len(name) > 100 or any(ch not in MODEL_NAME_CHARS for ch in name):
-        raise UserError("A model name has 1–100 characters: letters, digits, '-', '_' or '.'.", field="name")
-    if name.isdigit():  # a model is found by id or name: "3" would be shadowed by model 3
-        raise UserError(f"A model name cannot be only digits ('{name}'); add a letter.", field="name")
-    if session.scalar(select(GeneratorModel.id).where(GeneratorModel.name == name)) is not None:
-        raise Conflict(f"A model named '{name}' is already registered; pick another name.", field="name")
+    check_model_name(session, name)
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise UserError(
@@ -184,6 +234,7 @@ def model_to_dict(model: GeneratorModel) -> dict[str, Any]:
         "id": model.id,
         "name": model.name,
         "architecture": model.architecture,
+        "family": model.family,
         "preset": model.preset,
         "config": model.config,
         "checkpoint_sha256": model.checkpoint_sha256,

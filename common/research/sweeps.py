@@ -43,6 +43,7 @@ from common.research.generations import (
     Strength,
     build_recipe,
     prepare_generate_from_neighbors,
+    sampler_setup,
 )
 from common.research.variations import (
     generated_dir,
@@ -136,6 +137,7 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
         recipes = _recipes(settings, session, emb, cells, reducers)
         ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
+        family, sampler = sampler_setup(model_row, ds, p.get("base") or cells[0])
     made, twins = [], {}
     for i, (cell, recipe) in enumerate(zip(cells, recipes, strict=True)):
         ctx.progress(0.05 + 0.85 * i / len(cells), f"cell {i + 1} of {len(cells)}")
@@ -152,6 +154,8 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
                 ctx.check,
                 twins=twins,
                 project=False,
+                family=family,
+                sampler=sampler,
             )
         )
     project_all(reducer, made)

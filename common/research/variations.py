@@ -13,7 +13,7 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -48,17 +48,26 @@ def render(
     micro_batch: int | None = None,
     check=None,
     natural: bool = False,
+    family: str = "edm",
+    sampler: dict[str, Any] | None = None,
 ):
     """Run the generator with the recipe's masks and the intervention ``options`` (``render_options``;
     None: the plain clamp); returns common.ml.generation.GenerationResult with the intervention's size
     recorded. ``natural`` renders the same seeds, labels and micro-batch without any mask (the twin).
-    ``check`` is called before every model call (see ``generate``)."""
-    from common.ml.generation import generate
+    ``check`` is called before every model call (see ``generate``). ``family`` and ``sampler``
+    (``generations.sampler_setup``) pick the model family's sampler; without them the EDM sampler at
+    ``sigma_max``."""
+    from common.ml.families import get_family
 
-    labels, mode = labels_for(recipe, len(seeds))
+    generate = get_family(family).generate
+    sampler = dict(sampler) if sampler else {"sigma_max": sigma_max}
+    if sampler.pop("free_prompt", False):
+        labels, mode = [0] * len(seeds), "onehot"  # the one free-text prompt
+    else:
+        labels, mode = labels_for(recipe, len(seeds))
     common_kw = dict(
+        **sampler,
         steps=steps,
-        sigma_max=sigma_max,
         capture=capture,
         label_mode=mode,
         micro_batch=micro_batch,
@@ -100,6 +109,7 @@ class Made:
     readouts: list[dict[str, Any]]
     device: str = "cpu"  # where the images were made (recorded: bit-identity holds per kind of device)
     threads: int = 1  # torch CPU threads (a batched convolution's bits may depend on them)
+    text: dict[str, Any] = field(default_factory=dict)  # a diffusers sampler's settings (text_diagnostics)
 
 
 def make_variations(
@@ -113,6 +123,8 @@ def make_variations(
     check,
     twins=None,
     project=True,
+    family: str = "edm",
+    sampler: dict[str, Any] | None = None,
 ):
     """Render ``seeds`` with the recipe and ``p``'s intervention, and (``compare_natural``, default on) the
     same seeds without it; project both onto the map and read out the intervention's size and effect.
@@ -122,7 +134,8 @@ def make_variations(
     ``twin_points`` to the caller (``project_all``: one transform for many cells)."""
     micro_batch = variations_micro_batch(model, len(seeds))  # all variations in as few model calls as fit
     steps, options = int(p["steps"]), render_options(p)
-    res = render(model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check=check)
+    how = dict(family=family, sampler=sampler)
+    res = render(model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check=check, **how)
     twin = None
     if p.get("compare_natural", True):
         key = (
@@ -132,11 +145,13 @@ def make_variations(
             recipe.label_mode,
             recipe.class_label,
             repr(recipe.label_weights),
+            family,
+            repr(sorted((sampler or {}).items())),
         )
         twin = (twins or {}).get(key)
         if twin is None:
             twin = render(
-                model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check, True
+                model, recipe, seeds, steps, sigma_max, options, ds_layers, micro_batch, check, True, **how
             )
             if twins is not None:
                 twins[key] = twin
@@ -151,6 +166,7 @@ def make_variations(
 
     device = str(next(model.parameters()).device)
     made = Made(seeds, micro_batch, res, twin, np.zeros((0, 2)), None, reads, device, current_threads())
+    made.text = text_diagnostics(family, sampler or {})
     if project:
         project_all(reducer, [made])
     return made
@@ -276,7 +292,7 @@ def record_made(
                 "sweep_id": sweep[0] if sweep else None,
                 "sweep_cell": sweep[1] if sweep else None,
                 "noise_seed": made.seeds[v],
-                "class_mode": str(p["class"]),
+                "class_mode": "prompt" if p.get("prompt") else str(p["class"]),
                 "class_label": recipe.class_label,
                 "label_weights": recipe.label_weights,
                 "actual_x": ax,
@@ -293,6 +309,7 @@ def record_made(
                     "device": made.device,
                     "threads": made.threads,
                     "torch": TORCH_VERSION,
+                    **made.text,
                 },
                 "checkpoint_sha256": sha,
                 "code_version": CODE_VERSION,
@@ -317,3 +334,11 @@ def record_made(
     emb = session.get(Embedding, emb_id)
     emb.num_points = emb.num_points + len(points)
     return ids
+
+
+def text_diagnostics(family: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What a diffusers generation ran with beyond the recipe (recorded, so a replay matches)."""
+    if family != "diffusers":
+        return {}
+    keys = ("guidance_scale", "negative_prompt", "height", "width", "mask_passes")
+    return {"family": family, **{k: options.get(k) for k in keys}}

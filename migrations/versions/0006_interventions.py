@@ -1,7 +1,7 @@
 """interventions: step windows, strength, steering directions, natural twins and their readout, sweeps
 
 Revision ID: 0006_interventions
-Revises: 0004_micro_batch
+Revises: 0005_model_family
 Create Date: 2026-12-03 13:00:00
 
 generations gains the intervention (mask_window, strength, intervention), the readout against the natural
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 
 revision = "0006_interventions"
-down_revision = "0004_micro_batch"
+down_revision = "0005_model_family"
 branch_labels = None
 depends_on = None
 

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.support.models import register_tiny_model
-from tests.support.services import REPO, env_for, start_worker
-
-
-def cli(settings, *args, check=True, timeout=300):
-    proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=REPO,
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"latentlab {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from tests.support.services import run_cli as cli
+from tests.support.services import start_worker
 
 
 @pytest.fixture

@@ -241,3 +241,18 @@ class Processes:
                 except ProcessLookupError:
                     pass
             proc.kill_group()
+
+
+def run_cli(settings, *args, check=True, timeout=300):
+    """Run ``latentlab ARGS`` in a subprocess seeing ``settings``; raises on a non-zero exit if ``check``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"latentlab {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -111,7 +111,7 @@ def create_embedding(body: FitEmbeddingParams):
 def get_embedding_detail(embedding_id: int):
     emb = get_embedding(get_db(), embedding_id)
     out = embedding_to_dict(emb)
-    out["label_names"] = emb.dataset.model.label_names
+    out["label_names"] = emb.dataset.label_names
     out["dataset_name"] = emb.dataset.name
     return out
 
@@ -135,7 +135,7 @@ def get_points(embedding_id: int):
         encoded = points_cache.body(etag)
         if encoded is None:
             cols = points_cache.columns(db, emb, stats)
-            encoded = EncodedPoints(encode_points(emb, emb.dataset.model.label_names, etag, cols))
+            encoded = EncodedPoints(encode_points(emb, emb.dataset.label_names, etag, cols))
             if len(cols["id"]) == stats.count:  # else points arrived in between: serve, do not keep
                 points_cache.put_body(etag, encoded)
         if request.accept_encodings["gzip"] > 0:
