@@ -1,7 +1,10 @@
 """The points answer of a map (``GET /api/v1/embeddings/<id>/points``): its ETag, its encoding, and a
 per-process cache of encoded bodies and decoded columns.
 
-The body is the whole map as base64 typed columns (docs/API.md "Points format"). Its ETag hashes
+The body is the whole map as typed columns in one of two encodings (docs/API.md "Points format"):
+JSON with base64 columns (the default), or a binary body (``?format=binary`` or ``Accept:
+application/vnd.latentlab.points``) whose columns the browser views in place as typed arrays, with
+the extra columns colour-by needs (owner, job, depth, round-trip error). Its ETag hashes
 (embedding, num_points, reducer, and the count, largest and sum of the sample ids on it): points never
 move once placed (reprojection only adds), so a map changes exactly when points are added or removed.
 The encoded body (and its gzip form) is cached per process by ETag, bounded by ``PointsCache.max_bytes``,
@@ -36,7 +39,12 @@ COLUMN_TYPES = {
     "origin": "u1",
     "projected": "u1",
 }
-DTYPE_NAMES = {"<i4": "int32", "<f4": "float32", "<i2": "int16", "u1": "uint8"}
+# the binary body carries these too (colour and size by owner, job, generation depth, round-trip error)
+BINARY_COLUMN_TYPES = {**COLUMN_TYPES, "owner": "<i4", "job": "<i4", "depth": "<u2", "rt_error": "<f4"}
+DTYPE_NAMES = {"<i4": "int32", "<f4": "float32", "<i2": "int16", "u1": "uint8", "<u2": "uint16"}
+BINARY_MEDIA_TYPE = "application/vnd.latentlab.points"
+BINARY_MAGIC = b"LLPT"
+BINARY_ALIGN = 8
 
 
 class EncodedPoints:
@@ -139,34 +147,72 @@ def cache_for(app: Flask) -> PointsCache:
     return app.extensions.setdefault(CACHE_KEY, PointsCache())
 
 
-def points_etag(emb: Embedding, stats: MapStats) -> str:
+def points_etag(emb: Embedding, stats: MapStats, binary: bool = False) -> str:
     key = (
-        f"{POINTS_FORMAT}:{emb.id}:{emb.num_points}:{emb.reducer_sha256}:"
+        f"{POINTS_FORMAT}{':binary' if binary else ''}:{emb.id}:{emb.num_points}:{emb.reducer_sha256}:"
         f"{stats.max_id}:{stats.count}:{stats.id_sum}"
     )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def encode_points(emb: Embedding, label_names: list, etag: str, cols: dict[str, np.ndarray]) -> bytes:
-    """The points JSON body: each column little-endian, base64 (docs/API.md "Points format")."""
+def _check_ids(cols: dict[str, np.ndarray]) -> int:
     n = len(cols["id"])
     if n and int(cols["id"].max()) > np.iinfo(np.int32).max:
         raise RuntimeError("sample ids no longer fit the int32 points format; bump POINTS_FORMAT")
+    return n
+
+
+def _bounds(cols: dict[str, np.ndarray]) -> list[float] | None:
+    if not len(cols["id"]):
+        return None
+    x, y = cols["x"], cols["y"]
+    return [float(x.min()), float(x.max()), float(y.min()), float(y.max())]
+
+
+def encode_points_binary(
+    emb: Embedding, label_names: list, etag: str, cols: dict[str, np.ndarray], owners: dict[int, str]
+) -> bytes:
+    """The binary points body (docs/API.md "Points format"): ``LLPT``, a little-endian uint32 header
+    length, the JSON header (padded with spaces to a multiple of 8 bytes), then the columns, each
+    little-endian and 8-aligned at the ``offset`` the header gives (counted from the end of the header),
+    so the browser views them in place (``new Float32Array(buffer, 8 + header + offset, n)``)."""
+    n = _check_ids(cols)
+    parts = []
+    specs = []
+    offset = 0
+    for name, dtype in BINARY_COLUMN_TYPES.items():
+        data = np.ascontiguousarray(cols[name], dtype=dtype).tobytes()
+        specs.append({"name": name, "dtype": DTYPE_NAMES[dtype], "offset": offset})
+        parts.append(data + b"\0" * ((-len(data)) % BINARY_ALIGN))
+        offset += len(parts[-1])
+    header = {
+        "embedding_id": emb.id,
+        "n": n,
+        "etag": etag,
+        "label_names": label_names,
+        "bounds": _bounds(cols),
+        "owners": {str(k): v for k, v in owners.items()},
+        "columns": specs,
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % BINARY_ALIGN)
+    return b"".join([BINARY_MAGIC, len(text).to_bytes(4, "little"), text, *parts])
+
+
+def encode_points(emb: Embedding, label_names: list, etag: str, cols: dict[str, np.ndarray]) -> bytes:
+    """The points JSON body: each column little-endian, base64 (docs/API.md "Points format")."""
+    n = _check_ids(cols)
     columns = {}
     for name, dtype in COLUMN_TYPES.items():
         data = np.ascontiguousarray(cols[name], dtype=dtype)
         encoded = base64.b64encode(data.tobytes()).decode("ascii")
         columns[name] = {"dtype": DTYPE_NAMES[dtype], "data": encoded}
-    bounds = None
-    if n:
-        x, y = cols["x"], cols["y"]
-        bounds = [float(x.min()), float(x.max()), float(y.min()), float(y.max())]
     body = {
         "embedding_id": emb.id,
         "n": n,
         "etag": etag,
         "label_names": label_names,
-        "bounds": bounds,
+        "bounds": _bounds(cols),
         "columns": columns,
     }
     return json.dumps(body, separators=(",", ":")).encode()
