@@ -51,6 +51,23 @@ export const els = {
   hoverText: $("hover-text"),
   dragPan: $("drag-pan"),
   dragZoom: $("drag-zoom"),
+  dragBox: $("drag-box"),
+  dragLasso: $("drag-lasso"),
+  setA: $("set-a"),
+  setB: $("set-b"),
+  removeMode: $("remove-mode"),
+  undo: $("undo"),
+  colourBy: $("colour-by"),
+  density: $("density"),
+  helpBtn: $("help-btn"),
+  help: $("help-popover"),
+  setCounts: $("set-counts"),
+  classPick: $("class-pick"),
+  classForm: $("select-class"),
+  pasteForm: $("paste-ids"),
+  pasteText: $("paste-text"),
+  toolMessage: $("tool-message"),
+  exportButtons: $("export-buttons"),
   reset: $("reset-view"),
 };
 
@@ -68,6 +85,12 @@ export const state = {
   detailToken: 0,
   hoverId: null,
   job: null,
+  dragMode: "pan",
+  colourBy: "class",
+  density: false,
+  activeSet: "A",
+  removeMode: false,
+  region: false, // Plotly holds a box or lasso selection (it dims what it did not catch)
 };
 
 export function frame() {

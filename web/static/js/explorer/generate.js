@@ -7,6 +7,25 @@ import { $, els, state } from "./context.js";
 import { renderOverlay, selectFromPanel } from "./panel.js";
 import { drawPlot } from "./plot.js";
 
+const MAX_NEIGHBOURS = 256; // GenerateFromNeighborsParams.neighbors max_length
+
+// Whether the generate API takes a negative set (set B, the steering mode), read from its OpenAPI
+// description once per page.
+let negativeSupport = null;
+export function takesNegative() {
+  if (negativeSupport === null) {
+    negativeSupport = api("/api/openapi.json")
+      .then((doc) => {
+        const op = doc.paths && doc.paths["/api/v1/generations"] && doc.paths["/api/v1/generations"].post;
+        let schema = (op && op.requestBody && op.requestBody.content["application/json"].schema) || {};
+        if (schema.$ref) schema = doc.components.schemas[schema.$ref.split("/").pop()] || {};
+        return Boolean(schema.properties && schema.properties.negative);
+      })
+      .catch(() => false);
+  }
+  return negativeSupport;
+}
+
 // -- generate ---------------------------------------------------------------------------------------------
 
 export function fillGenerateForm() {
@@ -84,7 +103,21 @@ export async function submitGeneration(e) {
     );
     return;
   }
+  if (sel.neighbours.length > MAX_NEIGHBOURS) {
+    say(
+      els.genMessage,
+      `A generation takes at most ${MAX_NEIGHBOURS} neighbours; set A has ${sel.neighbours.length}. ` +
+        "Remove some (Remove mode, a smaller box or lasso, or Undo) and generate again.",
+      "error",
+    );
+    return;
+  }
   const body = { embedding: state.emb.id, selected: sel.selected, neighbors: sel.neighbours.map((n) => n.id) };
+  let note = "";
+  if (sel.negative.length) {
+    if (await takesNegative()) body.negative = [...sel.negative];
+    else note = "Set B stays in this page: this server's generate API takes no negative set yet, so only set A was used. ";
+  }
   try {
     body.mode = els.genMode.value;
     body.variations = intField(els.genVariations, { min: 1, max: 64, name: "Variations" }) ?? 1;
@@ -120,6 +153,7 @@ export async function submitGeneration(e) {
     return;
   }
   els.genBtn.disabled = false;
+  if (note) say(els.genMessage, note);
   followJob(job);
 }
 

@@ -12,6 +12,9 @@ export const overlay = new Overlay(els.overlay, els.plot, {
   onStarLeave: () => hideHover(),
 });
 
+const MAX_RINGS = 400;
+const MAX_LISTED = 60;
+
 // -- selection --------------------------------------------------------------------------------------------
 
 export function handlePointClick(id, shift, t0) {
@@ -19,7 +22,7 @@ export function handlePointClick(id, shift, t0) {
   if (!sel) return;
   if (sel.selected === null || shift) sel.select(id);
   else if (id === sel.selected) return;
-  else sel.toggle(id);
+  else sel.toggle(id, state.activeSet);
   requestAnimationFrame(() => {
     const now = performance.now();
     const entry = { id, handlerMs: now - t0 };
@@ -44,11 +47,17 @@ export function renderOverlay() {
       if (p) parents.push(p);
     }
   }
+  // rings on the first MAX_RINGS of each set: beyond that, thousands of SVG rings would make every pan
+  // frame slow (a box or lasso dims what it did not catch instead)
   overlay.render({
     selected: sel && sel.selected !== null ? point(sel.selected) : null,
     neighbours: sel
-      ? sel.neighbours.map((n) => ({ ...point(n.id), source: n.source })).filter((n) => n.id !== undefined)
+      ? sel.neighbours
+          .slice(0, MAX_RINGS)
+          .map((n) => ({ ...point(n.id), source: n.source }))
+          .filter((n) => n.id !== undefined)
       : [],
+    negative: sel ? sel.negative.slice(0, MAX_RINGS).map(point).filter(Boolean) : [],
     parents,
     generations: state.overlays.map((g) => ({
       id: g.sample_id,
@@ -64,7 +73,7 @@ export function onSelectionChange(reason) {
   const sel = state.selection;
   els.clear.disabled = sel.selected === null && !sel.neighbours.length;
   els.findBtn.disabled = sel.selected === null;
-  if (reason === "select" || reason === "clear" || reason === "load") {
+  if (["select", "clear", "load", "undo", "region-select"].includes(reason)) {
     say(els.nbMessage, "");
     state.detail = null;
     renderSelected();
@@ -206,8 +215,9 @@ function renderRecipe(detail) {
 
 export function renderNeighbours() {
   const sel = state.selection;
-  const list = sel ? sel.neighbours : [];
-  els.nbCount.textContent = list.length ? `(${list.length})` : "";
+  const all = sel ? sel.neighbours : [];
+  const list = all.slice(0, MAX_LISTED);
+  els.nbCount.textContent = all.length ? `(${all.length})` : "";
   const weighted = els.genMode.value === "weighted";
   els.nbList.replaceChildren(
     ...list.map((n) => {
@@ -237,7 +247,7 @@ export function renderNeighbours() {
           sampleLabel(n.id),
           n.distance !== null && n.distance !== undefined ? h("span", { class: "muted", text: ` · d ${n.distance.toFixed(3)}` }) : null,
           " ",
-          h("span", { class: `badge ${n.source}`, text: n.source === "knn" ? "k-NN" : "by hand" }),
+          h("span", { class: `badge ${n.source}`, text: { knn: "k-NN", region: "box/lasso" }[n.source] || "by hand" }),
         ),
         weight,
         h("button", {
@@ -250,6 +260,9 @@ export function renderNeighbours() {
         }),
       );
     }),
+    all.length > list.length
+      ? h("li", { class: "muted", text: `… and ${all.length - list.length} more (export the selection to see them all)` })
+      : null,
   );
 }
 
