@@ -71,9 +71,18 @@ class GenerateFromNeighborsParams(BaseModel):
     mask_steps: int | None = Field(default=None, ge=0, le=256, description="mask only the first k steps")
     variations: int = Field(default=1, ge=1, le=64)
     seed: int | None = Field(default=None, ge=0, le=2**62)
+    target: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="for mode 'umap_inverse': the [x, y] on the map to invert (the explorer's place tool) "
+        "instead of the neighbours' weighted centre; they still choose the class",
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.target is not None and self.mode != "umap_inverse":
+            raise ValueError("'target' is only used with mode 'umap_inverse'")
         if self.mode == "weighted":
             if self.weights is None or len(self.weights) != len(self.neighbors):
                 raise ValueError("mode 'weighted' needs 'weights' with one value per neighbour")
@@ -160,6 +169,8 @@ def build_recipe(
     k = len(neighbors)
     w = neighbour_weights(p["mode"], k, p.get("weights"))  # [k]
     center = weighted_center(w, np.array([points[s] for s in neighbors], dtype=np.float64))  # [2]
+    if p.get("target") is not None:  # a point placed on the map: inverted as it is
+        center = np.asarray(p["target"], dtype=np.float64)  # [2]
     layers = list(p["layers"])
     shapes = {name: tuple(ds.layer_shapes[name]) for name in ds.layers}
     roundtrip = None

@@ -10,7 +10,7 @@ import io
 import json
 
 from tests.e2e.lab import artifacts_dir
-from tests.e2e.test_explorer import READY, explorer_state, open_explorer
+from tests.e2e.test_explorer import GENERATION_TIMEOUT_MS, READY, explorer_state, open_explorer
 
 # every point's screen position: [[id, x, y], ...]
 POSITIONS = """() => {
@@ -37,6 +37,14 @@ def drag_polygon(page, corners: list[tuple[float, float]]) -> None:
     for (ax, ay), (bx, by) in zip(path, path[1:], strict=False):
         for k in range(1, 7):
             page.mouse.move(ax + (bx - ax) * k / 6, ay + (by - ay) * k / 6)
+    page.mouse.up()
+
+
+def drag_box(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(start[0] + (end[0] - start[0]) * k / 8, start[1] + (end[1] - start[1]) * k / 8)
     page.mouse.up()
 
 
@@ -90,7 +98,7 @@ def test_lasso_box_sets_undo_colour_by_and_density(lab, signed_in):
     # set B by box: the points right of the cut
     page.keyboard.press("2")
     page.keyboard.press("b")
-    drag_polygon(page, [(cut, y0), (x1, y0), (x1, y1), (cut, y1)])
+    drag_box(page, (cut, y0), (x1, y1))
     page.wait_for_function("() => window.__latentlab.lassos.length === 2")
     state = explorer_state(page)
     assert sorted(state["negative"]) == right and selection_ids(state) == left
@@ -99,7 +107,7 @@ def test_lasso_box_sets_undo_colour_by_and_density(lab, signed_in):
 
     # remove mode takes the box's points out of set B; undo (U) puts them back; undo again drops the lasso
     page.keyboard.press("r")
-    drag_polygon(page, [(cut, y0), (x1, y0), (x1, y1), (cut, y1)])
+    drag_box(page, (cut, y0), (x1, y1))
     page.wait_for_function("() => window.__latentlab.lassos.length === 3")
     assert explorer_state(page)["negative"] == []
     page.keyboard.press("u")
@@ -190,3 +198,47 @@ def test_paste_ids_export_and_a_shared_link_reopen_the_view(lab, signed_in):
     page.wait_for_function(READY, timeout=60_000)
     assert selection_ids(explorer_state(page)) == sorted([a, b, c])
     assert alice.page_errors == [] and bob.page_errors == [] and console == []
+
+
+def test_place_a_target_generate_there_and_warn_outside_the_map(lab, signed_in):
+    alice = signed_in("alice")
+    page = open_explorer(alice, f"?embedding={lab.embedding_id}")
+    console = watch_console(page)
+    page.keyboard.press("Escape")
+    page.click("#reset-view")
+    page.keyboard.press("g")
+    assert page.get_attribute("#drag-place", "aria-pressed") == "true"
+
+    # a corner of the plot area lies beyond the map's points: a warning, the target kept
+    bx, by, bw, bh = page.evaluate(PLOT_BOX)
+    page.mouse.click(bx + 3, by + 3)
+    assert "outside the map's extent" in page.inner_text("#place-info")
+    assert page.locator("#overlay path.target-star").count() == 1
+
+    # between two samples: inside; Generate inverts exactly that point
+    a, b = lab.sample_ids[:2]
+    pa = page.evaluate(f"window.__latentlab.explorer.clientPoint({a})")
+    pb = page.evaluate(f"window.__latentlab.explorer.clientPoint({b})")
+    page.mouse.click((pa["x"] + pb["x"]) / 2, (pa["y"] + pb["y"]) / 2)
+    info = page.inner_text("#place-info")
+    assert "Target (" in info and "outside" not in info
+    assert page.input_value("#gen-mode") == "umap_inverse"
+    target = page.evaluate("window.__latentlab.explorer.state().target")
+    page.fill("#gen-variations", "1")
+    page.fill("#gen-seed", "3")
+    before = explorer_state(page)["stars"]
+    page.click("#generate-btn")
+    page.wait_for_function(
+        f"() => window.__latentlab.explorer.state().stars === {before + 1}", timeout=GENERATION_TIMEOUT_MS
+    )
+    newest = page.evaluate(
+        f"fetch('/api/v1/embeddings/{lab.embedding_id}/generations').then((r) => r.json())"
+    )[0]
+    assert newest["mode"] == "umap_inverse"
+    assert abs(newest["center"][0] - target[0]) < 1e-4 and abs(newest["center"][1] - target[1]) < 1e-4
+    assert newest["actual"][0] is not None  # where it landed, drawn as the circle at the end of the line
+    assert page.locator(f"#overlay g.gen[data-id='{newest['sample_id']}'] line.gen-line").count() == 1
+    page.screenshot(path=str(artifacts_dir() / "explorer-place-generated.png"))
+    page.click("#clear-target")
+    assert page.locator("#overlay path.target-star").count() == 0
+    assert alice.page_errors == [] and console == []

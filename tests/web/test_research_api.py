@@ -126,6 +126,9 @@ def test_cookie_session_generation_needs_the_csrf_token(client, sessions, member
         ({"selected": 10**6}, "selected", "not on embedding"),
         ({"mode": "weighted"}, None, "weights"),
         ({"surprise": 1}, "surprise", "not a known field"),
+        ({"target": [1.0, 2.0]}, None, "only used with mode 'umap_inverse'"),
+        ({"mode": "umap_inverse", "target": [1.0]}, "target", "at least 2"),
+        ({"mode": "umap_inverse", "target": ["x", 1]}, "target.0", "number"),
     ],
 )
 def test_bad_generation_bodies_answer_400_naming_the_field_and_write_nothing(
@@ -246,6 +249,46 @@ def test_points_answer_304_while_unchanged_and_a_new_etag_after_a_point_is_added
     finally:
         client.application.extensions[points_cache.CACHE_KEY] = cache
     assert fresh.data == changed.data and fresh.headers["ETag"] == changed.headers["ETag"]
+
+
+def test_points_kept_on_disk_serve_a_restarted_server_without_reading_the_map_again(
+    client, alice, lab, sessions, settings, member
+):
+    url = f"/api/v1/embeddings/{lab.embedding_id}/points?format=binary"
+    first = client.get(url, headers=alice)
+    folder = settings.data_root / "cache" / "points"
+    cache = points_cache.cache_for(client.application)
+    cache.wait_for_disk()  # written in the background, after the answer
+    assert len(list(folder.glob(f"emb-{lab.embedding_id}-*.npy"))) == 1
+    try:
+        restarted = points_cache.PointsCache(disk=folder)  # what a new server process starts with
+        client.application.extensions[points_cache.CACHE_KEY] = restarted
+        again = client.get(url, headers=alice)
+        assert again.data == first.data
+        assert (restarted.disk_reads, restarted.full_reads, restarted.tail_reads) == (1, 0, 0)
+        # points added while the server was down: the file's copy plus only the new rows
+        add_generation(
+            sessions,
+            settings,
+            lab,
+            owner_id=member.id,
+            selected=lab.sample_ids[0],
+            neighbors=lab.sample_ids[1:2],
+        )
+        restarted = points_cache.PointsCache(disk=folder)
+        client.application.extensions[points_cache.CACHE_KEY] = restarted
+        grown = client.get(url, headers=alice)
+        restarted.wait_for_disk()
+        assert decode_binary(grown.data)[0]["n"] == 33
+        assert (restarted.disk_reads, restarted.full_reads, restarted.tail_reads) == (1, 0, 1)
+        # an unreadable file is ignored: the map is read whole
+        for path in folder.glob("*.npy"):
+            path.write_bytes(b"not an array")
+        restarted = points_cache.PointsCache(disk=folder)
+        client.application.extensions[points_cache.CACHE_KEY] = restarted
+        assert client.get(url, headers=alice).data == grown.data and restarted.full_reads == 1
+    finally:
+        client.application.extensions[points_cache.CACHE_KEY] = cache
 
 
 def test_points_after_a_removal_are_read_whole_and_get_a_new_etag(client, alice, lab, sessions):

@@ -9,6 +9,7 @@ import { fillGenerateForm, fillLayers, submitGeneration, syncClassField } from "
 import { findNeighbours, handlePointClick, onSelectionChange, overlay, renderNeighbours, renderOverlay } from "./explorer/panel.js";
 import { wireExports } from "./explorer/exports.js";
 import { readLink, writeLink } from "./explorer/permalink.js";
+import { positionStar, setTarget, wirePlace } from "./explorer/place.js";
 import { drawPlot, onPlotEvents, plotlyReady, resetView, setView } from "./explorer/plot.js";
 import { fetchPoints, pointMapFrom } from "./explorer/points.js";
 import { Selection } from "./explorer/selection.js";
@@ -182,16 +183,19 @@ onPlotEvents({
   pointClick: handlePointClick,
   viewChange: (e) => {
     overlay.position(e);
+    positionStar();
     if (!e) writeLink();
   },
   region: handleRegion,
 });
 wireTools();
 wireExports();
+wirePlace(overlay);
 
 els.picker.addEventListener("change", () => {
   if (state.selection && state.emb) carried = { dataset: state.emb.dataset_id, snapshot: state.selection.snapshot() };
   state.selection = null;
+  setTarget(null);
   els.genResults.replaceChildren();
   els.genJob.replaceChildren();
   openMap(Number(els.picker.value));
@@ -239,6 +243,7 @@ T.explorer = {
     neighbours: state.selection ? state.selection.neighbours.map((n) => ({ id: n.id, source: n.source })) : [],
     negative: state.selection ? [...state.selection.negative] : [],
     colourBy: state.colourBy,
+    target: state.target,
     traces: (els.plot.data || []).map((t) => t.name),
     parents: state.detail ? (state.detail.parents || []).map((p) => p.sample_id) : [],
     stars: state.overlays.filter((g) => g.center && g.center[0] !== null).length,

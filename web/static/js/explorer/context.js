@@ -53,6 +53,9 @@ export const els = {
   dragZoom: $("drag-zoom"),
   dragBox: $("drag-box"),
   dragLasso: $("drag-lasso"),
+  dragPlace: $("drag-place"),
+  placeInfo: $("place-info"),
+  clearTarget: $("clear-target"),
   setA: $("set-a"),
   setB: $("set-b"),
   removeMode: $("remove-mode"),
@@ -90,6 +93,7 @@ export const state = {
   density: false,
   activeSet: "A",
   removeMode: false,
+  target: null, // [x, y] placed with the place tool
   region: false, // Plotly holds a box or lasso selection (it dims what it did not catch)
 };
 

@@ -5,6 +5,7 @@ import { getLive } from "../live.js";
 import { fmt, h, jobStatus, say, thumb } from "../ui.js";
 import { $, els, state } from "./context.js";
 import { renderOverlay, selectFromPanel } from "./panel.js";
+import { nearestTo } from "./place.js";
 import { drawPlot } from "./plot.js";
 
 const MAX_NEIGHBOURS = 256; // GenerateFromNeighborsParams.neighbors max_length
@@ -91,11 +92,14 @@ export async function submitGeneration(e) {
     say(els.genMessage, "Choose a map first.", "error");
     return;
   }
-  if (sel.selected === null) {
+  const target = state.target && els.genMode.value === "umap_inverse" ? state.target : null;
+  let picked = null; // a placed target with nothing selected: the samples nearest it choose the class
+  if (target && (sel.selected === null || !sel.neighbours.length)) picked = nearestTo(target, 9);
+  if (sel.selected === null && !picked) {
     say(els.genMessage, "Select a sample on the map first (click a point, or use Select by id).", "error");
     return;
   }
-  if (!sel.neighbours.length) {
+  if (!sel.neighbours.length && !picked) {
     say(
       els.genMessage,
       "Add at least one neighbour before generating: use Find neighbours, or click points near the selected one.",
@@ -112,7 +116,10 @@ export async function submitGeneration(e) {
     );
     return;
   }
-  const body = { embedding: state.emb.id, selected: sel.selected, neighbors: sel.neighbours.map((n) => n.id) };
+  const body = picked
+    ? { embedding: state.emb.id, selected: picked[0], neighbors: picked.slice(1) }
+    : { embedding: state.emb.id, selected: sel.selected, neighbors: sel.neighbours.map((n) => n.id) };
+  if (target) body.target = [...target];
   let note = "";
   if (sel.negative.length) {
     if (await takesNegative()) body.negative = [...sel.negative];
@@ -184,7 +191,13 @@ async function followJob(job) {
     const ids = (final.result && final.result.samples) || [];
     renderResults(ids); // the images load while the map's overlays are fetched
     await refreshOverlays(new Set(ids));
-    say(els.genMessage, `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.`, "ok");
+    const warning = final.result && final.result.inverse_warning;
+    say(
+      els.genMessage,
+      `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.` +
+        (warning ? ` Warning from the inverse: ${warning}` : ""),
+      warning ? "error" : "ok",
+    );
   }
 }
 

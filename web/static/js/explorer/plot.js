@@ -5,7 +5,8 @@ import { className } from "../ui.js";
 import { buildTraces, densityTrace } from "./colour.js";
 import { els, frame, mark, state, T } from "./context.js";
 
-export const DRAG_MODES = ["pan", "zoom", "select", "lasso"];
+// the place tool (explorer/place.js) turns Plotly's dragging off: a click sets the target instead
+const PLOTLY_DRAG = { pan: "pan", zoom: "zoom", select: "select", lasso: "lasso", place: false };
 
 // Plotly (4.8 MB) is preloaded by the page and run from here, so that the map's requests go out while
 // the browser is still compiling it.
@@ -41,7 +42,7 @@ function layoutFor(emb) {
     margin: { l: 48, r: 12, t: 10, b: 36 },
     hovermode: "closest",
     hoverdistance: 12,
-    dragmode: state.dragMode,
+    dragmode: PLOTLY_DRAG[state.dragMode],
     selectdirection: "any",
     showlegend: true,
     legend: {
@@ -140,9 +141,9 @@ function bindPlotEvents() {
 
 export function setDragMode(mode) {
   state.dragMode = mode;
-  const buttons = { pan: els.dragPan, zoom: els.dragZoom, select: els.dragBox, lasso: els.dragLasso };
+  const buttons = { pan: els.dragPan, zoom: els.dragZoom, select: els.dragBox, lasso: els.dragLasso, place: els.dragPlace };
   for (const [name, button] of Object.entries(buttons)) button.setAttribute("aria-pressed", String(mode === name));
-  if (state.emb) Plotly.relayout(els.plot, { dragmode: mode });
+  if (state.emb) Plotly.relayout(els.plot, { dragmode: PLOTLY_DRAG[mode] });
 }
 
 // forget Plotly's own box or lasso (the selection is ours; Plotly would keep dimming what it caught)

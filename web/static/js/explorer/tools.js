@@ -187,6 +187,7 @@ function onKey(e) {
     z: () => setDragMode("zoom"),
     b: () => setDragMode("select"),
     l: () => setDragMode("lasso"),
+    g: () => setDragMode("place"),
     1: () => setActiveSet("A"),
     2: () => setActiveSet("B"),
     r: () => setRemoveMode(!state.removeMode),
@@ -215,6 +216,7 @@ export function wireTools() {
   els.dragZoom.addEventListener("click", () => setDragMode("zoom"));
   els.dragBox.addEventListener("click", () => setDragMode("select"));
   els.dragLasso.addEventListener("click", () => setDragMode("lasso"));
+  els.dragPlace.addEventListener("click", () => setDragMode("place"));
   els.setA.addEventListener("click", () => setActiveSet("A"));
   els.setB.addEventListener("click", () => setActiveSet("B"));
   els.removeMode.addEventListener("click", () => setRemoveMode(!state.removeMode));
