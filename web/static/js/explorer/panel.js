@@ -144,6 +144,28 @@ async function loadDetail(id) {
   renderOverlay();
 }
 
+// a thumbnail that selects its sample (the compare strips: parents, children)
+function strip(id, role) {
+  return h(
+    "li",
+    {},
+    h(
+      "button",
+      {
+        type: "button",
+        title: `Select sample ${id}`,
+        "aria-label": `Select ${role} sample ${id}`,
+        onclick: () => {
+          if (state.map.has(id)) selectFromPanel(id);
+          else notice(`Sample ${id} is not on this map.`);
+        },
+      },
+      thumb(id, { size: "small" }),
+    ),
+    h("span", { text: `#${id}` }),
+  );
+}
+
 function fact(label, value) {
   return [h("dt", { text: label }), h("dd", { text: value === null || value === undefined ? "—" : String(value) })];
 }
@@ -203,10 +225,29 @@ function renderRecipe(detail) {
       ),
     );
   }
-  if (detail.children && detail.children.length) {
-    parts.push(h("div", { class: "muted", text: `Parent of ${detail.children.length} generated sample(s).` }));
+  const children = [...new Set((detail.children || []).map((c) => c.sample_id))];
+  if (children.length) {
+    parts.push(h("div", { class: "muted", text: `Parent of ${children.length} generated sample(s):` }));
+    parts.push(h("ul", { class: "parents children" }, ...children.slice(0, 24).map((cid) => strip(cid, "child"))));
   }
-  if (g || parents.length || (detail.children && detail.children.length)) {
+  // where this sample sits on every map it is on (other maps of the dataset open with the selection kept)
+  const maps = Object.entries(detail.points || {});
+  if (maps.length > 1) {
+    parts.push(
+      h(
+        "div",
+        { class: "muted on-maps" },
+        "On maps: ",
+        ...maps.map(([embId, xy], i) => [
+          i ? " · " : "",
+          Number(embId) === state.emb.id
+            ? h("strong", { text: `#${embId} (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})` })
+            : h("a", { href: `/explorer?embedding=${embId}&sel=${detail.id}`, text: `#${embId} (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})` }),
+        ]).flat(),
+      ),
+    );
+  }
+  if (g || parents.length || children.length) {
     parts.push(h("a", { href: `/history?sample=${detail.id}#lineage`, text: "Open its lineage graph" }));
   }
   els.recipe.replaceChildren(...parts);
