@@ -240,6 +240,7 @@ def test_place_a_target_generate_there_and_warn_outside_the_map(lab, signed_in):
     assert newest["actual"][0] is not None  # where it landed, drawn as the circle at the end of the line
     assert page.locator(f"#overlay g.gen[data-id='{newest['sample_id']}'] line.gen-line").count() == 1
     page.screenshot(path=str(artifacts_dir() / "explorer-place-generated.png"))
+    assert "null" not in page.inner_text(".side-panel")
     page.click("#clear-target")
     assert page.locator("#overlay path.target-star").count() == 0
     assert alice.page_errors == [] and console == []

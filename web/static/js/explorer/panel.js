@@ -301,9 +301,9 @@ export function renderNeighbours() {
         }),
       );
     }),
-    all.length > list.length
-      ? h("li", { class: "muted", text: `… and ${all.length - list.length} more (export the selection to see them all)` })
-      : null,
+    ...(all.length > list.length
+      ? [h("li", { class: "muted", text: `… and ${all.length - list.length} more (export the selection to see them all)` })]
+      : []),
   );
 }
 

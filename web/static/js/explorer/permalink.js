@@ -12,19 +12,26 @@ const idList = (text) =>
     .map(Number)
     .filter((id) => Number.isSafeInteger(id) && id > 0);
 
+// a reload keeps this browser's own saved selection (it may have changed in another tab since the URL
+// was written); a link opened afresh (shared by a colleague) brings its selection
+function reloaded() {
+  const nav = performance.getEntriesByType("navigation")[0];
+  return Boolean(nav && nav.type === "reload");
+}
+
 // what the URL asks for when the page opens (read once, before the first map is drawn)
 export function readLink(search = location.search) {
   const p = new URLSearchParams(search);
+  const fromLink = !reloaded() && (p.has("sel") || p.has("a") || p.has("b"));
   const view = (p.get("view") || "").split(",").map(Number);
   const sel = Number(p.get("sel"));
   return {
     colour: p.get("colour"),
     density: p.get("density") === "1",
     view: view.length === 4 && view.every(Number.isFinite) ? view : null,
-    selection:
-      p.has("sel") || p.has("a") || p.has("b")
-        ? { selected: Number.isSafeInteger(sel) && sel > 0 ? sel : null, a: idList(p.get("a")), b: idList(p.get("b")) }
-        : null,
+    selection: fromLink
+      ? { selected: Number.isSafeInteger(sel) && sel > 0 ? sel : null, a: idList(p.get("a")), b: idList(p.get("b")) }
+      : null,
   };
 }
 
