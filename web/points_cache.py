@@ -1,12 +1,18 @@
 """The points answer of a map (``GET /api/v1/embeddings/<id>/points``): its ETag, its encoding, and a
 per-process cache of encoded bodies and decoded columns.
 
-The body is the whole map as base64 typed columns (docs/API.md "Points format"). Its ETag hashes
+The body is the whole map as typed columns in one of two encodings (docs/API.md "Points format"):
+JSON with base64 columns (the default), or a binary body (``?format=binary`` or ``Accept:
+application/vnd.latentlab.points``) whose columns the browser views in place as typed arrays, with
+the extra columns colour-by needs (owner, job, depth, round-trip error). Its ETag hashes
 (embedding, num_points, reducer, and the count, largest and sum of the sample ids on it): points never
 move once placed (reprojection only adds), so a map changes exactly when points are added or removed.
 The encoded body (and its gzip form) is cached per process by ETag, bounded by ``PointsCache.max_bytes``,
 so reloading a 100k-point map costs one aggregate query (``common.research.reads.map_stats``); after a
-generation adds points, only the new rows are read (``PointsCache.columns``).
+generation adds points, only the new rows are read (``PointsCache.columns``). The columns last read are
+also kept on disk (``<data root>/cache/points/emb-<id>-<reducer>.npy``, written in the background), so the
+first load after a server start reads a file instead of a million rows; its stats are recomputed from the
+file, so a stale one is read like an older copy in memory (only the tail, or the whole map again).
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ import base64
 import gzip
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flask import Flask
 
 from common.models import Embedding
-from common.research.embeddings import points_columns
+from common.platform.storage import atomic_save_npy
+from common.research.embeddings import POINT_FIELDS, points_columns
 from common.research.reads import MapStats
+
+log = logging.getLogger(__name__)
+SNAPSHOT_FIELDS = np.dtype([*((name, POINT_FIELDS[name]) for name in POINT_FIELDS.names), ("depth", "<u2")])
 
 POINTS_FORMAT = "points-v1"
 GZIP_LEVEL = 1  # 100k points: 2.1 MB → 1.03 MB; level 5 saves 3% more at 1.3× the time
@@ -36,7 +48,12 @@ COLUMN_TYPES = {
     "origin": "u1",
     "projected": "u1",
 }
-DTYPE_NAMES = {"<i4": "int32", "<f4": "float32", "<i2": "int16", "u1": "uint8"}
+# the binary body carries these too (colour and size by owner, job, generation depth, round-trip error)
+BINARY_COLUMN_TYPES = {**COLUMN_TYPES, "owner": "<i4", "job": "<i4", "depth": "<u2", "rt_error": "<f4"}
+DTYPE_NAMES = {"<i4": "int32", "<f4": "float32", "<i2": "int16", "u1": "uint8", "<u2": "uint16"}
+BINARY_MEDIA_TYPE = "application/vnd.latentlab.points"
+BINARY_MAGIC = b"LLPT"
+BINARY_ALIGN = 8
 
 
 class EncodedPoints:
@@ -73,9 +90,12 @@ class PointsCache:
     of a grown dataset), so when a map grew and its count and id sum agree with the known columns plus
     the rows after the known largest id, only those rows are read; anything else reads the whole map."""
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024, max_maps: int = 8):
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, max_maps: int = 8, disk: Path | None = None):
         self.max_bytes = max_bytes
         self.max_maps = max_maps
+        self.disk = disk
+        self.disk_reads = 0
+        self._writers: list[threading.Thread] = []
         self._bodies: OrderedDict[str, EncodedPoints] = OrderedDict()
         self._maps: OrderedDict[int, KnownMap] = OrderedDict()
         self._lock = threading.Lock()
@@ -97,9 +117,62 @@ class PointsCache:
             while sum(e.size for e in self._bodies.values()) > self.max_bytes:
                 self._bodies.popitem(last=False)
 
+    def _snapshot_path(self, emb: Embedding) -> Path | None:
+        if self.disk is None or not emb.reducer_sha256:
+            return None
+        return self.disk / f"emb-{int(emb.id)}-{emb.reducer_sha256[:16]}.npy"
+
+    def _from_disk(self, emb: Embedding) -> KnownMap | None:
+        path = self._snapshot_path(emb)
+        if path is None or not path.exists():
+            return None
+        try:
+            rows = np.load(path, allow_pickle=False)
+            if rows.dtype != SNAPSHOT_FIELDS:
+                return None
+        except (OSError, ValueError):
+            return None
+        cols = {name: np.ascontiguousarray(rows[name]) for name in SNAPSHOT_FIELDS.names}
+        ids = cols["id"]
+        self.disk_reads += 1
+        return KnownMap(
+            emb.reducer_sha256, MapStats(len(ids), int(ids[-1]) if len(ids) else None, int(ids.sum())), cols
+        )
+
+    def _to_disk(self, emb: Embedding, cols: dict[str, np.ndarray]) -> None:
+        path = self._snapshot_path(emb)
+        if path is None:
+            return
+        rows = np.empty(len(cols["id"]), dtype=SNAPSHOT_FIELDS)
+        for name in SNAPSHOT_FIELDS.names:
+            rows[name] = cols[name]
+
+        def write():
+            try:
+                atomic_save_npy(path, rows)
+                for old in path.parent.glob(f"emb-{int(emb.id)}-*.npy"):  # an earlier fit's reducer
+                    if old != path:
+                        old.unlink(missing_ok=True)
+            except OSError as exc:  # a full or read-only disk: the cache in memory still serves
+                log.warning("could not keep the points of map %s on disk: %s", emb.id, exc)
+
+        writer = threading.Thread(target=write, name=f"points-snapshot-{emb.id}", daemon=True)
+        with self._lock:
+            self._writers = [w for w in self._writers if w.is_alive()] + [writer]
+        writer.start()
+
+    def wait_for_disk(self, timeout: float = 30.0) -> None:
+        """Wait until the copies being written to disk are written (tests, an orderly shutdown)."""
+        with self._lock:
+            writers = list(self._writers)
+        for writer in writers:
+            writer.join(timeout)
+
     def columns(self, db, emb: Embedding, stats: MapStats) -> dict[str, np.ndarray]:
         with self._lock:
             known = self._maps.get(emb.id)
+        if known is None:
+            known = self._from_disk(emb)
         cols = None
         if known is not None and known.reducer == emb.reducer_sha256 and known.stats.max_id is not None:
             if known.stats == stats:
@@ -121,6 +194,8 @@ class PointsCache:
         if cols is None:
             cols = points_columns(db, emb)
             self.full_reads += 1
+        if known is None or cols is not known.cols:
+            self._to_disk(emb, cols)
         ids = cols["id"]
         read = MapStats(len(ids), int(ids[-1]) if len(ids) else None, int(ids.sum()))
         with self._lock:
@@ -136,37 +211,80 @@ CACHE_KEY = "latentlab.points_cache"
 
 def cache_for(app: Flask) -> PointsCache:
     """The app's points cache: one per app (so per database), never shared between apps in a process."""
-    return app.extensions.setdefault(CACHE_KEY, PointsCache())
+    found = app.extensions.get(CACHE_KEY)
+    if found is None:
+        services = app.extensions.get("latentlab")
+        disk = services.settings.data_root / "cache" / "points" if services is not None else None
+        found = app.extensions.setdefault(CACHE_KEY, PointsCache(disk=disk))
+    return found
 
 
-def points_etag(emb: Embedding, stats: MapStats) -> str:
+def points_etag(emb: Embedding, stats: MapStats, binary: bool = False) -> str:
     key = (
-        f"{POINTS_FORMAT}:{emb.id}:{emb.num_points}:{emb.reducer_sha256}:"
+        f"{POINTS_FORMAT}{':binary' if binary else ''}:{emb.id}:{emb.num_points}:{emb.reducer_sha256}:"
         f"{stats.max_id}:{stats.count}:{stats.id_sum}"
     )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def encode_points(emb: Embedding, label_names: list, etag: str, cols: dict[str, np.ndarray]) -> bytes:
-    """The points JSON body: each column little-endian, base64 (docs/API.md "Points format")."""
+def _check_ids(cols: dict[str, np.ndarray]) -> int:
     n = len(cols["id"])
     if n and int(cols["id"].max()) > np.iinfo(np.int32).max:
         raise RuntimeError("sample ids no longer fit the int32 points format; bump POINTS_FORMAT")
+    return n
+
+
+def _bounds(cols: dict[str, np.ndarray]) -> list[float] | None:
+    if not len(cols["id"]):
+        return None
+    x, y = cols["x"], cols["y"]
+    return [float(x.min()), float(x.max()), float(y.min()), float(y.max())]
+
+
+def encode_points_binary(
+    emb: Embedding, label_names: list, etag: str, cols: dict[str, np.ndarray], owners: dict[int, str]
+) -> bytes:
+    """The binary points body (docs/API.md "Points format"): ``LLPT``, a little-endian uint32 header
+    length, the JSON header (padded with spaces to a multiple of 8 bytes), then the columns, each
+    little-endian and 8-aligned at the ``offset`` the header gives (counted from the end of the header),
+    so the browser views them in place (``new Float32Array(buffer, 8 + header + offset, n)``)."""
+    n = _check_ids(cols)
+    parts = []
+    specs = []
+    offset = 0
+    for name, dtype in BINARY_COLUMN_TYPES.items():
+        data = np.ascontiguousarray(cols[name], dtype=dtype).tobytes()
+        specs.append({"name": name, "dtype": DTYPE_NAMES[dtype], "offset": offset})
+        parts.append(data + b"\0" * ((-len(data)) % BINARY_ALIGN))
+        offset += len(parts[-1])
+    header = {
+        "embedding_id": emb.id,
+        "n": n,
+        "etag": etag,
+        "label_names": label_names,
+        "bounds": _bounds(cols),
+        "owners": {str(k): v for k, v in owners.items()},
+        "columns": specs,
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % BINARY_ALIGN)
+    return b"".join([BINARY_MAGIC, len(text).to_bytes(4, "little"), text, *parts])
+
+
+def encode_points(emb: Embedding, label_names: list, etag: str, cols: dict[str, np.ndarray]) -> bytes:
+    """The points JSON body: each column little-endian, base64 (docs/API.md "Points format")."""
+    n = _check_ids(cols)
     columns = {}
     for name, dtype in COLUMN_TYPES.items():
         data = np.ascontiguousarray(cols[name], dtype=dtype)
         encoded = base64.b64encode(data.tobytes()).decode("ascii")
         columns[name] = {"dtype": DTYPE_NAMES[dtype], "data": encoded}
-    bounds = None
-    if n:
-        x, y = cols["x"], cols["y"]
-        bounds = [float(x.min()), float(x.max()), float(y.min()), float(y.max())]
     body = {
         "embedding_id": emb.id,
         "n": n,
         "etag": etag,
         "label_names": label_names,
-        "bounds": bounds,
+        "bounds": _bounds(cols),
         "columns": columns,
     }
     return json.dumps(body, separators=(",", ":")).encode()

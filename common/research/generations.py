@@ -116,9 +116,18 @@ class GenerateFromNeighborsParams(BaseModel):
     mask_passes: Literal["both", "cond"] | None = Field(
         default=None, description="under guidance: mask both passes (default) or only the conditional one"
     )
+    target: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="for mode 'umap_inverse': the [x, y] on the map to invert (the explorer's place tool) "
+        "instead of the neighbours' weighted centre; they still choose the class",
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.target is not None and self.mode != "umap_inverse":
+            raise ValueError("'target' is only used with mode 'umap_inverse'")
         if self.mode == "weighted":
             if self.weights is None or len(self.weights) != len(self.neighbors):
                 raise ValueError("mode 'weighted' needs 'weights' with one value per neighbour")
@@ -223,10 +232,14 @@ def build_recipe(
     k = len(neighbors)
     w = neighbour_weights(p["mode"], k, p.get("weights"))  # [k]
     center = weighted_center(w, np.array([points[s] for s in neighbors], dtype=np.float64))  # [2]
+    if p.get("target") is not None:  # a point placed on the map: inverted as it is
+        center = np.asarray(p["target"], dtype=np.float64)  # [2]
     layers = list(p["layers"])
     shapes = {name: tuple(ds.layer_shapes[name]) for name in ds.layers}
     roundtrip = None
     diagnostics: dict[str, Any] = {"neighbors": k}
+    if p.get("target") is not None:
+        diagnostics["target"] = [float(v) for v in p["target"]]  # recorded, so a replay inverts it again
     if p["mode"] == "umap_inverse":
         reducer = reducers.get(settings, session, emb)
         flat, notes = reducer.inverse_with_diagnostics(center[None, :])  # [1, D_map]
@@ -367,6 +380,7 @@ def replay_params(session: Session, gen: Generation) -> dict[str, Any]:
         else ("selected" if gen.class_mode == "prompt" else gen.class_mode),
         "prompt": (gen.diagnostics or {}).get("prompt"),
         "mask_passes": (gen.diagnostics or {}).get("mask_passes"),
+        "target": (gen.diagnostics or {}).get("target"),
         "steps": gen.steps,
         "mask_steps": gen.mask_steps if gen.mask_window is None else None,
         "mask_window": gen.mask_window,

@@ -21,7 +21,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.models import Dataset, Embedding, EmbeddingPoint, Generation, GeneratorModel, Job, Lineage, Sample
+from common.models import (
+    Dataset,
+    Embedding,
+    EmbeddingPoint,
+    Generation,
+    GeneratorModel,
+    Job,
+    Lineage,
+    Sample,
+    User,
+)
 from common.platform.db import page
 
 IN_CHUNK = 500  # ids per IN (...) list
@@ -162,3 +172,11 @@ def generation_overlays(session: Session, embedding_id: int, *, limit: int = 500
             }
         )
     return out
+
+
+def usernames(session: Session, user_ids: set[int]) -> dict[int, str]:
+    """{user id: username} of these users (ids of deleted users are left out)."""
+    if not user_ids:
+        return {}
+    rows = session.execute(select(User.id, User.username).where(User.id.in_(sorted(user_ids))))
+    return {int(uid): name for uid, name in rows}

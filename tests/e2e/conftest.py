@@ -33,8 +33,10 @@ def browser(chromium_path):
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def lab(chromium_path, redis_server, tmp_path_factory, request):
+@pytest.fixture(scope="session")
+def lab(chromium_path, redis_server, tmp_path_factory):
+    """One lab for every browser test (its dataset and map take a minute to make through the real jobs);
+    tests leave it usable for the next (they add generations, never remove what others rely on)."""
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
@@ -43,7 +45,7 @@ def lab(chromium_path, redis_server, tmp_path_factory, request):
     root = tmp_path_factory.mktemp("e2e-lab")
     with running_lab(root, redis_server.url) as running:
         yield running
-        copy_logs(running, request.module.__name__.rsplit(".", 1)[-1])
+        copy_logs(running, "e2e")
 
 
 class Session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import os
 
 import numpy as np
@@ -125,6 +126,9 @@ def test_cookie_session_generation_needs_the_csrf_token(client, sessions, member
         ({"selected": 10**6}, "selected", "not on embedding"),
         ({"mode": "weighted"}, None, "weights"),
         ({"surprise": 1}, "surprise", "not a known field"),
+        ({"target": [1.0, 2.0]}, None, "only used with mode 'umap_inverse'"),
+        ({"mode": "umap_inverse", "target": [1.0]}, "target", "at least 2"),
+        ({"mode": "umap_inverse", "target": ["x", 1]}, "target.0", "number"),
     ],
 )
 def test_bad_generation_bodies_answer_400_naming_the_field_and_write_nothing(
@@ -255,6 +259,46 @@ def test_points_answer_304_while_unchanged_and_a_new_etag_after_a_point_is_added
     assert fresh.data == changed.data and fresh.headers["ETag"] == changed.headers["ETag"]
 
 
+def test_points_kept_on_disk_serve_a_restarted_server_without_reading_the_map_again(
+    client, alice, lab, sessions, settings, member
+):
+    url = f"/api/v1/embeddings/{lab.embedding_id}/points?format=binary"
+    first = client.get(url, headers=alice)
+    folder = settings.data_root / "cache" / "points"
+    cache = points_cache.cache_for(client.application)
+    cache.wait_for_disk()  # written in the background, after the answer
+    assert len(list(folder.glob(f"emb-{lab.embedding_id}-*.npy"))) == 1
+    try:
+        restarted = points_cache.PointsCache(disk=folder)  # what a new server process starts with
+        client.application.extensions[points_cache.CACHE_KEY] = restarted
+        again = client.get(url, headers=alice)
+        assert again.data == first.data
+        assert (restarted.disk_reads, restarted.full_reads, restarted.tail_reads) == (1, 0, 0)
+        # points added while the server was down: the file's copy plus only the new rows
+        add_generation(
+            sessions,
+            settings,
+            lab,
+            owner_id=member.id,
+            selected=lab.sample_ids[0],
+            neighbors=lab.sample_ids[1:2],
+        )
+        restarted = points_cache.PointsCache(disk=folder)
+        client.application.extensions[points_cache.CACHE_KEY] = restarted
+        grown = client.get(url, headers=alice)
+        restarted.wait_for_disk()
+        assert decode_binary(grown.data)[0]["n"] == 33
+        assert (restarted.disk_reads, restarted.full_reads, restarted.tail_reads) == (1, 0, 1)
+        # an unreadable file is ignored: the map is read whole
+        for path in folder.glob("*.npy"):
+            path.write_bytes(b"not an array")
+        restarted = points_cache.PointsCache(disk=folder)
+        client.application.extensions[points_cache.CACHE_KEY] = restarted
+        assert client.get(url, headers=alice).data == grown.data and restarted.full_reads == 1
+    finally:
+        client.application.extensions[points_cache.CACHE_KEY] = cache
+
+
 def test_points_after_a_removal_are_read_whole_and_get_a_new_etag(client, alice, lab, sessions):
     cache = points_cache.cache_for(client.application)
     url = f"/api/v1/embeddings/{lab.embedding_id}/points"
@@ -275,6 +319,69 @@ def test_points_are_gzipped_when_the_client_accepts_it(client, alice, lab):
     assert gzip.decompress(zipped.data) == plain.data
     refused = client.get(url, headers={**alice, "Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in refused.headers
+
+
+BINARY_DTYPES = {**DTYPES, "uint16": np.uint16}
+
+
+def decode_binary(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """The binary points body (docs/API.md "Points format") as (header, columns)."""
+    assert data[:4] == b"LLPT"
+    size = int.from_bytes(data[4:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    base = 8 + size
+    assert base % 8 == 0
+    cols = {}
+    for col in header["columns"]:
+        assert col["offset"] % 8 == 0
+        cols[col["name"]] = np.frombuffer(
+            data, dtype=BINARY_DTYPES[col["dtype"]], count=header["n"], offset=base + col["offset"]
+        )
+    return header, cols
+
+
+def test_binary_points_hold_the_json_columns_and_owner_job_depth_by_format_or_accept(
+    client, alice, lab, sessions, settings, member
+):
+    url = f"/api/v1/embeddings/{lab.embedding_id}/points"
+    # a generation from a generated sample: depth 2
+    deep = add_generation(
+        sessions,
+        settings,
+        lab,
+        owner_id=member.id,
+        selected=lab.generated_ids[0],
+        neighbors=lab.sample_ids[:1],
+    )
+    as_json = client.get(url, headers=alice)
+    res = client.get(f"{url}?format=binary", headers=alice)
+    assert res.status_code == 200 and res.mimetype == "application/vnd.latentlab.points"
+    assert "Content-Encoding" not in res.headers and "Accept" in res.headers["Vary"]
+    header, cols = decode_binary(res.data)
+    assert header["n"] == 33 and header["etag"] and res.headers["ETag"] == f'"{header["etag"]}"'
+    assert res.headers["ETag"] != as_json.headers["ETag"]  # one URL, two bodies: two tags
+    assert header["bounds"] == as_json.json["bounds"] and header["label_names"] == [
+        "class-0",
+        "class-1",
+        "class-2",
+    ]
+    for name, column in decode(as_json.json).items():
+        assert np.array_equal(cols[name], column), name
+    by_id = dict(zip(cols["id"].tolist(), range(33), strict=True))
+    bob = next(int(k) for k, v in header["owners"].items() if v == "bob")
+    assert header["owners"][str(member.id)] == "alice"
+    assert [int(cols["depth"][by_id[i]]) for i in (lab.sample_ids[0], *lab.generated_ids)] == [0, 1, 1, 2]
+    assert int(cols["owner"][by_id[lab.generated_ids[1]]]) == bob
+    assert int(cols["owner"][by_id[deep]]) == member.id and int(cols["job"][by_id[deep]]) == -1
+    assert np.isnan(cols["rt_error"][by_id[deep]])
+    # Accept names the binary type: binary; */* stays JSON; If-None-Match answers 304 per format
+    accepted = client.get(url, headers={**alice, "Accept": "application/vnd.latentlab.points"})
+    assert accepted.data == res.data
+    assert client.get(url, headers={**alice, "Accept": "*/*"}).mimetype == "application/json"
+    again = client.get(f"{url}?format=binary", headers={**alice, "If-None-Match": res.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+    bad = client.get(f"{url}?format=csv", headers=alice)
+    assert bad.status_code == 400 and bad.json["field"] == "format"
 
 
 def test_an_empty_map_has_no_bounds(client, alice, lab, sessions):

@@ -18,7 +18,14 @@ from common.research.neighbors import find_neighbors
 from web.api import PageQuery, api_route
 from web.auth import get_db, get_settings
 from web.blueprints.jobs import JobOut
-from web.points_cache import EncodedPoints, cache_for, encode_points, points_etag
+from web.points_cache import (
+    BINARY_MEDIA_TYPE,
+    EncodedPoints,
+    cache_for,
+    encode_points,
+    encode_points_binary,
+    points_etag,
+)
 from web.research import bound_ids, submit_kind
 
 bp = Blueprint("embeddings", __name__, url_prefix="/api/v1")
@@ -60,6 +67,16 @@ class OverlayQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=500, ge=1, le=500)
+
+
+class PointsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["json", "binary"] | None = Field(
+        default=None,
+        description="json: base64 columns (the default); binary: columns viewed in place (docs/API.md). "
+        f"Without it, Accept: {BINARY_MEDIA_TYPE} asks for binary.",
+    )
 
 
 class Overlay(BaseModel):
@@ -120,31 +137,42 @@ def get_embedding_detail(embedding_id: int):
     bp,
     "/embeddings/<int:embedding_id>/points",
     methods=["GET"],
-    summary="Every point of a map as base64 typed columns (ETag; 304 on If-None-Match)",
+    query=PointsQuery,
+    summary="Every point of a map as typed columns, base64 JSON or binary (ETag; 304 on If-None-Match)",
     description="See docs/API.md 'Points format'. Send If-None-Match with the ETag: 304 when unchanged.",
 )
-def get_points(embedding_id: int):
+def get_points(embedding_id: int, query: PointsQuery):
     db = get_db()
     emb = get_embedding(db, embedding_id)
+    # binary only when asked by name: */* (curl, most clients) keeps the JSON answer
+    named = any(value == BINARY_MEDIA_TYPE and q > 0 for value, q in request.accept_mimetypes)
+    binary = query.format == "binary" or (query.format is None and named)
     stats = research_reads.map_stats(db, emb.id)
-    etag = points_etag(emb, stats)
+    etag = points_etag(emb, stats, binary=binary)
     points_cache = cache_for(current_app)
+    mimetype = BINARY_MEDIA_TYPE if binary else "application/json"
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
     else:
         encoded = points_cache.body(etag)
         if encoded is None:
             cols = points_cache.columns(db, emb, stats)
-            encoded = EncodedPoints(encode_points(emb, emb.dataset.label_names, etag, cols))
+            labels = emb.dataset.label_names
+            if binary:
+                owners = research_reads.usernames(db, {int(u) for u in set(cols["owner"].tolist()) if u >= 0})
+                encoded = EncodedPoints(encode_points_binary(emb, labels, etag, cols, owners))
+            else:
+                encoded = EncodedPoints(encode_points(emb, labels, etag, cols))
             if len(cols["id"]) == stats.count:  # else points arrived in between: serve, do not keep
                 points_cache.put_body(etag, encoded)
-        if request.accept_encodings["gzip"] > 0:
-            response = Response(encoded.gzipped(), mimetype="application/json")
+        # the binary columns are mostly float noise: gzip would cost more time than it saves bytes
+        if not binary and request.accept_encodings["gzip"] > 0:
+            response = Response(encoded.gzipped(), mimetype=mimetype)
             response.headers["Content-Encoding"] = "gzip"
         else:
-            response = Response(encoded.body, mimetype="application/json")
+            response = Response(encoded.body, mimetype=mimetype)
     response.set_etag(etag)
-    response.headers["Vary"] = "Accept-Encoding"
+    response.headers["Vary"] = "Accept, Accept-Encoding"
     response.headers["Cache-Control"] = "private, no-cache"
     return response
 

@@ -1,22 +1,34 @@
-// The explorer: a WebGL scatter of one map (explorer/plot.js), an SVG layer for the selection and a side
-// panel to find neighbours (explorer/panel.js) and generate from them (explorer/generate.js). This module
-// loads the maps and wires the page. The selection is this browser's (localStorage per user and map); the
-// server never sees it until a generation is submitted.
+// The explorer: a WebGL scatter of one map (explorer/plot.js, coloured by explorer/colour.js), an SVG
+// layer for the selection and a side panel to find neighbours (explorer/panel.js) and generate from them
+// (explorer/generate.js); selection tools and keys (explorer/tools.js), exports (explorer/exports.js) and
+// the URL (explorer/permalink.js). This module loads the maps and wires the page. The selection is this
+// browser's (localStorage per user and map, and the URL); the server never sees it until a generation.
 import { api } from "./api.js";
 import { els, mark, notice, state, T, user } from "./explorer/context.js";
 import { fillGenerateForm, fillLayers, submitGeneration, syncClassField } from "./explorer/generate.js";
 import { findNeighbours, handlePointClick, onSelectionChange, overlay, renderNeighbours, renderOverlay } from "./explorer/panel.js";
-import { drawPlot, onPlotEvents, plotlyReady, resetView, setDragMode } from "./explorer/plot.js";
-import { pointMapFrom } from "./explorer/points.js";
+import { wireExports } from "./explorer/exports.js";
+import { readLink, writeLink } from "./explorer/permalink.js";
+import { positionStar, setTarget, wirePlace } from "./explorer/place.js";
+import { drawPlot, onPlotEvents, plotlyReady, resetView, setView } from "./explorer/plot.js";
+import { fetchPoints, pointMapFrom } from "./explorer/points.js";
 import { Selection } from "./explorer/selection.js";
+import { dropRegionDimming, fillClassPick, fillColourBy, handleRegion, renderSetCounts, wireTools } from "./explorer/tools.js";
+import { availableColourings } from "./explorer/colour.js";
 import { fmt, h, showError } from "./ui.js";
 
 const LAST_MAP_KEY = `latentlab.explorer.lastMap:${user.id}`;
+// ?wire=json loads the points as base64 JSON (the format before the binary one; bench/web.py's baseline)
+const WIRE = new URLSearchParams(location.search).get("wire") === "json" ? "json" : "binary";
+// what the link asked for (view and selection apply to the first map opened only)
+let LINK = readLink();
+let carried = null; // {dataset, snapshot}: the selection taken along to another map of the same dataset
+state.density = LINK.density;
 
 function fetchMap(embeddingId) {
   return Promise.all([
     api(`/api/v1/embeddings/${embeddingId}`),
-    api(`/api/v1/embeddings/${embeddingId}/points`),
+    fetchPoints(embeddingId, WIRE),
     api(`/api/v1/embeddings/${embeddingId}/generations`).catch(() => []),
   ]);
 }
@@ -97,6 +109,8 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   state.emb = emb;
   state.map = pointMapFrom(answer);
   if (!state.map.labelNames.length && emb.label_names) state.map.labelNames = emb.label_names;
+  if (LINK.colour && availableColourings(state.map).includes(LINK.colour)) state.colourBy = LINK.colour;
+  fillColourBy();
   mark("pointsDecoded");
   try {
     await plotlyReady;
@@ -114,11 +128,20 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   renderOverlay();
   if (token !== state.loadToken) return;
   mark("firstRender");
+  if (LINK.view) setView(LINK.view);
   T.timings.mapRenderMs = performance.now() - started;
   els.status.textContent = `${fmt(state.map.n + state.map.extra.size)} points · ${emb.dataset_name || ""} · layers ${emb.layers.join(", ")}`;
 
   state.selection = new Selection(user.id, emb.id);
   state.selection.load();
+  const given = LINK.selection;
+  if (given) {
+    state.selection.restore({ selected: given.selected, neighbours: given.a.map((id) => ({ id, source: "manual" })), negative: given.b });
+  } else if (carried && carried.dataset === emb.dataset_id) {
+    state.selection.restore(JSON.parse(carried.snapshot)); // the same samples, at their places on this map
+  }
+  carried = null;
+  LINK = { ...LINK, view: null, selection: null };
   const dropped = state.selection.prune((id) => state.map.has(id));
   if (dropped.length) {
     notice(
@@ -127,11 +150,20 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
     );
   }
   state.selection.onChange(onSelectionChange);
+  state.selection.onChange((reason) => {
+    renderSetCounts();
+    if (!reason.startsWith("region")) dropRegionDimming();
+    writeLink();
+  });
+  state.selection.save();
   if (deepLinkSample && state.map.has(deepLinkSample) && state.selection.selected !== deepLinkSample) {
     state.selection.select(deepLinkSample);
   }
   fillGenerateForm();
+  fillClassPick();
   onSelectionChange("load");
+  renderSetCounts();
+  writeLink();
   loadDataset(emb.dataset_id);
   T.explorer.ready = true;
 }
@@ -147,10 +179,23 @@ async function loadDataset(datasetId) {
 
 // -- wiring -----------------------------------------------------------------------------------------------
 
-onPlotEvents({ pointClick: handlePointClick, viewChange: (e) => overlay.position(e) });
+onPlotEvents({
+  pointClick: handlePointClick,
+  viewChange: (e) => {
+    overlay.position(e);
+    positionStar();
+    if (!e) writeLink();
+  },
+  region: handleRegion,
+});
+wireTools();
+wireExports();
+wirePlace(overlay);
 
 els.picker.addEventListener("change", () => {
+  if (state.selection && state.emb) carried = { dataset: state.emb.dataset_id, snapshot: state.selection.snapshot() };
   state.selection = null;
+  setTarget(null);
   els.genResults.replaceChildren();
   els.genJob.replaceChildren();
   openMap(Number(els.picker.value));
@@ -180,8 +225,6 @@ els.genMode.addEventListener("change", () => {
   renderNeighbours();
 });
 els.genClass.addEventListener("change", syncClassField);
-els.dragPan.addEventListener("click", () => setDragMode("pan"));
-els.dragZoom.addEventListener("click", () => setDragMode("zoom"));
 els.reset.addEventListener("click", resetView);
 window.addEventListener("storage", (e) => {
   // the same user in another tab changed this map's selection: follow it
@@ -198,6 +241,10 @@ T.explorer = {
     embedding: state.emb && state.emb.id,
     selected: state.selection ? state.selection.selected : null,
     neighbours: state.selection ? state.selection.neighbours.map((n) => ({ id: n.id, source: n.source })) : [],
+    negative: state.selection ? [...state.selection.negative] : [],
+    colourBy: state.colourBy,
+    target: state.target,
+    traces: (els.plot.data || []).map((t) => t.name),
     parents: state.detail ? (state.detail.parents || []).map((p) => p.sample_id) : [],
     stars: state.overlays.filter((g) => g.center && g.center[0] !== null).length,
     points: state.map ? state.map.n + state.map.extra.size : 0,

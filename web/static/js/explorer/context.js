@@ -55,6 +55,26 @@ export const els = {
   hoverText: $("hover-text"),
   dragPan: $("drag-pan"),
   dragZoom: $("drag-zoom"),
+  dragBox: $("drag-box"),
+  dragLasso: $("drag-lasso"),
+  dragPlace: $("drag-place"),
+  placeInfo: $("place-info"),
+  clearTarget: $("clear-target"),
+  setA: $("set-a"),
+  setB: $("set-b"),
+  removeMode: $("remove-mode"),
+  undo: $("undo"),
+  colourBy: $("colour-by"),
+  density: $("density"),
+  helpBtn: $("help-btn"),
+  help: $("help-popover"),
+  setCounts: $("set-counts"),
+  classPick: $("class-pick"),
+  classForm: $("select-class"),
+  pasteForm: $("paste-ids"),
+  pasteText: $("paste-text"),
+  toolMessage: $("tool-message"),
+  exportButtons: $("export-buttons"),
   reset: $("reset-view"),
 };
 
@@ -72,6 +92,13 @@ export const state = {
   detailToken: 0,
   hoverId: null,
   job: null,
+  dragMode: "pan",
+  colourBy: "class",
+  density: false,
+  activeSet: "A",
+  removeMode: false,
+  target: null, // [x, y] placed with the place tool
+  region: false, // Plotly holds a box or lasso selection (it dims what it did not catch)
 };
 
 export function frame() {

@@ -5,7 +5,27 @@ import { getLive } from "../live.js";
 import { fmt, h, jobStatus, say, thumb } from "../ui.js";
 import { $, els, state } from "./context.js";
 import { renderOverlay, selectFromPanel } from "./panel.js";
+import { nearestTo } from "./place.js";
 import { drawPlot } from "./plot.js";
+
+const MAX_NEIGHBOURS = 256; // GenerateFromNeighborsParams.neighbors max_length
+
+// Whether the generate API takes a negative set (set B, the steering mode), read from its OpenAPI
+// description once per page.
+let negativeSupport = null;
+export function takesNegative() {
+  if (negativeSupport === null) {
+    negativeSupport = api("/api/openapi.json")
+      .then((doc) => {
+        const op = doc.paths && doc.paths["/api/v1/generations"] && doc.paths["/api/v1/generations"].post;
+        let schema = (op && op.requestBody && op.requestBody.content["application/json"].schema) || {};
+        if (schema.$ref) schema = doc.components.schemas[schema.$ref.split("/").pop()] || {};
+        return Boolean(schema.properties && schema.properties.negative);
+      })
+      .catch(() => false);
+  }
+  return negativeSupport;
+}
 
 // -- generate ---------------------------------------------------------------------------------------------
 
@@ -74,11 +94,14 @@ export async function submitGeneration(e) {
     say(els.genMessage, "Choose a map first.", "error");
     return;
   }
-  if (sel.selected === null) {
+  const target = state.target && els.genMode.value === "umap_inverse" ? state.target : null;
+  let picked = null; // a placed target with nothing selected: the samples nearest it choose the class
+  if (target && (sel.selected === null || !sel.neighbours.length)) picked = nearestTo(target, 9);
+  if (sel.selected === null && !picked) {
     say(els.genMessage, "Select a sample on the map first (click a point, or use Select by id).", "error");
     return;
   }
-  if (!sel.neighbours.length) {
+  if (!sel.neighbours.length && !picked) {
     say(
       els.genMessage,
       "Add at least one neighbour before generating: use Find neighbours, or click points near the selected one.",
@@ -86,7 +109,24 @@ export async function submitGeneration(e) {
     );
     return;
   }
-  const body = { embedding: state.emb.id, selected: sel.selected, neighbors: sel.neighbours.map((n) => n.id) };
+  if (sel.neighbours.length > MAX_NEIGHBOURS) {
+    say(
+      els.genMessage,
+      `A generation takes at most ${MAX_NEIGHBOURS} neighbours; set A has ${sel.neighbours.length}. ` +
+        "Remove some (Remove mode, a smaller box or lasso, or Undo) and generate again.",
+      "error",
+    );
+    return;
+  }
+  const body = picked
+    ? { embedding: state.emb.id, selected: picked[0], neighbors: picked.slice(1) }
+    : { embedding: state.emb.id, selected: sel.selected, neighbors: sel.neighbours.map((n) => n.id) };
+  if (target) body.target = [...target];
+  let note = "";
+  if (sel.negative.length) {
+    if (await takesNegative()) body.negative = [...sel.negative];
+    else note = "Set B stays in this page: this server's generate API takes no negative set yet, so only set A was used. ";
+  }
   try {
     body.mode = els.genMode.value;
     body.variations = intField(els.genVariations, { min: 1, max: 64, name: "Variations" }) ?? 1;
@@ -137,6 +177,7 @@ export async function submitGeneration(e) {
     return;
   }
   els.genBtn.disabled = false;
+  if (note) say(els.genMessage, note);
   followJob(job);
 }
 
@@ -167,7 +208,13 @@ async function followJob(job) {
     const ids = (final.result && final.result.samples) || [];
     renderResults(ids, final.result.readout || [], Boolean(final.result.twin)); // images load while overlays are fetched
     await refreshOverlays(new Set(ids));
-    say(els.genMessage, `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.`, "ok");
+    const warning = final.result && final.result.inverse_warning;
+    say(
+      els.genMessage,
+      `${ids.length} new image${ids.length === 1 ? "" : "s"}: green stars mark where each was meant to land.` +
+        (warning ? ` Warning from the inverse: ${warning}` : ""),
+      warning ? "error" : "ok",
+    );
   }
 }
 

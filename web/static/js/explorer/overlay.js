@@ -36,12 +36,13 @@ export class Overlay {
     this.gens = svg("g", { class: "gens" });
     this.parents = svg("g", { class: "parents-layer" });
     this.nbs = svg("g", { class: "neighbours" });
+    this.negs = svg("g", { class: "negative" });
     this.sel = svg("g", { class: "selection" });
-    this.root.append(this.gens, this.parents, this.nbs, this.sel);
+    this.root.append(this.gens, this.parents, this.negs, this.nbs, this.sel);
     this.svg.replaceChildren(defs, this.root);
     this.items = []; // [{el, x, y, kind}] positioned on every view change
     this.lines = []; // [{el, x1, y1, x2, y2}]
-    this.data = { selected: null, neighbours: [], parents: [], generations: [], fresh: new Set() };
+    this.data = { selected: null, neighbours: [], negative: [], parents: [], generations: [], fresh: new Set() };
     this.ranges = null;
   }
 
@@ -69,7 +70,7 @@ export class Overlay {
     };
   }
 
-  // data: {selected: {id,x,y}|null, neighbours: [{id,x,y,source}], parents: [{id,x,y}],
+  // data: {selected: {id,x,y}|null, neighbours: [{id,x,y,source}], negative: [{id,x,y}], parents: [{id,x,y}],
   //        generations: [{id, center, actual, twin: [x,y]|null}], fresh: Set of new ids}
   render(data) {
     this.data = { ...this.data, ...data };
@@ -117,13 +118,25 @@ export class Overlay {
     const nbs = [];
     for (const n of d.neighbours) {
       const manual = n.source === "manual";
-      const r = manual ? 8 : 7;
-      const halo = svg("circle", { class: "halo", r });
-      const ring = svg("circle", { class: manual ? "ring-manual" : "ring-knn", r, "data-id": n.id });
-      this.items.push({ el: halo, x: n.x, y: n.y, kind: "circle" }, { el: ring, x: n.x, y: n.y, kind: "circle" });
-      nbs.push(halo, ring);
+      const region = n.source === "region";
+      const r = manual ? 8 : region ? 5 : 7;
+      const cls = manual ? "ring-manual" : region ? "ring-region" : "ring-knn";
+      const ring = svg("circle", { class: cls, r, "data-id": n.id });
+      if (!region) {
+        const halo = svg("circle", { class: "halo", r });
+        this.items.push({ el: halo, x: n.x, y: n.y, kind: "circle" });
+        nbs.push(halo);
+      }
+      this.items.push({ el: ring, x: n.x, y: n.y, kind: "circle" });
+      nbs.push(ring);
     }
     this.nbs.replaceChildren(...nbs);
+    const negs = d.negative.map((n) => {
+      const ring = svg("circle", { class: "ring-b", r: 7, "data-id": n.id });
+      this.items.push({ el: ring, x: n.x, y: n.y, kind: "circle" });
+      return ring;
+    });
+    this.negs.replaceChildren(...negs);
 
     const sel = [];
     if (d.selected) {

@@ -12,6 +12,9 @@ export const overlay = new Overlay(els.overlay, els.plot, {
   onStarLeave: () => hideHover(),
 });
 
+const MAX_RINGS = 400;
+const MAX_LISTED = 60;
+
 // -- selection --------------------------------------------------------------------------------------------
 
 export function handlePointClick(id, shift, t0) {
@@ -19,7 +22,7 @@ export function handlePointClick(id, shift, t0) {
   if (!sel) return;
   if (sel.selected === null || shift) sel.select(id);
   else if (id === sel.selected) return;
-  else sel.toggle(id);
+  else sel.toggle(id, state.activeSet);
   requestAnimationFrame(() => {
     const now = performance.now();
     const entry = { id, handlerMs: now - t0 };
@@ -44,11 +47,17 @@ export function renderOverlay() {
       if (p) parents.push(p);
     }
   }
+  // rings on the first MAX_RINGS of each set: beyond that, thousands of SVG rings would make every pan
+  // frame slow (a box or lasso dims what it did not catch instead)
   overlay.render({
     selected: sel && sel.selected !== null ? point(sel.selected) : null,
     neighbours: sel
-      ? sel.neighbours.map((n) => ({ ...point(n.id), source: n.source })).filter((n) => n.id !== undefined)
+      ? sel.neighbours
+          .slice(0, MAX_RINGS)
+          .map((n) => ({ ...point(n.id), source: n.source }))
+          .filter((n) => n.id !== undefined)
       : [],
+    negative: sel ? sel.negative.slice(0, MAX_RINGS).map(point).filter(Boolean) : [],
     parents,
     generations: state.overlays.map((g) => ({
       id: g.sample_id,
@@ -65,7 +74,7 @@ export function onSelectionChange(reason) {
   const sel = state.selection;
   els.clear.disabled = sel.selected === null && !sel.neighbours.length;
   els.findBtn.disabled = sel.selected === null;
-  if (reason === "select" || reason === "clear" || reason === "load") {
+  if (["select", "clear", "load", "undo", "region-select"].includes(reason)) {
     say(els.nbMessage, "");
     state.detail = null;
     renderSelected();
@@ -136,6 +145,28 @@ async function loadDetail(id) {
   renderOverlay();
 }
 
+// a thumbnail that selects its sample (the compare strips: parents, children)
+function strip(id, role) {
+  return h(
+    "li",
+    {},
+    h(
+      "button",
+      {
+        type: "button",
+        title: `Select sample ${id}`,
+        "aria-label": `Select ${role} sample ${id}`,
+        onclick: () => {
+          if (state.map.has(id)) selectFromPanel(id);
+          else notice(`Sample ${id} is not on this map.`);
+        },
+      },
+      thumb(id, { size: "small" }),
+    ),
+    h("span", { text: `#${id}` }),
+  );
+}
+
 function fact(label, value) {
   return [h("dt", { text: label }), h("dd", { text: value === null || value === undefined ? "—" : String(value) })];
 }
@@ -195,10 +226,29 @@ function renderRecipe(detail) {
       ),
     );
   }
-  if (detail.children && detail.children.length) {
-    parts.push(h("div", { class: "muted", text: `Parent of ${detail.children.length} generated sample(s).` }));
+  const children = [...new Set((detail.children || []).map((c) => c.sample_id))];
+  if (children.length) {
+    parts.push(h("div", { class: "muted", text: `Parent of ${children.length} generated sample(s):` }));
+    parts.push(h("ul", { class: "parents children" }, ...children.slice(0, 24).map((cid) => strip(cid, "child"))));
   }
-  if (g || parents.length || (detail.children && detail.children.length)) {
+  // where this sample sits on every map it is on (other maps of the dataset open with the selection kept)
+  const maps = Object.entries(detail.points || {});
+  if (maps.length > 1) {
+    parts.push(
+      h(
+        "div",
+        { class: "muted on-maps" },
+        "On maps: ",
+        ...maps.map(([embId, xy], i) => [
+          i ? " · " : "",
+          Number(embId) === state.emb.id
+            ? h("strong", { text: `#${embId} (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})` })
+            : h("a", { href: `/explorer?embedding=${embId}&sel=${detail.id}`, text: `#${embId} (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})` }),
+        ]).flat(),
+      ),
+    );
+  }
+  if (g || parents.length || children.length) {
     parts.push(h("a", { href: `/history?sample=${detail.id}#lineage`, text: "Open its lineage graph" }));
   }
   els.recipe.replaceChildren(...parts);
@@ -207,8 +257,9 @@ function renderRecipe(detail) {
 
 export function renderNeighbours() {
   const sel = state.selection;
-  const list = sel ? sel.neighbours : [];
-  els.nbCount.textContent = list.length ? `(${list.length})` : "";
+  const all = sel ? sel.neighbours : [];
+  const list = all.slice(0, MAX_LISTED);
+  els.nbCount.textContent = all.length ? `(${all.length})` : "";
   const weighted = els.genMode.value === "weighted";
   els.nbList.replaceChildren(
     ...list.map((n) => {
@@ -238,7 +289,7 @@ export function renderNeighbours() {
           sampleLabel(n.id),
           n.distance !== null && n.distance !== undefined ? h("span", { class: "muted", text: ` · d ${n.distance.toFixed(3)}` }) : null,
           " ",
-          h("span", { class: `badge ${n.source}`, text: n.source === "knn" ? "k-NN" : "by hand" }),
+          h("span", { class: `badge ${n.source}`, text: { knn: "k-NN", region: "box/lasso" }[n.source] || "by hand" }),
         ),
         weight,
         h("button", {
@@ -251,6 +302,9 @@ export function renderNeighbours() {
         }),
       );
     }),
+    ...(all.length > list.length
+      ? [h("li", { class: "muted", text: `… and ${all.length - list.length} more (export the selection to see them all)` })]
+      : []),
   );
 }
 

@@ -1,17 +1,13 @@
-// The map itself: Plotly (loaded here, off the critical path), one WebGL trace per class plus the
-// generated samples, the drag mode, and the hover card with a sample's image.
+// The map itself: Plotly (loaded here, off the critical path), one WebGL trace per category of the
+// colouring (explorer/colour.js) with a density layer under them, the drag mode (pan, box zoom, box and
+// lasso select), and the hover card with a sample's image.
 import { className } from "../ui.js";
+import { buildTraces, densityTrace } from "./colour.js";
 import { els, frame, mark, state, T } from "./context.js";
 
-// Class colours: distinguishable, none of them the overlay colours (blue, red, green, purple) at full
-// strength, so the selection always stands out.
-const PALETTE = [
-  "#4e79a7", "#d47c25", "#aa942d", "#659d99", "#8c6d31", "#d56fb6", "#9c755f", "#13a3b2",
-  "#96971b", "#7f7f7f", "#cb7d85", "#8093ab", "#bc8a58", "#6da063", "#9d8caa", "#b08c85",
-  "#b6869b", "#94945f", "#719ca4", "#393b79",
-]; // each at least 3:1 against the white plot (WCAG non-text contrast)
-const GENERATED_COLOUR = "#0f7a3a";
-const MAX_LEGEND_CLASSES = 40;
+// the place tool (explorer/place.js) turns Plotly's dragging off: a click sets the target instead
+const PLOTLY_DRAG = { pan: "pan", zoom: "zoom", select: "select", lasso: "lasso", place: false };
+
 // Plotly (4.8 MB) is preloaded by the page and run from here, so that the map's requests go out while
 // the browser is still compiling it.
 let Plotly = null;
@@ -40,119 +36,14 @@ export const plotlyReady = new Promise((resolve, reject) => {
 
 // -- the plot ---------------------------------------------------------------------------------------------
 
-function markerSize(n) {
-  if (n < 2000) return 8;
-  if (n < 20000) return 5;
-  if (n < 200000) return 3;
-  return 2;
-}
-
-// opaque markers on small maps (full contrast); translucent on big ones, where density matters more
-function markerOpacity(n) {
-  return n < 20000 ? 1 : 0.75;
-}
-
-function buildTraces(map) {
-  const n = map.n;
-  const labels = map.labelNames;
-  let maxCls = 0;
-  for (let i = 0; i < n; i++) if (map.cls[i] > maxCls) maxCls = map.cls[i];
-  const counts = new Int32Array(maxCls + 2); // slot 0: no single class (-1)
-  let nGen = 0;
-  for (let i = 0; i < n; i++) {
-    if (map.origin[i] === 1) nGen++;
-    else counts[map.cls[i] + 1]++;
-  }
-  const present = [];
-  for (let s = 0; s < counts.length; s++) if (counts[s]) present.push(s);
-  const size = markerSize(n);
-  const traces = [];
-  const ids = [];
-  const base = { type: "scattergl", mode: "markers", hoverinfo: "none" };
-  if (present.length <= MAX_LEGEND_CLASSES) {
-    const slotTrace = new Int32Array(counts.length).fill(-1);
-    present.forEach((s, k) => {
-      slotTrace[s] = k;
-    });
-    const xs = present.map((s) => new Float32Array(counts[s]));
-    const ys = present.map((s) => new Float32Array(counts[s]));
-    const is = present.map((s) => new Int32Array(counts[s]));
-    const at = new Int32Array(present.length);
-    for (let i = 0; i < n; i++) {
-      if (map.origin[i] === 1) continue;
-      const k = slotTrace[map.cls[i] + 1];
-      const j = at[k]++;
-      xs[k][j] = map.x[i];
-      ys[k][j] = map.y[i];
-      is[k][j] = map.ids[i];
-    }
-    present.forEach((s, k) => {
-      traces.push({
-        ...base,
-        name: className(labels, s - 1),
-        x: xs[k],
-        y: ys[k],
-        marker: { size, color: PALETTE[k % PALETTE.length], opacity: markerOpacity(n) },
-      });
-      ids.push(is[k]);
-    });
-  } else {
-    // too many classes for a legend: one trace, coloured by class index
-    const m = n - nGen;
-    const x = new Float32Array(m);
-    const y = new Float32Array(m);
-    const c = new Float32Array(m);
-    const is = new Int32Array(m);
-    let j = 0;
-    for (let i = 0; i < n; i++) {
-      if (map.origin[i] === 1) continue;
-      x[j] = map.x[i];
-      y[j] = map.y[i];
-      c[j] = map.cls[i];
-      is[j++] = map.ids[i];
-    }
-    traces.push({
-      ...base,
-      name: `${present.length} classes`,
-      x,
-      y,
-      marker: { size, color: c, colorscale: "Turbo", cmin: 0, cmax: maxCls, opacity: markerOpacity(n) },
-    });
-    ids.push(is);
-  }
-  const gx = [];
-  const gy = [];
-  const gi = [];
-  for (let i = 0; i < n; i++) {
-    if (map.origin[i] !== 1) continue;
-    gx.push(map.x[i]);
-    gy.push(map.y[i]);
-    gi.push(map.ids[i]);
-  }
-  for (const [id, p] of map.extra) {
-    gx.push(p.x);
-    gy.push(p.y);
-    gi.push(id);
-  }
-  traces.push({
-    ...base,
-    name: "generated",
-    x: Float32Array.from(gx),
-    y: Float32Array.from(gy),
-    marker: { size: Math.max(size + 2, 6), color: "#ffffff", line: { color: GENERATED_COLOUR, width: 2 } },
-    visible: gx.length ? true : "legendonly",
-  });
-  ids.push(Int32Array.from(gi));
-  return { traces, ids };
-}
-
 function layoutFor(emb) {
   return {
     uirevision: `map-${emb.id}`,
     margin: { l: 48, r: 12, t: 10, b: 36 },
     hovermode: "closest",
     hoverdistance: 12,
-    dragmode: els.dragZoom.getAttribute("aria-pressed") === "true" ? "zoom" : "pan",
+    dragmode: PLOTLY_DRAG[state.dragMode],
+    selectdirection: "any",
     showlegend: true,
     legend: {
       itemsizing: "constant",
@@ -175,19 +66,28 @@ function layoutFor(emb) {
 
 const PLOT_CONFIG = { displayModeBar: false, scrollZoom: true, responsive: true, doubleClick: "reset" };
 let plotEventsBound = false;
-const handlers = { pointClick: () => {}, viewChange: () => {} };
+const handlers = { pointClick: () => {}, viewChange: () => {}, region: () => {} };
 
-// pointClick(id, shiftKey, t0): a point was clicked; viewChange(event?): the axes moved (pan, zoom, redraw)
-export function onPlotEvents({ pointClick, viewChange }) {
-  Object.assign(handlers, { pointClick, viewChange });
+// pointClick(id, shiftKey, t0): a point was clicked; viewChange(event?): the axes moved (pan, zoom, redraw);
+// region(ids, event, t0): a box or lasso selection ended with these sample ids (maybe none)
+export function onPlotEvents(given) {
+  Object.assign(handlers, given);
 }
 
 // Draws the map's traces (the caller redraws the overlay after).
 export async function drawPlot() {
-  const built = buildTraces(state.map);
-  mark("tracesBuilt");
+  const built = buildTraces(state.map, state.colourBy);
+  const traces = built.traces;
   state.traceIds = built.ids;
-  await Plotly.react(els.plot, built.traces, layoutFor(state.emb), PLOT_CONFIG);
+  if (state.density) {
+    const heat = densityTrace(state.map);
+    if (heat) {
+      traces.unshift(heat); // under the points
+      state.traceIds.unshift(null);
+    }
+  }
+  mark("tracesBuilt");
+  await Plotly.react(els.plot, traces, layoutFor(state.emb), PLOT_CONFIG);
   bindPlotEvents();
   await frame();
 }
@@ -214,10 +114,22 @@ function bindPlotEvents() {
     if (id !== undefined) showHover(id, e.clientX, e.clientY);
   });
   gd.on("plotly_unhover", hideHover);
+  gd.on("plotly_selected", (ev) => {
+    const t0 = performance.now();
+    const ids = [];
+    for (const p of (ev && ev.points) || []) {
+      const traceIds = state.traceIds[p.curveNumber];
+      if (!traceIds) continue;
+      const id = traceIds[p.pointNumber];
+      if (id !== undefined) ids.push(id);
+    }
+    handlers.region(ids, ev || null, t0);
+  });
   gd.on("plotly_relayouting", (e) => handlers.viewChange(e));
   gd.on("plotly_relayout", () => handlers.viewChange());
   gd.on("plotly_afterplot", () => handlers.viewChange());
   els.wrap.addEventListener("pointerdown", () => mark("pointerDown"), { capture: true });
+  window.addEventListener("mouseup", () => mark("pointerUp"), { capture: true });
   // the plot follows its box (the side panel, toolbar or window changing size), not only the window
   let resizing = null;
   new ResizeObserver(() => {
@@ -228,9 +140,49 @@ function bindPlotEvents() {
 }
 
 export function setDragMode(mode) {
-  els.dragPan.setAttribute("aria-pressed", String(mode === "pan"));
-  els.dragZoom.setAttribute("aria-pressed", String(mode === "zoom"));
-  if (state.emb) Plotly.relayout(els.plot, { dragmode: mode });
+  state.dragMode = mode;
+  const buttons = { pan: els.dragPan, zoom: els.dragZoom, select: els.dragBox, lasso: els.dragLasso, place: els.dragPlace };
+  for (const [name, button] of Object.entries(buttons)) button.setAttribute("aria-pressed", String(mode === name));
+  if (state.emb) Plotly.relayout(els.plot, { dragmode: PLOTLY_DRAG[mode] });
+}
+
+// forget Plotly's own box or lasso (the selection is ours; Plotly would keep dimming what it caught)
+export function clearPlotlySelection() {
+  if (!state.emb || !els.plot.data) return;
+  const indices = els.plot.data.map((_, i) => i);
+  Plotly.restyle(els.plot, { selectedpoints: [null] }, indices);
+  Plotly.relayout(els.plot, { selections: [] });
+}
+
+// the axes' current ranges: [x0, x1, y0, y1], or null before the first draw
+export function viewRanges() {
+  const L = els.plot._fullLayout;
+  if (!L || !L.xaxis) return null;
+  return [...L.xaxis.range, ...L.yaxis.range].map(Number);
+}
+
+export function setView(ranges) {
+  if (!state.emb || !ranges) return;
+  Plotly.relayout(els.plot, { "xaxis.range": ranges.slice(0, 2), "yaxis.range": ranges.slice(2, 4) });
+}
+
+// ids of the points on screen: in a trace the legend shows, inside the axes' ranges
+export function visibleIds() {
+  const ranges = viewRanges();
+  const out = [];
+  if (!ranges) return out;
+  const [xa, xb, ya, yb] = ranges;
+  const [x0, x1, y0, y1] = [Math.min(xa, xb), Math.max(xa, xb), Math.min(ya, yb), Math.max(ya, yb)];
+  (els.plot.data || []).forEach((trace, t) => {
+    const ids = state.traceIds[t];
+    if (!ids || trace.visible === "legendonly" || trace.visible === false) return;
+    for (let j = 0; j < ids.length; j++) {
+      const x = trace.x[j];
+      const y = trace.y[j];
+      if (x >= x0 && x <= x1 && y >= y0 && y <= y1) out.push(ids[j]);
+    }
+  });
+  return out;
 }
 
 export function resetView() {
