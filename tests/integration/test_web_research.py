@@ -74,10 +74,9 @@ def test_research_loop_over_the_api_with_a_real_worker(env, sessions):
     settings, client, tokens = env
     alice, bob = tokens["alice"], tokens["bob"]
 
-    # -- dataset, in 5 chunks ------------------------------------------------------------------------
-    job = submit(
-        client, alice, "/api/v1/datasets", {"model": "tiny", "name": "web", "num_samples": 40, "seed": 3}
-    )
+    # -- dataset, in 5 chunks (of 8: micro-batches of 8, a chunk being a multiple of its micro-batch) -----
+    body = {"model": "tiny", "name": "web", "num_samples": 40, "seed": 3, "micro_batch": 8}
+    job = submit(client, alice, "/api/v1/datasets", body)
     assert job["kind"] == "generate_dataset" and job["params"]["num_samples"] == 40
     done = wait_job(client, alice, job["id"])
     assert done["children"]["succeeded"] == 5 and done["result"]["samples"] == 40
