@@ -89,19 +89,6 @@ def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     with lab.sessions() as s:
         ids = s.scalars(select(EmbeddingPoint.sample_id).where(EmbeddingPoint.embedding_id == emb_id)).all()
 
-    # the fit, compiled now: cancelled once UMAP optimises the layout (progress 0.6), between two epochs
-    fit = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})
-    running(lab, fit.id, at_least=0.6)
-    cancel_and_expect_stop(lab, fit.id)
-
-    # a click made long: 64 variations × 256 steps, one model call per micro-batch and step
-    gen = lab.submit(
-        "generate_from_neighbors",
-        {"embedding": emb_id, "selected": ids[0], "neighbors": ids[1:4], "steps": 256, "variations": 64},
-    )
-    running(lab, gen.id)
-    cancel_and_expect_stop(lab, gen.id)
-
     # a reprojection of a few points is a click (interactive queue); "every unplaced sample" is batch work
     with lab.sessions() as s:
         unplaced = s.scalars(
@@ -125,3 +112,16 @@ def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     again = lab.submit("reproject", {"embedding": emb_id, "samples": unplaced})
     placed = lab.wait(again.id, timeout=120)
     assert (placed.status, placed.queue, placed.result["placed"]) == ("succeeded", "interactive", 3)
+
+    # the fit, compiled now: cancelled once UMAP optimises the layout (progress 0.6), between two epochs
+    fit = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})
+    running(lab, fit.id, at_least=0.6)
+    cancel_and_expect_stop(lab, fit.id)
+
+    # a click made long: 64 variations × 256 steps, one model call per micro-batch and step
+    gen = lab.submit(
+        "generate_from_neighbors",
+        {"embedding": emb_id, "selected": ids[0], "neighbors": ids[1:4], "steps": 256, "variations": 64},
+    )
+    running(lab, gen.id)
+    cancel_and_expect_stop(lab, gen.id)
