@@ -262,7 +262,7 @@ function renderResults(ids, readouts = [], twins = false) {
           thumb(id, { alt: `generated sample ${id}` }),
         ),
         h("span", { text: `#${id}` }),
-        readouts[i] ? h("span", { class: "muted readout", text: readoutText(readouts[i]) }) : null,
+        readouts[i] ? h("small", { class: "muted readout", text: readoutText(readouts[i]) }) : null,
       ),
     ),
   );
