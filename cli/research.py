@@ -87,13 +87,39 @@ def dataset() -> None:
     help="Samples per model call, fixed for the dataset (default: LATENTLAB_MICRO_BATCH, 16).",
 )
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="Text-to-image models: a prompt (repeatable).")
+@click.option("--negative-prompt", default=None, help="Text-to-image models: the unconditional prompt.")
+@click.option("--guidance-scale", default=None, type=float, help="Text-to-image models: > 1 turns CFG on.")
+@click.option("--height", default=None, type=int, help="Text-to-image models: image height in pixels.")
+@click.option("--width", default=None, type=int, help="Text-to-image models: image width in pixels.")
 @as_option
 @wait_option
 def dataset_create(
-    model, name, num_samples, classes, layers, seed, steps, batch_size, micro_batch, dtype, username, wait
+    model,
+    name,
+    num_samples,
+    classes,
+    layers,
+    seed,
+    steps,
+    batch_size,
+    micro_batch,
+    dtype,
+    prompts,
+    negative_prompt,
+    guidance_scale,
+    height,
+    width,
+    username,
+    wait,
 ):
-    """Enqueue a generate_dataset job."""
+    """Enqueue a generate_dataset job (text-to-image models: sample i uses prompt i mod the number)."""
     params = {
+        "prompts": list(prompts) or None,
+        "negative_prompt": negative_prompt,
+        "guidance_scale": guidance_scale,
+        "height": height,
+        "width": width,
         "model": model,
         "name": name,
         "num_samples": num_samples,
@@ -198,9 +224,17 @@ def reproject(embedding, samples, username, wait):
 @click.option(
     "--class",
     "class_",
-    default="selected",
-    show_default=True,
-    help="selected | neighbor_majority | blend | uniform | none | a class index",
+    default=None,
+    help="selected (default) | neighbor_majority | blend | uniform | none | a class (prompt) index",
+)
+@click.option(
+    "--prompt", default=None, help="Text-to-image models: free-text conditioning instead of --class."
+)
+@click.option(
+    "--mask-passes",
+    type=click.Choice(["both", "cond"]),
+    default=None,
+    help="Text-to-image models under guidance: mask both passes (default) or the conditional one.",
 )
 @click.option("--steps", default=None, type=int)
 @click.option("--mask-steps", default=None, type=int)
@@ -223,6 +257,8 @@ def generate(
     no_compare_natural,
     layers,
     class_,
+    prompt,
+    mask_passes,
     steps,
     mask_steps,
     variations,
@@ -242,7 +278,9 @@ def generate(
         "mode": mode,
         "weights": weight_list,
         "layers": _csv(layers),
-        "class": int(class_) if class_.isascii() and class_.isdigit() else class_,
+        "class": int(class_) if class_ and class_.isascii() and class_.isdigit() else class_,
+        "prompt": prompt,
+        "mask_passes": mask_passes,
         "steps": steps,
         "mask_steps": mask_steps,
         "variations": variations,

@@ -11,17 +11,20 @@ import io
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import func, select
 
+from cli.main import main
 from common.models import Dataset, Generation, GeneratorModel, Job, Sample
 from common.platform.accounts import create_user, issue_token
 from common.research.embeddings import ReducerCache
 from common.research.generations import replay
 from common.research.modelcache import ModelCache
 from tests.support.models import register_tiny_model
-from tests.support.services import run_cli, start_worker
-from tests.support.waiting import poll_job
+from tests.support.services import env_for, run_cli, start_worker
+from tests.support.web import submit_job as submit
+from tests.support.web import wait_job_succeeded as wait_job
 from web.app import create_app
 
 PROMPTS = ["a handwritten digit seven", "a handwritten digit one", "a red photo"]
@@ -46,18 +49,6 @@ def env(settings, sessions, tmp_path, tiny_pipelines):
     yield settings, app.test_client(), headers
     app.extensions["latentlab"].close()
     worker.stop()
-
-
-def submit(client, headers, path, body) -> dict:
-    res = client.post(path, json=body, headers=headers)
-    assert res.status_code == 202, res.json
-    return res.json
-
-
-def wait_job(client, headers, job_id, timeout=300.0) -> dict:
-    job, _ = poll_job(lambda: client.get(f"/api/v1/jobs/{job_id}", headers=headers).json, timeout=timeout)
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def counts(sessions) -> tuple[int, ...]:
@@ -151,8 +142,12 @@ def test_text_to_image_loop_over_the_api(env, sessions):
     )
     a = wait_job(client, alice, submit(client, alice, "/api/v1/generations", {**gen, "variations": 2})["id"])
     b = wait_job(client, alice, submit(client, alice, "/api/v1/generations", {**gen, "class": "blend"})["id"])
-    text = {**gen, "prompt": "a handwritten digit three", "mask_passes": "cond"}
-    c = wait_job(client, alice, submit(client, alice, "/api/v1/generations", text)["id"])
+    # the free-text one from the command line (in-process; the same job through the same worker)
+    args = ["generate", "--embedding", str(emb_id), "--selected", str(ids[0]), "--seed", "3", "--as", "alice"]
+    args += ["--neighbors", ",".join(map(str, neighbors)), "--prompt", "a handwritten digit three"]
+    out = CliRunner().invoke(main, [*args, "--mask-passes", "cond"], env=env_for(settings))
+    assert out.exit_code == 0, out.output
+    c = wait_job(client, alice, int(out.output.split()[1]))
     gen_a, gen_b, gen_c = (j["result"]["samples"] for j in (a, b, c))
     assert len(gen_a) == 2 and len(gen_b) == 1 and len(gen_c) == 1
 

@@ -22,7 +22,8 @@ from common.research.datasets import read_activations
 from tests.support.models import register_tiny_model
 from tests.support.seeded_map import seed_map
 from tests.support.services import start_worker
-from tests.support.waiting import poll_job
+from tests.support.web import submit_job as submit
+from tests.support.web import wait_job_succeeded as wait_job
 from web.app import create_app
 
 DTYPES = {"int32": np.int32, "float32": np.float32, "int16": np.int16, "uint8": np.uint8}
@@ -43,19 +44,6 @@ def env(settings, sessions, tmp_path):
     yield settings, app.test_client(), tokens
     app.extensions["latentlab"].close()
     worker.stop()
-
-
-def submit(client, headers, path, body) -> dict:
-    res = client.post(path, json=body, headers=headers)
-    assert res.status_code == 202, res.json
-    assert res.headers["Location"] == f"/api/v1/jobs/{res.json['id']}"
-    return res.json
-
-
-def wait_job(client, headers, job_id, timeout=300.0) -> dict:
-    job, _ = poll_job(lambda: client.get(f"/api/v1/jobs/{job_id}", headers=headers).json, timeout=timeout)
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def decode_points(body: dict) -> dict[str, np.ndarray]:

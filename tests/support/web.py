@@ -100,3 +100,20 @@ class Http:
             return status, json.loads(payload)
         except ValueError:
             return status, payload.decode(errors="replace")
+
+
+def submit_job(client, headers, path, body) -> dict:
+    """POST a job-creating request; asserts 202 with the job's Location; returns the job."""
+    res = client.post(path, json=body, headers=headers)
+    assert res.status_code == 202, res.json
+    assert res.headers["Location"] == f"/api/v1/jobs/{res.json['id']}"
+    return res.json
+
+
+def wait_job_succeeded(client, headers, job_id, timeout=300.0) -> dict:
+    """Poll ``/api/v1/jobs/ID`` until the job ends; asserts it succeeded; returns it."""
+    from tests.support.waiting import poll_job
+
+    job, _ = poll_job(lambda: client.get(f"/api/v1/jobs/{job_id}", headers=headers).json, timeout=timeout)
+    assert job["status"] == "succeeded", job
+    return job
