@@ -29,7 +29,13 @@ from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.errors import UserError
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
-from common.research.conditioning import check_prompts, is_text_model, refuse_text_fields
+from common.research.conditioning import (
+    check_prompts,
+    is_text_model,
+    refuse_text_fields,
+    sampler_setup,
+    text_diagnostics,
+)
 from common.research.datasets import CODE_VERSION, noise_seed, read_activations
 from common.research.embeddings import ReducerCache, get_embedding
 from common.research.recipe import (
@@ -215,26 +221,6 @@ def build_recipe(
     )
 
 
-def sampler_setup(model_row, ds: Dataset, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(family name, the family's sampler options) for a generation from dataset ``ds``: the dataset's
-    text conditioning, a free-text ``prompt`` and ``mask_passes`` when given (diffusers), else the
-    EDM sampler's ``sigma_max``."""
-    from common.ml.families import get_family
-
-    name = model_row.family or "edm"
-    options = get_family(name).sampler_options(
-        model_row.config,
-        {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
-        ds.conditioning,
-    )
-    if p.get("prompt"):
-        options["prompts"] = [p["prompt"]]
-        options["free_prompt"] = True
-    if p.get("mask_passes"):
-        options["mask_passes"] = p["mask_passes"]
-    return name, options
-
-
 def render(
     model,
     recipe: Recipe,
@@ -399,7 +385,7 @@ def run_generate_from_neighbors(ctx: jobs.JobContext, model_cache, reducers: Red
                         "variations": n,
                         "recipe_seed": int(p["seed"]),
                         "micro_batch": micro_batch,
-                        **_text_diagnostics(family, options),
+                        **text_diagnostics(family, options),
                     },
                     "checkpoint_sha256": sha,
                     "code_version": CODE_VERSION,
@@ -479,14 +465,6 @@ def replay(settings: Settings, session: Session, sample_id: int, model_cache, re
     )
     sample = session.get(Sample, sample_id)
     return res.images[pos], resolve_inside(settings.data_root, sample.image_path).read_bytes()
-
-
-def _text_diagnostics(family: str, options: dict[str, Any]) -> dict[str, Any]:
-    """What a diffusers generation ran with beyond the recipe (recorded, so a replay matches)."""
-    if family != "diffusers":
-        return {}
-    keys = ("guidance_scale", "negative_prompt", "height", "width", "mask_passes")
-    return {"family": family, **{k: options.get(k) for k in keys}}
 
 
 def _replay_batch(gen: Generation) -> tuple[list[int], int | None, int]:
