@@ -41,8 +41,9 @@ from common.models import Embedding, Generation, GeneratorModel, Lineage, Sample
 from common.platform.config import Settings
 from common.platform.errors import NotFound, UserError
 from common.platform.storage import UnsafePath, resolve_inside
+from common.research.conditioning import sampler_setup
 from common.research.datasets import read_activations
-from common.research.generations import _replay_batch, replay_params, sampler_setup
+from common.research.generations import _replay_batch, replay_params
 from common.research.interventions import render_options
 
 FORMAT = "latentlab-bundle/1"

@@ -10,6 +10,7 @@ Usage::
     cond = text_conditioning(model_row, prompts=["a cat"], negative_prompt=None, guidance_scale=None,
                              height=None, width=None)      # {"prompts": [...], "guidance_scale": 7.5, ...}
     table = conditioned_layer_map(model_row, cond)        # {name: LayerInfo at the dataset's size}
+    family, options = sampler_setup(model_row, ds, params)  # what a generation samples with
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.ml.activations import LayerInfo, layer_map
-from common.models import GeneratorModel
+from common.models import Dataset, GeneratorModel
 from common.platform.errors import UserError
 
 TEXT_FIELDS = ("prompts", "negative_prompt", "guidance_scale", "height", "width")
@@ -115,3 +116,31 @@ def conditioned_layer_map(model: GeneratorModel, conditioning: dict[str, Any] | 
         )
         for name, info in table.items()
     }
+
+
+def sampler_setup(model_row: GeneratorModel, ds: Dataset, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(family name, the family's sampler options) for a generation from dataset ``ds``: the dataset's
+    text conditioning, a free-text ``prompt`` and ``mask_passes`` when given (diffusers), else the
+    EDM sampler's ``sigma_max``."""
+    from common.ml.families import get_family
+
+    name = model_row.family or "edm"
+    options = get_family(name).sampler_options(
+        model_row.config,
+        {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
+        ds.conditioning,
+    )
+    if p.get("prompt"):
+        options["prompts"] = [p["prompt"]]
+        options["free_prompt"] = True
+    if p.get("mask_passes"):
+        options["mask_passes"] = p["mask_passes"]
+    return name, options
+
+
+def text_diagnostics(family: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What a diffusers generation ran with beyond the recipe (recorded, so a replay matches)."""
+    if family != "diffusers":
+        return {}
+    keys = ("guidance_scale", "negative_prompt", "height", "width", "mask_passes")
+    return {"family": family, **{k: options.get(k) for k in keys}}

@@ -31,7 +31,7 @@ from common.models.base import RowId
 from common.platform.config import Settings
 from common.platform.errors import UserError
 from common.platform.storage import resolve_inside
-from common.research.conditioning import check_prompts, is_text_model, refuse_text_fields
+from common.research.conditioning import check_prompts, is_text_model, refuse_text_fields, sampler_setup
 from common.research.datasets import read_activations
 from common.research.embeddings import ReducerCache, get_embedding
 from common.research.interventions import MAX_ALPHA, check_intervention, render_options
@@ -275,26 +275,6 @@ def build_recipe(
     return Recipe(
         masks, center, w, class_label, label_mode, class_label, label_weights, roundtrip, diagnostics
     )
-
-
-def sampler_setup(model_row, ds: Dataset, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(family name, the family's sampler options) for a generation from dataset ``ds``: the dataset's
-    text conditioning, a free-text ``prompt`` and ``mask_passes`` when given (diffusers), else the
-    EDM sampler's ``sigma_max``."""
-    from common.ml.families import get_family
-
-    name = model_row.family or "edm"
-    options = get_family(name).sampler_options(
-        model_row.config,
-        {"sigma_max": model_row.default_sigma_max, "prompts": model_row.label_names},
-        ds.conditioning,
-    )
-    if p.get("prompt"):
-        options["prompts"] = [p["prompt"]]
-        options["free_prompt"] = True
-    if p.get("mask_passes"):
-        options["mask_passes"] = p["mask_passes"]
-    return name, options
 
 
 # -- the job ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from common.models import Generation, Sample, Sweep, User
 from common.platform.config import Settings
 from common.platform.errors import NotFound, UserError, pydantic_message
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes, resolve_inside
+from common.research.conditioning import sampler_setup
 from common.research.embeddings import ReducerCache, get_embedding
 from common.research.generations import (
     MAX_ALPHA,

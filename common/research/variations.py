@@ -27,6 +27,7 @@ from common.models import Embedding, EmbeddingPoint, Generation, Lineage, Sample
 from common.platform.config import Settings
 from common.platform.db import insert_ignore
 from common.platform.storage import atomic_save_npy, atomic_write_bytes, png_bytes
+from common.research.conditioning import text_diagnostics
 from common.research.datasets import CODE_VERSION, noise_seed
 from common.research.interventions import mask_window, readout, render_options
 from common.research.recipe import Recipe, labels_for
@@ -55,7 +56,7 @@ def render(
     None: the plain clamp); returns common.ml.generation.GenerationResult with the intervention's size
     recorded. ``natural`` renders the same seeds, labels and micro-batch without any mask (the twin).
     ``check`` is called before every model call (see ``generate``). ``family`` and ``sampler``
-    (``generations.sampler_setup``) pick the model family's sampler; without them the EDM sampler at
+    (``conditioning.sampler_setup``) pick the model family's sampler; without them the EDM sampler at
     ``sigma_max``."""
     from common.ml.families import get_family
 
@@ -334,11 +335,3 @@ def record_made(
     emb = session.get(Embedding, emb_id)
     emb.num_points = emb.num_points + len(points)
     return ids
-
-
-def text_diagnostics(family: str, options: dict[str, Any]) -> dict[str, Any]:
-    """What a diffusers generation ran with beyond the recipe (recorded, so a replay matches)."""
-    if family != "diffusers":
-        return {}
-    keys = ("guidance_scale", "negative_prompt", "height", "width", "mask_passes")
-    return {"family": family, **{k: options.get(k) for k in keys}}
