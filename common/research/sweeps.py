@@ -44,7 +44,6 @@ from common.research.generations import (
     Strength,
     build_recipe,
     prepare_generate_from_neighbors,
-    sampler_setup,
 )
 from common.research.variations import (
     generated_dir,
