@@ -62,6 +62,7 @@ def call_interruptible(fn: Callable[[], T], check: Callable[[], None] | None, po
 
     watcher = threading.Thread(target=watch, name="interrupt-watcher", daemon=True)
     result: T | None = None
+    failed: BaseException | None = None  # what ``fn`` raised itself (a check of its own, an error)
     started = done = False
     while True:
         try:
@@ -70,7 +71,12 @@ def call_interruptible(fn: Callable[[], T], check: Callable[[], None] | None, po
                 watcher.start()
             if not done:
                 done = True
-                result = fn()
+                try:
+                    result = fn()
+                except Interrupted:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - raised below, once the watcher is stopped
+                    failed = exc
             with lock:
                 stop.set()
                 if state["sent"]:
@@ -81,4 +87,6 @@ def call_interruptible(fn: Callable[[], T], check: Callable[[], None] | None, po
     watcher.join()
     if state["raised"] is not None:
         raise state["raised"]
+    if failed is not None:
+        raise failed
     return result  # type: ignore[return-value]

@@ -60,3 +60,18 @@ def test_a_call_that_finishes_returns_its_result_and_no_interrupt_fires_later():
     time.sleep(0.05)
     assert sum(range(10)) == 45
     assert call_interruptible(lambda: "ok", None) == "ok"
+
+
+def test_a_call_that_raises_by_itself_stops_the_watcher_before_it_returns():
+    # the map fit's own epoch check raises while the watcher has seen the cancel too: no interrupt may
+    # be sent after the call (it fired later in the job's ending, in a database call)
+    def raising() -> None:
+        raise ValueError("the call's own error")
+
+    for _ in range(20):
+        with pytest.raises((ValueError, Stop)):
+            call_interruptible(raising, checker(after_calls=0), poll_s=0.001)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # bytecode running: a stray interrupt would fire here
+        sum(range(100))
+    assert [t for t in threading.enumerate() if t.name == "interrupt-watcher"] == []
