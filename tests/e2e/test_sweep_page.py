@@ -3,23 +3,8 @@ and its page shows the grid of cells with thumbnails that open on the map."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.e2e.lab import copy_logs, running_lab
 from tests.e2e.test_explorer import POST_JSON, READY
 from tests.support.waiting import wait_for_job
-
-
-@pytest.fixture(scope="module")
-def lab(chromium_path, redis_server, tmp_path_factory, request):
-    import redis
-
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    with running_lab(tmp_path_factory.mktemp("e2e-sweep"), redis_server.url, samples=24) as running:
-        yield running
-        copy_logs(running, "test_sweep_page")
 
 
 def test_sweep_page_renders_its_grid_and_opens_a_cell_on_the_map(lab, signed_in):
