@@ -217,6 +217,62 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, pad])  # [rows, ...]
 
 
+def step_window(mask_steps: int | None, mask_window: Sequence[int] | None) -> tuple[int, int] | None:
+    """Usage: ``step_window(3, None)`` -> ``(0, 3)``; the steps [start, stop) masks act on (None: every
+    step). ``mask_steps=k`` is the shorthand for ``mask_window=(0, k)``; giving both is refused."""
+    if mask_steps is not None and mask_steps < 0:
+        raise ValueError(f"mask_steps must be None or >= 0, got {mask_steps}")
+    if mask_steps is not None and mask_window is not None:
+        raise ValueError("give mask_steps or mask_window, not both (mask_steps=k is mask_window=(0, k))")
+    if mask_window is None:
+        return (0, int(mask_steps)) if mask_steps is not None else None
+    window = (int(mask_window[0]), int(mask_window[1]))
+    if not 0 <= window[0] <= window[1]:
+        raise ValueError(f"mask_window {list(mask_window)} must satisfy 0 <= start <= stop")
+    return window
+
+
+def chunk_masks(
+    model: nn.Module, masks: Mapping[str, Any] | None, chunks: Sequence[tuple[int, int]], K: int, **how: Any
+) -> list[ActivationMask] | None:
+    """Usage: ``ctxs = chunk_masks(model, {"midblock": m}, [(0, 16), (16, 20)], 16, strength=0.5)``.
+
+    One ``ActivationMask`` per micro-batch ``chunks[c] = (a, b)`` of a request of B seeds: a [1, C, H, W]
+    (or [C, H, W]) mask is shared by every chunk, a [B, C, H, W] one is sliced to the chunk and padded to
+    ``K`` rows. ``how`` goes to ``ActivationMask`` (strength, layer_strength, mode, normalize, alpha,
+    record). None when there are no masks. Every model family's sampler builds its masks here."""
+    if not masks:
+        return None
+    B = chunks[-1][1]
+    tensors = {}
+    for name, m in masks.items():
+        t = torch.as_tensor(np.ascontiguousarray(m)) if isinstance(m, np.ndarray) else torch.as_tensor(m)
+        t = t.unsqueeze(0) if t.ndim == 3 else t  # [C, H, W] -> [1, C, H, W]
+        if t.ndim != 4 or t.shape[0] not in (1, B):
+            raise ValueError(
+                f"mask for layer {name!r} has shape {tuple(t.shape)}; expected (1, C, H, W) "
+                f"or ({B}, C, H, W) for {B} seeds"
+            )
+        tensors[name] = t
+    if all(t.shape[0] == 1 for t in tensors.values()):
+        shared = ActivationMask(model, tensors, **how)
+        return [shared for _ in chunks]
+    return [
+        ActivationMask(
+            model, {n: (t if t.shape[0] == 1 else _pad_rows(t[a:b], K)) for n, t in tensors.items()}, **how
+        )
+        for a, b in chunks
+    ]
+
+
+def joined_sizes(sizes: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """Usage: ``joined_sizes([{"midblock": [K0]}, {"midblock": [K1]}])`` -> ``{"midblock": [K0 + K1]}``;
+    the per-chunk intervention sizes of a request joined in seed order (None unless every chunk has them)."""
+    if not sizes or not all(sizes):
+        return None
+    return {name: np.concatenate([part[name] for part in sizes]) for name in sizes[0]}
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -272,15 +328,7 @@ def generate(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("no seeds given")
-    if mask_steps is not None and mask_steps < 0:
-        raise ValueError(f"mask_steps must be None or >= 0, got {mask_steps}")
-    if mask_steps is not None and mask_window is not None:
-        raise ValueError("give mask_steps or mask_window, not both (mask_steps=k is mask_window=(0, k))")
-    window = (0, int(mask_steps)) if mask_steps is not None else None
-    if mask_window is not None:
-        window = (int(mask_window[0]), int(mask_window[1]))
-        if not 0 <= window[0] <= window[1]:
-            raise ValueError(f"mask_window {list(mask_window)} must satisfy 0 <= start <= stop")
+    window = step_window(mask_steps, mask_window)
     dev = _model_device(model)
     want = torch.device(device) if device is not None else dev
     if want.type != dev.type or want.index not in (None, dev.index):
@@ -298,40 +346,8 @@ def generate(
     chunks = [(a, min(a + K, B)) for a in range(0, B, K)]
     pinned = dev.type == "cuda"  # activations leave the GPU without stalling the next micro-batch
 
-    # One mask context per chunk: a [1, C, H, W] mask is shared, a [B, C, H, W] one is sliced and padded.
-    mask_ctxs: list[ActivationMask] | None = None
-    if masks:
-        tensors = {}
-        for name, m in masks.items():
-            t = torch.as_tensor(np.ascontiguousarray(m)) if isinstance(m, np.ndarray) else torch.as_tensor(m)
-            t = t.unsqueeze(0) if t.ndim == 3 else t  # [C, H, W] -> [1, C, H, W]
-            if t.ndim != 4 or t.shape[0] not in (1, B):
-                raise ValueError(
-                    f"mask for layer {name!r} has shape {tuple(t.shape)}; expected (1, C, H, W) "
-                    f"or ({B}, C, H, W) for {B} seeds"
-                )
-            tensors[name] = t
-        how = dict(
-            strength=strength,
-            layer_strength=layer_strength,
-            mode=mask_mode,
-            normalize=normalize,
-            alpha=alpha,
-            record=record_intervention,
-        )
-        shared = (
-            ActivationMask(model, tensors, **how) if all(t.shape[0] == 1 for t in tensors.values()) else None
-        )
-        mask_ctxs = [
-            shared
-            if shared is not None
-            else ActivationMask(
-                model,
-                {n: (t if t.shape[0] == 1 else _pad_rows(t[a:b], K)) for n, t in tensors.items()},
-                **how,
-            )
-            for a, b in chunks
-        ]
+    how = dict(strength=strength, layer_strength=layer_strength, mode=mask_mode, normalize=normalize)
+    mask_ctxs = chunk_masks(model, masks, chunks, K, alpha=alpha, record=record_intervention, **how)
     sizes: list[dict[str, np.ndarray]] = [{} for _ in chunks]  # per chunk: the last masked call's sizes
     captured: dict[str, list[np.ndarray]] | None = {n: [] for n in capture} if capture else None
 
@@ -383,13 +399,10 @@ def generate(
     if pinned:
         torch.cuda.synchronize(dev)
     activations = {n: torch.cat(parts).numpy() for n, parts in captured.items()} if captured else None
-    intervention = None
-    if record_intervention and all(sizes):
-        intervention = {name: np.concatenate([part[name] for part in sizes]) for name in sizes[0]}
     return GenerationResult(
         images=images,
         activations=activations,
         images_float=img.detach().to("cpu", torch.float32).numpy() if return_float else None,
         sigmas=sigmas,
-        intervention=intervention,
+        intervention=joined_sizes(sizes) if record_intervention else None,
     )

@@ -32,15 +32,18 @@ import torch
 from common.ml.generation import (
     GenerationResult,
     _pad_rows,
+    chunk_masks,
     default_micro_batch,
+    joined_sizes,
     make_class_labels,
     make_noise,
+    step_window,
     to_uint8,
 )
 from common.ml.generation import (
     micro_batch_for as _micro_batch_for_device,
 )
-from common.ml.hooks import ActivationCapture, ActivationMask
+from common.ml.hooks import ActivationCapture
 
 MASK_PASSES = ("both", "cond")
 
@@ -198,15 +201,7 @@ def generate(
         raise ValueError("a diffusers model needs at least one prompt")
     if mask_passes not in MASK_PASSES:
         raise ValueError(f"mask_passes must be one of {', '.join(MASK_PASSES)}, not {mask_passes!r}")
-    if mask_steps is not None and mask_steps < 0:
-        raise ValueError(f"mask_steps must be None or >= 0, got {mask_steps}")
-    if mask_steps is not None and mask_window is not None:
-        raise ValueError("give mask_steps or mask_window, not both (mask_steps=k is mask_window=(0, k))")
-    window = (0, int(mask_steps)) if mask_steps is not None else None
-    if mask_window is not None:
-        window = (int(mask_window[0]), int(mask_window[1]))
-        if not 0 <= window[0] <= window[1]:
-            raise ValueError(f"mask_window {list(mask_window)} must satisfy 0 <= start <= stop")
+    window = step_window(mask_steps, mask_window)
     cfg = model.config
     H, W = int(height or cfg["height"]), int(width or cfg["width"])
     f = int(cfg["vae_scale_factor"])
@@ -219,31 +214,8 @@ def generate(
     guided = float(guidance_scale) > 1.0
     ctx, pooled, u_ctx, u_pooled = conditioning(model, prompts, class_labels, label_mode, negative_prompt, B)
 
-    mask_ctxs: list[ActivationMask] | None = None
-    if masks:
-        tensors = {n: torch.as_tensor(np.ascontiguousarray(m)) for n, m in masks.items()}
-        tensors = {n: (t.unsqueeze(0) if t.ndim == 3 else t) for n, t in tensors.items()}  # [1|B, C, H, W]
-        for n, t in tensors.items():
-            if t.ndim != 4 or t.shape[0] not in (1, B):
-                raise ValueError(
-                    f"mask for layer {n!r} has shape {tuple(t.shape)}; expected (1|{B}, C, H, W)"
-                )
-        how = dict(
-            strength=strength,
-            layer_strength=layer_strength,
-            mode=mask_mode,
-            normalize=normalize,
-            alpha=alpha,
-            record=record_intervention,
-        )
-        mask_ctxs = [
-            ActivationMask(
-                model,
-                {n: (t if t.shape[0] == 1 else _pad_rows(t[a:b], K)) for n, t in tensors.items()},
-                **how,
-            )
-            for a, b in chunks
-        ]
+    how = dict(strength=strength, layer_strength=layer_strength, mode=mask_mode, normalize=normalize)
+    mask_ctxs = chunk_masks(model, masks, chunks, K, alpha=alpha, record=record_intervention, **how)
     sizes: list[dict[str, np.ndarray]] = [{} for _ in chunks]  # per chunk: the last masked call's sizes
     captured: dict[str, list[np.ndarray]] = {n: [] for n in capture or []}
     noise = make_noise(seeds, (int(model.unet.config.in_channels), H // f, W // f))  # [B, C_lat, h, w] CPU
@@ -287,13 +259,10 @@ def generate(
             latents = sched.step(eps, t, latents, return_dict=False, **step_kwargs)[0]
         images.append(decode(model, latents)[:n])  # [n, 3, H, W]
     img = torch.cat(images)
-    intervention = None
-    if record_intervention and all(sizes):
-        intervention = {name: np.concatenate([part[name] for part in sizes]) for name in sizes[0]}
     return GenerationResult(
         images=to_uint8(img),
         activations={k: np.concatenate(v) for k, v in captured.items()} if capture else None,
         images_float=img.cpu().numpy() if return_float else None,
         sigmas=used_timesteps,
-        intervention=intervention,
+        intervention=joined_sizes(sizes) if record_intervention else None,
     )
