@@ -68,8 +68,8 @@ def set_range(page, selector: str, value: int) -> None:
 
 
 def isolated_samples(page, count: int) -> list[int]:
-    """Dataset samples with no other marker (or generation star) within 14 px, on the open plot area: a
-    click there hits exactly them."""
+    """Dataset samples on the open plot area, the most isolated first (farthest from any other marker or
+    generation star), each at least 8 px from every other: a click there hits exactly them."""
     return page.evaluate(
         """(count) => {
           const ex = window.__latentlab.explorer;
@@ -84,9 +84,11 @@ def isolated_samples(page, count: int) -> list[int]:
             const el = document.elementFromPoint(p.x, p.y);
             return el && el.classList.contains("nsewdrag");
           };
+          const clearance = ([id, p]) => Math.min(...others.filter(([other]) => other !== id)
+            .map(([, q]) => Math.hypot(p.x - q.x, p.y - q.y)));
           return ex.sampleIds(1e6, 0).map((id) => [id, ex.clientPoint(id)])
-            .filter(([id, p]) => onPlot(p) && others.every(([other, q]) => other === id ||
-              Math.hypot(p.x - q.x, p.y - q.y) > 14))
+            .filter(([, p]) => onPlot(p)).map((e) => [e[0], clearance(e)])
+            .filter(([, d]) => d > 8).sort((a, b) => b[1] - a[1])
             .slice(0, count).map(([id]) => id);
         }""",
         count,
