@@ -76,6 +76,12 @@ def main() -> None:
     ap.add_argument(
         "--steer-class", default="selected", help="conditioning while steering: selected | uniform"
     )
+    ap.add_argument(
+        "--steer-layers",
+        default="",
+        help="comma-separated layers to steer at, captured by the dataset too ('all': every layer); "
+        "default: the dataset's own (encoder_bottleneck, midblock)",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-interventions-"))
@@ -107,12 +113,29 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
+def _steer_layers(sessions, args) -> list[str]:
+    if not args.steer_layers:
+        return []
+    if args.steer_layers != "all":
+        return [name.strip() for name in args.steer_layers.split(",") if name.strip()]
+    from common.ml.activations import layer_table
+    from common.research.registry import get_model
+
+    with sessions() as s:
+        model = get_model(s, args.model)
+        return [info.name for info in layer_table(model.config, model.architecture)]
+
+
 def run(args, settings, sessions, publisher, admin) -> dict:
     report: dict = {"model": args.model}
-    ds = run_job(sessions, publisher, settings, admin, "generate_dataset",
-                 {"model": args.model, "name": "bench", "num_samples": args.samples, "seed": 7})  # fmt: skip
+    steer_layers = _steer_layers(sessions, args)
+    map_layers = ["encoder_bottleneck", "midblock"]
+    extra = {"layers": sorted(set(steer_layers) | set(map_layers))} if steer_layers else {}
+    params = {"model": args.model, "name": "bench", "num_samples": args.samples, "seed": 7, **extra}
+    ds = run_job(sessions, publisher, settings, admin, "generate_dataset", params)
     emb = run_job(sessions, publisher, settings, admin, "fit_embedding",
-                  {"dataset": "bench", "n_neighbors": 10, "seed": 1})  # fmt: skip
+                  {"dataset": "bench", "n_neighbors": 10, "seed": 1, "layers": map_layers})  # fmt: skip
+    report["steer_layers"] = steer_layers or map_layers
     emb_id = emb.result["embedding_id"]
     classes = by_class(sessions, ds.params["dataset_id"])
     digits = sorted(c for c, ids in classes.items() if len(ids) >= 8)
@@ -168,7 +191,7 @@ def run(args, settings, sessions, publisher, admin) -> dict:
             "embedding": emb_id, "selected": selected, "neighbors": other[:16],
             "negative": [s for s in own if s != selected][:16], "mode": "direction",
             "class": args.steer_class, "seed": 100 + trial, "compare_natural": False,
-            "grid": {"alpha": ALPHAS},
+            "grid": {"alpha": ALPHAS}, **({"layers": steer_layers} if steer_layers else {}),
         }  # fmt: skip
         done = run_job(sessions, publisher, settings, admin, "sweep", steer)
         ids = [c["samples"][0] for c in done.result["cells"]]
