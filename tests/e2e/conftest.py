@@ -23,7 +23,7 @@ def chromium_path():
     return chromium_or_skip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path):
     from playwright.sync_api import sync_playwright
 
@@ -33,10 +33,12 @@ def browser(chromium_path):
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lab(chromium_path, redis_server, tmp_path_factory):
     """One lab for every browser test (its dataset and map take a minute to make through the real jobs);
-    tests leave it usable for the next (they add generations, never remove what others rely on)."""
+    tests leave it usable for the next (they add generations, never remove what others rely on). Package
+    scope: its worker stops after the last browser test, so it never takes another tier's jobs from the
+    session's Redis."""
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
