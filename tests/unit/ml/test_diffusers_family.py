@@ -163,6 +163,32 @@ def test_masks_apply_to_both_guidance_passes_by_default_and_to_the_conditional_o
     assert active_hook_count(model) == 0
 
 
+def test_interventions_work_on_a_diffusers_unet_as_on_edm(sd):
+    """Strength 0 is the unmasked image and strength 1 the clamp, bit for bit; a window outside every step
+    and a direction at alpha 0 change nothing; the recorded size is read on the conditional pass."""
+    model, _ = sd
+    mask = np.full((1, 32, 4, 4), 0.125, dtype=np.float32)
+    kw = dict(steps=2, guidance_scale=3.0, capture=["mid_block"])
+    natural = run(model, [0, 1], [5, 6], **kw)
+    clamp = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, **kw)
+    assert not np.array_equal(natural.images, clamp.images)
+    zero = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, strength=0.0, record_intervention=True, **kw)
+    one = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, strength=1.0, record_intervention=True, **kw)
+    assert np.array_equal(zero.images, natural.images) and np.array_equal(one.images, clamp.images)
+    assert np.all(zero.intervention["mid_block"] == 0) and np.all(one.intervention["mid_block"] > 0)
+    half = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, strength=0.5, record_intervention=True, **kw)
+    assert np.all(half.intervention["mid_block"] < one.intervention["mid_block"])
+    outside = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, mask_window=(2, 2), **kw)
+    assert np.array_equal(outside.images, natural.images)
+    late = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, mask_window=(1, 2), **kw)
+    assert not np.array_equal(late.images, natural.images) and not np.array_equal(late.images, clamp.images)
+    still = run(model, [0, 1], [5, 6], masks={"mid_block": mask}, mask_mode="add", alpha=0.0, **kw)
+    assert np.array_equal(still.images, natural.images)
+    with pytest.raises(ValueError, match="not both"):
+        run(model, [0], [5], masks={"mid_block": mask}, mask_steps=1, mask_window=(0, 1), **kw)
+    assert active_hook_count(model) == 0
+
+
 # -- determinism and conditioning ---------------------------------------------------------------------------
 
 
