@@ -64,6 +64,7 @@ def test_interactive_and_batch_work_use_separate_queues():
         "dataset_chunk": "batch",
         "fit_embedding": "embed",
         "reproject": "embed",
+        "sweep": "interactive",  # a grid of clicks: one interactive job
     }
     # a reprojection of a few listed points is a click; more, or "every unplaced sample", is batch work
     spec = get_kind("reproject")

@@ -50,6 +50,11 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     """(reducer with PCA to 16, its [n, 2] map, the held-out rows)."""
+    return fit_small(data)
+
+
+def fit_small(data=None):
+    data = clustered(560, 600) if data is None else data
     train, held = data[:500], data[500:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -62,7 +67,19 @@ def fitted(data):
     return reducer, xy, held
 
 
-def test_transform_reproduces_umap_learn(fitted):
+def test_transform_reproduces_umap_learn():
+    """Compared bit for bit in a fresh interpreter: the comparison must not depend on what earlier tests
+    in this process left behind (thread pools, numba's state)."""
+    import subprocess
+    from pathlib import Path
+
+    code = "from tests.unit.test_reducer import fit_small, transform_matches_umap_learn as t; t(fit_small())"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+
+def transform_matches_umap_learn(fitted) -> None:
     import scipy.sparse
     import umap
     import umap.layouts as ul
