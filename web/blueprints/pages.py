@@ -23,7 +23,13 @@ from web.security_headers import EXPLORER_CSP
 bp = Blueprint("pages", __name__)
 
 # the top navigation; an entry whose page is not served (yet) is shown without a link
-NAV = [("Datasets", "/datasets"), ("Explorer", "/explorer"), ("Jobs", "/jobs"), ("History", "/history")]
+NAV = [
+    ("Datasets", "/datasets"),
+    ("Explorer", "/explorer"),
+    ("Jobs", "/jobs"),
+    ("History", "/history"),
+    ("API tokens", "/tokens"),
+]
 
 
 @bp.app_context_processor
@@ -71,6 +77,12 @@ def dataset_page(dataset_id: int):
 @login_required
 def history_page():
     return render_template("history.html")
+
+
+@bp.get("/tokens")
+@login_required
+def tokens_page():
+    return render_template("tokens.html")
 
 
 @bp.get("/sweeps/<int:sweep_id>")
