@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -338,10 +339,12 @@ def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any
         ).all()
         reducer = reducers.get(ctx.settings, session, emb)
         emb_id = emb.id
-    placed = 0
-    for a in range(0, len(rows), 1024):
+    placed = a = 0
+    size = REPROJECT_PART_ROWS[0]
+    while a < len(rows):
         ctx.check()
-        part = rows[a : a + 1024]
+        part = rows[a : a + size]
+        started = time.perf_counter()
         x = read_activations(ctx.settings, [(r[1], r[2]) for r in part], reducer.layers)
         xy = reducer.transform(x)
         points = [
@@ -354,8 +357,24 @@ def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any
             session.get(Embedding, emb_id).num_points = session.scalar(
                 select(func.count()).where(EmbeddingPoint.embedding_id == emb_id)
             )
-        ctx.progress(min(1.0, (a + len(part)) / max(1, len(rows))), f"placed {a + len(part)} of {len(rows)}")
+        a += len(part)
+        ctx.progress(min(1.0, a / max(1, len(rows))), f"placed {a} of {len(rows)}")
+        size = next_part_rows(size, time.perf_counter() - started)
     return {"embedding_id": emb_id, "placed": placed, "requested": len(rows), "warm": warm}
+
+
+REPROJECT_PART_ROWS = (32, 512)  # the first part's rows, the most one part may have
+REPROJECT_PART_SECONDS = 0.25  # a reprojection checks for a cancel about this often, whatever the map's size
+
+
+def next_part_rows(size: int, seconds: float) -> int:
+    """Rows of the next reprojection part, so that one part takes about ``REPROJECT_PART_SECONDS``
+    (transform costs ~0.1 ms a row on a small map, ~10 ms on a million-point one): the cancel check
+    between parts then lands well within a second. Grows at most 2× a part."""
+    lo, hi = REPROJECT_PART_ROWS
+    if seconds <= 0:
+        return min(hi, size * 2)
+    return max(lo, min(hi, size * 2, int(size * REPROJECT_PART_SECONDS / seconds)))
 
 
 # -- reading ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ how soon it stops."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from common import jobs
 from common.models import EmbeddingPoint, Sample, User
@@ -112,6 +112,15 @@ def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     again = lab.submit("reproject", {"embedding": emb_id, "samples": unplaced})
     placed = lab.wait(again.id, timeout=120)
     assert (placed.status, placed.queue, placed.result["placed"]) == ("succeeded", "interactive", 3)
+
+    # a running reprojection of every unplaced sample (~2,800 rows in parts of at most 0.25 s or 512 rows)
+    # stops at the next part boundary: some rows are placed, not all
+    rest = lab.submit("reproject", {"embedding": emb_id})
+    running(lab, rest.id, at_least=0.001)
+    cancel_and_expect_stop(lab, rest.id)
+    with lab.sessions() as s:
+        on_map = s.scalar(select(func.count()).where(EmbeddingPoint.embedding_id == emb_id))
+    assert len(ids) + 3 < on_map < 3000, f"{on_map} points: the cancel did not stop the reprojection midway"
 
     # the fit, compiled now: cancelled once UMAP optimises the layout (progress 0.6), between two epochs
     fit = lab.submit("fit_embedding", {"dataset": "fitme", "n_neighbors": 15, "pca_dims": 0})

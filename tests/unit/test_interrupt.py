@@ -75,3 +75,14 @@ def test_a_call_that_raises_by_itself_stops_the_watcher_before_it_returns():
     while time.monotonic() < deadline:  # bytecode running: a stray interrupt would fire here
         sum(range(100))
     assert [t for t in threading.enumerate() if t.name == "interrupt-watcher"] == []
+
+
+def test_reprojection_parts_are_sized_to_check_for_a_cancel_often():
+    from common.research.embeddings import REPROJECT_PART_ROWS, next_part_rows
+
+    lo, hi = REPROJECT_PART_ROWS
+    assert next_part_rows(32, 0.01) == 64  # fast: grows, at most 2× a part
+    assert next_part_rows(512, 0.01) == hi  # never past the cap
+    assert next_part_rows(256, 1.0) == 64  # a slow part (a million-point map): a quarter second's rows
+    assert next_part_rows(64, 60.0) == lo  # never below the floor
+    assert next_part_rows(32, 0.0) == 64  # a part too fast to time
