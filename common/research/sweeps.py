@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -287,6 +288,23 @@ def _label(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken after ``+``, ``,`` or a space where it
+    can be (a layer set such as ``encoder_bottleneck+midblock`` keeps every name, never cut short)."""
+    lines, current = [], ""
+    for piece in re.findall(r"[^+, ]+[+, ]?|[+, ]", text):
+        if current and len(current) + len(piece.rstrip()) > width:
+            lines.append(current.rstrip())
+            current = ""
+        while len(piece) > width:
+            lines.append(piece[:width])
+            piece = piece[width:]
+        current += piece
+    if current.strip() or not lines:
+        lines.append(current.rstrip())
+    return lines
+
+
 def contact_sheet(
     settings: Settings, session: Session, sweep_id: int, rows: str | None = None, cols: str | None = None
 ) -> bytes:
@@ -310,18 +328,22 @@ def contact_sheet(
         if key not in col_keys:
             col_keys.append(key)
         placed[(r, key)] = cell["samples"][0] if cell["samples"] else None
-    tile, pad, top, left = 96, 4, 28, 110
+    tile, pad, left, line = 96, 4, 110, 12
+    heads = [_wrap(" ".join(key), 16) for key in col_keys]
+    top = 6 + line * max((len(h) for h in heads), default=1)
     width = left + len(col_keys) * (tile + pad)
     height = top + len(row_values) * (tile + pad)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    for c, key in enumerate(col_keys):
-        draw.text((left + c * (tile + pad), 2), " ".join(key)[:18], fill="black")
+    for c, head in enumerate(heads):
+        draw.multiline_text((left + c * (tile + pad), 2), "\n".join(head), fill="black", spacing=2)
     wanted = [v for v in placed.values() if v]
     found = session.execute(select(Sample.id, Sample.image_path).where(Sample.id.in_(wanted)))
     paths = {sid: path for sid, path in found}
     for r, value in enumerate(row_values):
-        draw.text((2, top + r * (tile + pad) + tile // 2), f"{rows}={_label(value)}"[:18], fill="black")
+        label = _wrap(f"{rows}={_label(value)}", 17)
+        y = top + r * (tile + pad) + max(0, tile // 2 - line * len(label) // 2)
+        draw.multiline_text((2, y), "\n".join(label), fill="black", spacing=2)
         for c, key in enumerate(col_keys):
             sid = placed.get((r, key))
             if sid is None:

@@ -86,3 +86,14 @@ def test_grid_cells_are_row_major_in_axis_order():
         {"strength": 1.0, "layers": ["a"], "seed": 7},
         {"strength": 1.0, "layers": ["b"], "seed": 7},
     ]
+
+
+def test_contact_sheet_labels_wrap_and_keep_every_layer_name():
+    from common.research.sweeps import _wrap
+
+    labels = ("encoder_bottleneck+midblock", "layers=down_blocks.2.attentions.1+mid_block", "strength=0.5")
+    for text in labels:
+        lines = _wrap(text, 16)
+        assert "".join(lines) == text.replace(" ", "")  # nothing cut short (the old label kept 18 characters)
+        assert all(len(line) <= 16 for line in lines)
+    assert _wrap("midblock", 16) == ["midblock"]
