@@ -36,7 +36,7 @@ from tests.support.services import start_worker  # noqa: E402
 from tests.support.settings import make_settings  # noqa: E402
 from tests.support.waiting import wait_for_job  # noqa: E402
 
-ALPHAS = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
+ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0]
 STRENGTHS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
