@@ -293,14 +293,14 @@ def fit_reducer(
                 report(lo + (hi - lo) * done / total, f"UMAP: optimising the layout, epoch {done} of {total}")
             check()
 
-    t_umap = time.monotonic()
+    t_umap = [time.monotonic()]  # when the running library call began
 
     def heartbeat() -> None:  # from the interrupt watcher while a library call runs
         check()
         if phase[0] is not None:
             report(
                 0.35 if not use_landmarks else 0.45,
-                f"UMAP: {phase[0]} ({time.monotonic() - t_umap:.0f} s)",
+                f"UMAP: {phase[0]} ({time.monotonic() - t_umap[0]:.0f} s)",
             )
 
     phase = ["neighbour search, fuzzy graph and spectral layout"]
@@ -310,14 +310,19 @@ def fit_reducer(
         rows = lm.landmark_rows(n, landmarks, params.seed)
         zl = np.ascontiguousarray(z[rows])
         phase[0] = f"fuzzy graph and spectral layout of {landmarks:,} landmarks"
+
+        def guarded_fit(zz, pp, _check, **kw):
+            t_umap[0] = time.monotonic()
+            return call_interruptible(
+                lambda: fit_map(zz, pp, between_epochs, **kw), heartbeat if check else None
+            )
+
         mp, xl, backend, note = lm.fit_landmark_map(
             zl,
             params,
             report,
             check,
-            lambda zz, pp, _check, **kw: call_interruptible(
-                lambda: fit_map(zz, pp, between_epochs, **kw), heartbeat if check else None
-            ),
+            guarded_fit,
         )
         red = Reducer(list(params.layers), dim, mean, scale, pca_mean, components, mp, zl, backend, info)
         rest = np.ones(n, dtype=bool)

@@ -97,7 +97,9 @@ def test_at_or_below_the_threshold_nothing_changes(data):
 
 
 @pytest.mark.parametrize("phase", ["neighbours of", "placing the other rows"])
-def test_a_check_stops_the_landmark_fit_in_its_own_phases(data, phase):
+def test_a_check_stops_the_landmark_fit_in_its_own_phases(data, phase, monkeypatch):
+    monkeypatch.setattr(lm, "PLACE_BATCH", 128)  # several placement batches, a check between them
+
     class Stop(Exception):
         pass
 
