@@ -179,21 +179,63 @@ def fit(settings, sessions, ds_id: int) -> None:
     line("activation data", mb=n * x.shape[1] * 4 / MB)
 
 
+def transform_only(rows: int, dims: int = 256) -> None:
+    """Transform cost into a map whose reducer holds ``rows`` training rows of ``dims`` (a large map's
+    landmarks), without fitting one: random training rows and map positions; the work per new sample (exact
+    neighbours among the rows, then the transform epochs) does not depend on the map's quality."""
+    from common.maps.transform import Reducer, UmapMap
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((rows, dims), dtype=np.float32)
+    mp = UmapMap(
+        rng.standard_normal((rows, 2), dtype=np.float32) * 5,
+        np.ones(rows, np.float32),
+        np.full(rows, 0.5, np.float32),
+        1.58,
+        0.9,
+        15,
+    )
+    red = Reducer(["x"], dims, None, None, None, None, mp, z)
+    q = z[:1024] + np.float32(0.01)
+    red.transform_z(q[:1])  # warm: compile, prepared training rows
+    ones = [measure(red.transform_z, q[i : i + 1])[1] for i in range(20)]
+    _, t1024, _ = measure(red.transform_z, q)
+    line(
+        f"transform into a map of {rows:,} training rows × {dims}",
+        one_ms_median=1000 * float(np.median(ones)),
+        batch1024_ms_per_sample=1000 * t1024 / len(q),
+        load=os.getloadavg()[0],
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=200_000)
     ap.add_argument("--root", type=Path, default=Path("/tmp/ll-map-scale"))
+    ap.add_argument(
+        "--landmarks", type=int, default=None, help="LATENTLAB_MAP_LANDMARKS (default: the product's)"
+    )
+    ap.add_argument(
+        "--transform-only", type=int, default=0, help="only time transform into a map of this many rows"
+    )
     args = ap.parse_args()
+    if args.transform_only:
+        transform_only(args.transform_only)
+        return
     from common.platform import migrate
     from common.platform.db import make_engine, session_factory
     from tests.support.settings import make_settings
 
-    settings = make_settings(args.root, chunk_size=1024)
+    extra = {} if args.landmarks is None else {"map_landmarks": args.landmarks}
+    settings = make_settings(
+        args.root, chunk_size=1024, max_dataset_samples=max(200_000, args.samples), **extra
+    )
     settings.ensure_data_root()
     migrate.upgrade(settings)
     sessions = session_factory(make_engine(settings))
     print(
-        f"# map at {args.samples:,} synthetic samples, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+        f"# map at {args.samples:,} synthetic samples, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+        f"landmarks {settings.map_landmarks:,}"
     )
     ds_id = write_synthetic_dataset(settings, sessions, args.samples, args.root)
     fit(settings, sessions, ds_id)

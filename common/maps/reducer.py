@@ -35,9 +35,12 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +177,8 @@ def fit_reducer(
     params: FitParams,
     progress: Progress | None = None,
     check: Callable[[], None] | None = None,
+    landmarks: int | None = None,
+    progress_every: float = 2.0,
 ) -> tuple[Reducer, np.ndarray]:
     """Fit scaler → PCA → UMAP over ``n`` rows of width ``dim`` read by ``batches()`` (an iterable
     of [m, D] float arrays, re-readable: it is called once per pass; at most two passes, in batches).
@@ -184,8 +189,16 @@ def fit_reducer(
     ``check`` (no arguments) is called between phases and between UMAP's optimisation epochs, and every
     0.1 s from a watcher thread while PCA fits and UMAP searches neighbours and compiles
     (``common.platform.interrupt``); raising from it stops the fit there (a job's cancel check) and is
-    raised from this call. It never changes the result."""
-    report = _Throttled(progress or (lambda f, m: None))
+    raised from this call. It never changes the result. While a library call runs without progress of its
+    own (PCA, the neighbour search, the spectral initialisation) the watcher also reports the phase and
+    its seconds so far, so progress moves at least every few seconds; the layout epochs report their count.
+
+    ``landmarks``: above this many rows, UMAP is fitted on that many seeded landmark rows and the others
+    are placed by the map's transform (``common.maps.landmarks``); the reducer's training rows are then
+    the landmarks, at positions ``reducer.info["landmark_rows"]`` (popped before saving by the caller;
+    ``info["landmarks"]`` and ``info["placed"]`` stay). None, or n at or below it: the plain fit.
+    ``progress_every``: the least seconds between two calls of ``progress`` (phase starts always report)."""
+    report = _Throttled(progress or (lambda f, m: None), progress_every)
     t0 = time.perf_counter()
     info: dict[str, Any] = {"samples": int(n), "dim": int(dim)}
     pca_dims = params.pca_dims or None
@@ -239,7 +252,14 @@ def fit_reducer(
             random_state=params.seed,
             copy=False,
         )
-        call_interruptible(lambda: pca.fit(sample), check)
+        t_pca = time.monotonic()
+
+        def pca_heartbeat() -> None:  # from the interrupt watcher: the fit has no progress of its own
+            check()
+            seconds = time.monotonic() - t_pca
+            report(0.15, f"PCA to {pca_dims} dims on {len(sample_pos):,} rows ({seconds:.0f} s)")
+
+        call_interruptible(lambda: pca.fit(sample), pca_heartbeat if check else None)
         del sample
         pca_mean = pca.mean_.astype(np.float32)
         components = np.ascontiguousarray(pca.components_, dtype=np.float32)
@@ -254,24 +274,77 @@ def fit_reducer(
     else:
         z = np.ascontiguousarray(np.concatenate(list(scaled())), dtype=np.float32)
     info["prep_seconds"] = round(time.perf_counter() - t0, 3)
-    report(0.35, f"UMAP on {z.shape[0]:,} × {z.shape[1]:,}", force=True)
+    use_landmarks = landmarks is not None and n > landmarks and not _wants_cuml(params)
+    report(
+        0.35,
+        f"UMAP on {landmarks:,} landmarks of {z.shape[0]:,} × {z.shape[1]:,}"
+        if use_landmarks
+        else f"UMAP on {z.shape[0]:,} × {z.shape[1]:,}",
+        force=True,
+    )
     between_epochs = None
     if check is not None:
         check()
-        said = []
 
-        def between_epochs() -> None:
-            if not said:  # the neighbour graph is built: the epochs have begun
-                said.append(True)
-                report(0.6, "UMAP: optimising the layout", force=True)
+        def between_epochs(done: int | None = None, total: int | None = None) -> None:
+            phase[0] = None  # the epochs report themselves: the heartbeat stops
+            if done is not None and total:
+                lo, hi = (0.6, 0.75) if use_landmarks else (0.6, 0.9)
+                report(lo + (hi - lo) * done / total, f"UMAP: optimising the layout, epoch {done} of {total}")
             check()
 
-    mp, xy, backend, note = call_interruptible(lambda: fit_map(z, params, between_epochs), check)
+    t_umap = [time.monotonic()]  # when the running library call began
+
+    def heartbeat() -> None:  # from the interrupt watcher while a library call runs
+        check()
+        if phase[0] is not None:
+            report(
+                0.35 if not use_landmarks else 0.45,
+                f"UMAP: {phase[0]} ({time.monotonic() - t_umap[0]:.0f} s)",
+            )
+
+    phase = ["neighbour search, fuzzy graph and spectral layout"]
+    if use_landmarks:
+        from common.maps import landmarks as lm
+
+        rows = lm.landmark_rows(n, landmarks, params.seed)
+        zl = np.ascontiguousarray(z[rows])
+        phase[0] = f"fuzzy graph and spectral layout of {landmarks:,} landmarks"
+
+        def guarded_fit(zz, pp, _check, **kw):
+            t_umap[0] = time.monotonic()
+            return call_interruptible(
+                lambda: fit_map(zz, pp, between_epochs, **kw), heartbeat if check else None
+            )
+
+        mp, xl, backend, note = lm.fit_landmark_map(
+            zl,
+            params,
+            report,
+            check,
+            guarded_fit,
+        )
+        red = Reducer(list(params.layers), dim, mean, scale, pca_mean, components, mp, zl, backend, info)
+        rest = np.ones(n, dtype=bool)
+        rest[rows] = False
+        xy = np.empty((n, 2), dtype=np.float32)
+        xy[rows] = xl
+        xy[rest] = lm.place_rows(red, z[rest], report, check)
+        del z
+        info.update(landmarks=int(landmarks), placed=int(n - landmarks), landmark_rows=rows)
+    else:
+        mp, xy, backend, note = call_interruptible(
+            lambda: fit_map(z, params, between_epochs), heartbeat if check else None
+        )
+        red = Reducer(list(params.layers), dim, mean, scale, pca_mean, components, mp, z, backend, info)
     if note:
         info["backend_note"] = note
     info["fit_seconds"] = time.perf_counter() - t0
-    red = Reducer(list(params.layers), dim, mean, scale, pca_mean, components, mp, z, backend, info)
     return red, xy
+
+
+def _wants_cuml(params: FitParams) -> bool:
+    return params.backend == "cuml" or (params.backend == "auto" and cuml_available())
 
 
 def cuml_available() -> bool:
@@ -282,13 +355,21 @@ def cuml_available() -> bool:
 
 class _EpochCheck:
     """A file for the tqdm bar of umap-learn's epoch loop that calls ``check`` on every write: umap-learn
-    has no epoch callback, but with ``mininterval`` its bar writes every few epochs, between two of them."""
+    has no epoch callback, but with ``mininterval`` its bar writes every few epochs, between two of them.
+    A ``check`` that takes two arguments also gets the bar's epoch count (done, total)."""
 
-    def __init__(self, check: Callable[[], None]):
+    COUNT = re.compile(r"(\d+)/(\d+)")
+
+    def __init__(self, check: Callable[..., None]):
         self.check = check
+        self.counts = len(inspect.signature(check).parameters) >= 2
 
-    def write(self, _text: str) -> int:
-        self.check()
+    def write(self, text: str) -> int:
+        found = self.COUNT.findall(text) if self.counts else None
+        if found:
+            self.check(int(found[-1][0]), int(found[-1][1]))
+        else:
+            self.check()
         return 0
 
     def flush(self) -> None:
@@ -296,12 +377,17 @@ class _EpochCheck:
 
 
 def fit_map(
-    z: np.ndarray, params: FitParams, check: Callable[[], None] | None = None
+    z: np.ndarray,
+    params: FitParams,
+    check: Callable[..., None] | None = None,
+    precomputed_knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[UmapMap, np.ndarray, str, str | None]:
     """Fit the 2-D map over z with the chosen backend: (map, [n, 2], backend, note on a fallback).
-    ``check`` is called between the epochs of the CPU fit (see ``fit_reducer``)."""
+    ``check`` is called between the epochs of the CPU fit (see ``fit_reducer``; with two parameters it
+    also gets the epoch count). ``precomputed_knn``: each row's k nearest rows of z, itself first
+    ([n, k] indices, distances), used by the CPU fit instead of its own neighbour search."""
     note = None
-    if params.backend == "cuml" or (params.backend == "auto" and cuml_available()):
+    if _wants_cuml(params):
         try:
             mp, xy = _fit_map_cuml(z, params)
             return mp, xy, "cuml", None
@@ -319,11 +405,19 @@ def fit_map(
         random_state=params.seed,
         n_components=2,
         low_memory=True,
+        **(
+            {}
+            if precomputed_knn is None
+            else {"precomputed_knn": (*precomputed_knn, None), "force_approximation_algorithm": True}
+        ),
         tqdm_kwds=None
         if check is None
         else {"disable": False, "file": _EpochCheck(check), "mininterval": 0.1, "miniters": 1},
     )
-    xy = np.asarray(um.fit_transform(z), dtype=np.float32)
+    with warnings.catch_warnings():
+        if precomputed_knn is not None:  # no search index is kept: the map's transform is latentlab's own
+            warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+        xy = np.asarray(um.fit_transform(z), dtype=np.float32)
     mp = UmapMap.from_umap(um)
     return mp, xy, "umap-learn", note
 

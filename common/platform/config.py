@@ -92,6 +92,10 @@ class Settings:
     # quotas (per user)
     max_active_jobs_per_queue: int = 32
     max_dataset_samples: int = 200_000
+    # a map fitted over more rows than this fits UMAP on this many seeded landmark rows and places the
+    # others with the map's transform (common/maps/landmarks.py); maps of at most this many rows are the
+    # plain umap-learn fit
+    map_landmarks: int = 100_000
     # per user and queue: how many of the user's queued jobs may wait in the broker at once; the rest wait
     # as rows and are published, fewest-waiting user first, as workers take jobs (fair share); 0: no limit
     fair_share_waiting: int = 2
@@ -156,6 +160,10 @@ class Settings:
         if self.takeover_after < 3 * self.heartbeat_seconds:
             raise ConfigError(
                 "LATENTLAB_TAKEOVER_AFTER must be at least three heartbeats (LATENTLAB_HEARTBEAT_SECONDS)."
+            )
+        if self.map_landmarks < 100:
+            raise ConfigError(
+                "LATENTLAB_MAP_LANDMARKS must be at least 100 (the rows a large map's UMAP is fitted on)."
             )
         if self.max_attempts < 1:
             raise ConfigError("LATENTLAB_MAX_ATTEMPTS must be at least 1.")

@@ -173,12 +173,25 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
         p.get("backend", "auto"),
     )
     reducer, xy = fit_reducer(
-        batches, len(rows), dim, params, progress=lambda f, m: ctx.progress(f, m), check=ctx.check
+        batches,
+        len(rows),
+        dim,
+        params,
+        progress=lambda f, m: ctx.progress(f, m),
+        check=ctx.check,
+        landmarks=settings.map_landmarks,
     )
     ctx.progress(0.9, "saving the reducer")
     input_hash = hashlib.sha256(ids.tobytes() + repr(params).encode()).hexdigest()
     folder = settings.data_root / embedding_dir(p["embedding_id"])
-    manifest_sha = _save(reducer, folder, settings.resolved_signing_key(), ids)
+    fitted = np.ones(len(ids), dtype=bool)  # rows UMAP was fitted on; the others were placed by transform
+    train_ids = ids
+    landmark_rows = reducer.info.pop("landmark_rows", None)
+    if landmark_rows is not None:
+        fitted[:] = False
+        fitted[landmark_rows] = True
+        train_ids = ids[landmark_rows]
+    manifest_sha = _save(reducer, folder, settings.resolved_signing_key(), train_ids)
     ctx.check()
     points = [
         {
@@ -186,9 +199,9 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
             "sample_id": int(i),
             "x": float(a),
             "y": float(b),
-            "projected": False,
+            "projected": not bool(f),
         }
-        for i, (a, b) in zip(ids, xy, strict=True)
+        for i, (a, b), f in zip(ids, xy, fitted, strict=True)
     ]
     with ctx.session_factory.begin() as session:
         ctx.lease.fence(session)
@@ -203,11 +216,15 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
         emb.fit_seconds = round(reducer.info.get("fit_seconds", 0.0), 3)
         emb.num_points = len(points)
         emb.job_id = ctx.job_id
+        if "landmarks" in reducer.info:  # recorded on the map: UMAP saw these rows, transform placed the rest
+            info = reducer.info
+            emb.params = {**emb.params, "landmarks": info["landmarks"], "placed": info["placed"]}
     return {
         "embedding_id": p["embedding_id"],
         "points": len(points),
         "fit_seconds": emb.fit_seconds,
         "backend": reducer.backend,
+        **({"landmarks": reducer.info["landmarks"]} if "landmarks" in reducer.info else {}),
         **({"backend_note": reducer.info["backend_note"]} if "backend_note" in reducer.info else {}),
     }
 

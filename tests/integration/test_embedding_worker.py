@@ -3,13 +3,14 @@ reports where it landed, and a reducer whose files were tampered with is refused
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
 from common import jobs
-from common.models import Embedding, Generation, Sample
+from common.models import Embedding, EmbeddingPoint, Generation, Sample
 from tests.support.models import register_tiny_model
 from tests.support.services import start_worker
 from tests.support.waiting import follow_job
@@ -104,3 +105,48 @@ def test_fresh_worker_is_warm_before_its_first_job_and_refuses_a_tampered_reduce
             assert "Traceback" not in failed.error
     finally:
         other.stop()
+
+
+def test_a_map_over_more_rows_than_its_landmarks_records_them_and_places_the_rest(
+    settings, sessions, admin, publisher, tmp_path
+):
+    """LATENTLAB_MAP_LANDMARKS set low: the worker fits UMAP on 100 seeded landmarks of 160 samples, places
+    the other 60 with the map's transform, records it on the map, and the saved map serves a reprojection."""
+    settings = settings.with_(chunk_size=80)
+    register_tiny_model(sessions, settings)
+    worker = start_worker(settings, tmp_path, name="landmarks", extra_env={"LATENTLAB_MAP_LANDMARKS": "100"})
+    try:
+        ds = run_job(
+            sessions,
+            publisher,
+            settings,
+            admin,
+            "generate_dataset",
+            {"model": "tiny", "name": "big", "num_samples": 160},
+        )
+        fit = run_job(
+            sessions, publisher, settings, admin, "fit_embedding", {"dataset": "big", "n_neighbors": 6}
+        )
+        emb_id = fit.result["embedding_id"]
+        assert fit.result["landmarks"] == 100 and fit.result["points"] == 160
+        with sessions() as s:
+            emb = s.get(Embedding, emb_id)
+            assert emb.params["landmarks"] == 100 and emb.params["placed"] == 60
+            assert emb.num_points == 160
+            projected = s.scalars(
+                select(EmbeddingPoint.projected).where(EmbeddingPoint.embedding_id == emb_id)
+            ).all()
+            ids = s.scalars(
+                select(Sample.id).where(Sample.dataset_id == ds.params["dataset_id"]).order_by(Sample.id)
+            ).all()
+        assert sorted(projected).count(True) == 60 and len(projected) == 160
+        manifest = json.loads((settings.data_root / f"embeddings/{emb_id}/manifest.json").read_text())
+        assert manifest["info"]["landmarks"] == 100 and manifest["info"]["placed"] == 60
+        assert "landmark_rows" not in manifest["info"]
+        # the saved map is the landmarks' map: it loads (checked against the landmark ids) and places samples
+        rep = run_job(
+            sessions, publisher, settings, admin, "reproject", {"embedding": emb_id, "samples": ids[:4]}
+        )
+        assert rep.result["requested"] == 4
+    finally:
+        worker.stop()
