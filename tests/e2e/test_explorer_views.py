@@ -9,11 +9,14 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.lab import artifacts_dir
-from tests.e2e.test_explorer import POST_JSON, explorer_state, open_explorer
+from tests.e2e.test_explorer import GENERATION_TIMEOUT_MS, POST_JSON, explorer_state, open_explorer
 from tests.e2e.test_explorer_tools import watch_console
 from tests.support.waiting import wait_for_job
 
 LINKED = "window.__latentlab.linked.state()"
+# points in the map's "intervention effect" trace (0 when the map is not coloured by effect)
+EFFECT_POINTS = """() => ((document.getElementById('map').data || [])
+  .find((t) => t.name === 'intervention effect') || {x: []}).x.length"""
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,24 @@ def second_map(lab, browser):
         return done.result["embedding_id"]
     finally:
         session.close()
+
+
+# the first of the candidate ids with no generation marker (a star or landed circle of an earlier test's
+# generation, which takes the pointer) within 16 px on the first map
+CLEAR_OF_MARKERS = """(candidates) => {
+  const ex = window.__latentlab.explorer;
+  const marks = [...document.querySelectorAll("#overlay .gen path, #overlay .gen circle")].map((el) => {
+    const r = el.getBoundingClientRect();
+    return {x: r.x + r.width / 2, y: r.y + r.height / 2};
+  });
+  return candidates.find((id) => {
+    const p = ex.clientPoint(id);
+    return p && marks.every((q) => Math.hypot(q.x - p.x, q.y - p.y) > 16);
+  }) ?? null;
+}"""
+# the sample the hover card shows (the one Plotly's hit test found under the pointer)
+HOVERED = """() => { const m = /^#(\\d+)/.exec(document.querySelector('#hover-text').textContent || '');
+  return document.querySelector('#hover-card').hidden || !m ? null : Number(m[1]); }"""
 
 
 def hover(page, where: dict) -> None:
@@ -54,17 +75,23 @@ def test_linked_maps_hover_and_selection_show_on_both_and_the_link_keeps_the_sec
     assert f"#{second_map}" in page.inner_text("#map2-title")
 
     # hovering a sample on the first map rings the same sample on the second, and the other way round
-    a, b, c = lab.sample_ids[3:6]
+    # (which sample is under the pointer is Plotly's hit test: the hover card names it)
+    a = page.evaluate(CLEAR_OF_MARKERS, lab.sample_ids)
+    assert a is not None, "every sample is under a generation marker"
     hover(page, page.evaluate(f"window.__latentlab.explorer.clientPoint({a})"))
-    page.wait_for_function(f"() => {LINKED}.ringedOnSecond.includes({a})", timeout=10_000)
-    hover(page, page.evaluate(f"window.__latentlab.linked.clientPoint({b})"))
-    page.wait_for_function(f"() => {LINKED}.ringedOnFirst.includes({b})", timeout=10_000)
-    assert f"#{b}" in page.inner_text("#hover-text")
+    shown = f"() => ({HOVERED})() !== null && {LINKED}.ringedOnSecond.length === 1"
+    page.wait_for_function(shown, timeout=10_000)
+    hovered = page.evaluate(HOVERED)
+    assert page.evaluate(LINKED)["ringedOnSecond"] == [hovered]
+    where = page.evaluate(f"window.__latentlab.linked.clientPoint({a})")
+    hover(page, where)
+    page.wait_for_function(f"() => {LINKED}.ringedOnFirst.length === 1", timeout=10_000)
+    b = page.evaluate(HOVERED)
+    assert page.evaluate(LINKED)["ringedOnFirst"] == [b]
+    c = next(i for i in lab.sample_ids if i != b)
 
     # a click on the second map selects; the selection and set A show on both maps
-    page.mouse.click(
-        **{k: v for k, v in page.evaluate(f"window.__latentlab.linked.clientPoint({b})").items()}
-    )
+    page.mouse.click(where["x"], where["y"])
     page.wait_for_function(f"() => window.__latentlab.explorer.state().selected === {b}", timeout=10_000)
     page.fill("#paste-text", str(c))
     page.click("#paste-ids button[type=submit]")
@@ -124,16 +151,21 @@ def test_search_mini_graph_and_colour_by_effect(lab, signed_in):
     a, b, c = lab.sample_ids[:3]
     effects_url = f"/api/v1/embeddings/{lab.embedding_id}/effects"
     before = set(page.evaluate(get_json, effects_url)["ids"])
-    body = {"embedding": lab.embedding_id, "selected": a, "neighbors": [b, c], "variations": 1, "seed": 11}
-    status, job = page.evaluate(POST_JSON, ["/api/v1/generations", body])
-    assert status == 202, job
-    done = wait_for_job(lab.sessions, job["id"], timeout=600)
-    assert done.status == "succeeded", done.error
+    page = open_explorer(alice, f"?embedding={lab.embedding_id}&colour=effect")
+    assert explorer_state(page)["colourBy"] == "effect"
+    assert page.evaluate(EFFECT_POINTS) == len(before)
+    # generated from the page, compared with its natural twin (the default): it joins the coloured points
+    page.fill("#select-id", str(a))
+    page.click("#select-by-id button[type=submit]")
+    page.fill("#paste-text", f"{b}, {c}")
+    page.click("#paste-ids button[type=submit]")
+    page.fill("#gen-variations", "1")
+    page.fill("#gen-seed", "11")
+    page.click("#generate-btn")
+    page.wait_for_function(f"() => ({EFFECT_POINTS})() === {len(before) + 1}", timeout=GENERATION_TIMEOUT_MS)
     effects = page.evaluate(get_json, effects_url)
     [child] = set(effects["ids"]) - before
     assert effects["effect"][effects["ids"].index(child)] is not None
-    page = open_explorer(alice, f"?embedding={lab.embedding_id}&colour=effect")
-    assert explorer_state(page)["colourBy"] == "effect"
     traces = page.evaluate(
         "document.getElementById('map').data.map((t) => ({name: t.name, n: t.x.length, "
         "scale: Boolean(t.marker.colorscale), sized: Array.isArray(t.marker.size)}))"

@@ -3,8 +3,8 @@
 // (explorer/generate.js); selection tools and keys (explorer/tools.js), exports (explorer/exports.js) and
 // the URL (explorer/permalink.js); a linked second map (explorer/linked.js), search by prompt or class
 // (explorer/search.js) and the lineage mini-graph (explorer/minigraph.js). This module loads the maps and
-// wires the page. The selection is this
-// browser's (localStorage per user and map, and the URL); the server never sees it until a generation.
+// wires the page. The selection is this browser's (localStorage per user and map, and the URL); the
+// server never sees it until a generation.
 import { api, firstItems } from "./api.js";
 import { els, mark, notice, state, T, user } from "./explorer/context.js";
 import { fillGenerateForm, fillLayers, submitGeneration, syncClassField } from "./explorer/generate.js";

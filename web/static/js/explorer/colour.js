@@ -171,6 +171,12 @@ export function attachEffects(map, answer) {
   const change = new Float32Array(map.n).fill(NaN);
   answer.ids.forEach((id, k) => {
     const i = map.indexOf(id);
+    const extra = i < 0 ? map.extra.get(id) : null;
+    if (extra) {
+      // a sample generated in this page: its values ride on its entry (scaleTraces reads them there)
+      extra.effect = answer.effect[k] === null ? NaN : answer.effect[k];
+      extra.imageChange = answer.image_change[k] === null ? NaN : answer.image_change[k];
+    }
     if (i < 0) return;
     if (answer.effect[k] !== null) effect[i] = answer.effect[k];
     if (answer.image_change[k] !== null) change[i] = answer.image_change[k];
@@ -184,9 +190,17 @@ export function attachEffects(map, answer) {
 function scaleTraces(map, base, size, scale) {
   const n = map.n;
   const values = map[scale.column];
-  let m = 0;
+  // samples generated in this page carry their value on their entry (attachEffects), if any
+  const extraWith = [];
+  const extraRest = [];
+  for (const [id, p] of map.extra) {
+    const v = p[scale.column];
+    (typeof v === "number" && !Number.isNaN(v) ? extraWith : extraRest).push([id, p, v]);
+  }
+  let m = extraWith.length;
   for (let i = 0; i < n; i++) if (!Number.isNaN(values[i])) m++;
-  const rest = { x: new Float32Array(n - m), y: new Float32Array(n - m), ids: new Int32Array(n - m) };
+  const r = n + map.extra.size - m;
+  const rest = { x: new Float32Array(r), y: new Float32Array(r), ids: new Int32Array(r) };
   const with_ = { x: new Float32Array(m), y: new Float32Array(m), ids: new Int32Array(m), c: new Float32Array(m) };
   let a = 0;
   let b = 0;
@@ -203,6 +217,18 @@ function scaleTraces(map, base, size, scale) {
       top = Math.max(top, values[i]);
       with_.ids[b++] = map.ids[i];
     }
+  }
+  for (const [id, p] of extraRest) {
+    rest.x[a] = p.x;
+    rest.y[a] = p.y;
+    rest.ids[a++] = id;
+  }
+  for (const [id, p, v] of extraWith) {
+    with_.x[b] = p.x;
+    with_.y[b] = p.y;
+    with_.c[b] = v;
+    top = Math.max(top, v);
+    with_.ids[b++] = id;
   }
   const small = Math.max(size + 2, 6);
   // sized by the value: from the usual size at 0 to three times it at the map's largest value
@@ -238,13 +264,14 @@ export function scaleLegend(map, by) {
   let min = Infinity;
   let max = -Infinity;
   let count = 0;
-  for (let i = 0; i < map.n; i++) {
-    const v = values[i];
-    if (Number.isNaN(v)) continue;
+  const seen = (v) => {
+    if (typeof v !== "number" || Number.isNaN(v)) return;
     count++;
     if (v < min) min = v;
     if (v > max) max = v;
-  }
+  };
+  for (let i = 0; i < map.n; i++) seen(values[i]);
+  for (const p of map.extra.values()) seen(p[scale.column]);
   return { title: scale.name, min: count ? min : null, max: count ? max : null, count, sized: scale.sized };
 }
 
