@@ -11,6 +11,7 @@ Usage::
     stats = map_stats(session, emb.id)                              # MapStats(count, max_id, id_sum)
     places = sample_points(session, sample.id)                      # {"7": [x, y]}
     overlays = generation_overlays(session, emb.id, limit=500)      # newest first
+    effects = map_effects(session, emb.id)                          # {"ids", "effect", "image_change"}
 """
 
 from __future__ import annotations
@@ -172,6 +173,25 @@ def generation_overlays(session: Session, embedding_id: int, *, limit: int = 500
             }
         )
     return out
+
+
+def map_effects(session: Session, embedding_id: int) -> dict[str, list[Any]]:
+    """The intervention readout of every generated sample on a map that has one, as columns in sample id
+    order: ``{"ids": [...], "effect": [...], "image_change": [...]}`` (``None`` where that number is
+    missing). Samples without a readout (every dataset sample) are left out, so the answer stays small
+    beside the points of a million-point map."""
+    rows = session.execute(
+        select(Generation.sample_id, Generation.effect, Generation.image_change)
+        .join(EmbeddingPoint, EmbeddingPoint.sample_id == Generation.sample_id)
+        .where(EmbeddingPoint.embedding_id == embedding_id)
+        .where((Generation.effect.is_not(None)) | (Generation.image_change.is_not(None)))
+        .order_by(Generation.sample_id)
+    ).all()
+    return {
+        "ids": [r.sample_id for r in rows],
+        "effect": [r.effect for r in rows],
+        "image_change": [r.image_change for r in rows],
+    }
 
 
 def usernames(session: Session, user_ids: set[int]) -> dict[int, str]:

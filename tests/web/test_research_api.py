@@ -77,6 +77,7 @@ RESEARCH_GETS = [
     "/api/v1/embeddings/1/points",
     "/api/v1/embeddings/1/neighbors?sample=1",
     "/api/v1/embeddings/1/generations",
+    "/api/v1/embeddings/1/effects",
     "/api/v1/samples/1",
     "/api/v1/samples/1/image",
     "/api/v1/samples/1/lineage",
@@ -429,6 +430,26 @@ def test_overlays_list_generations_newest_first_with_parents(client, alice, lab)
     assert newest["center"] == [1.5, 1.5] and newest["actual"] == [1.75, 1.25]
     assert len(client.get(f"{url}?limit=1", headers=alice).json) == 1
     assert client.get(f"{url}?limit=501", headers=alice).json["field"] == "limit"
+
+
+def test_effects_list_the_generated_samples_with_a_readout_as_columns(client, alice, lab, sessions):
+    from common.models import Generation
+
+    first, second = lab.generated_ids
+    url = f"/api/v1/embeddings/{lab.embedding_id}/effects"
+    empty = client.get(url, headers=alice).json
+    assert empty["embedding_id"] == lab.embedding_id and empty["count"] == 0
+    assert empty["ids"] == empty["effect"] == empty["image_change"] == []
+    with sessions.begin() as s:
+        for gen in s.scalars(select(Generation)):
+            if gen.sample_id == first:
+                gen.effect, gen.image_change = 0.25, 0.125
+            else:
+                gen.image_change = 0.5  # an image change without a layer effect (no captured layer)
+    answer = client.get(url, headers=alice).json
+    assert answer["count"] == 2 and answer["ids"] == [first, second]
+    assert answer["effect"] == [0.25, None] and answer["image_change"] == [0.125, 0.5]
+    assert client.get("/api/v1/embeddings/999999/effects", headers=alice).status_code == 404
 
 
 def test_sample_detail_has_recipe_parents_children_and_points(client, alice, lab):

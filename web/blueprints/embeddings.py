@@ -1,6 +1,6 @@
 """2-D maps (``/api/v1/embeddings``): list, inspect, fit one as a ``fit_embedding`` job, load its points
 (encoded and cached by ``web.points_cache``), find a sample's neighbours, and list the generations drawn
-over it.
+over it, and their intervention effects as columns (for colouring the map).
 """
 
 from __future__ import annotations
@@ -91,6 +91,14 @@ class Overlay(BaseModel):
 
 class OverlayList(RootModel[list[Overlay]]):
     pass
+
+
+class EffectColumns(BaseModel):
+    embedding_id: int
+    count: int
+    ids: list[int] = Field(description="generated samples on the map with a readout, in id order")
+    effect: list[float | None] = Field(description="the largest relative effect over the captured layers")
+    image_change: list[float | None] = Field(description="mean |intervened - twin| in pixel values")
 
 
 # -- views --------------------------------------------------------------------------------------------
@@ -206,3 +214,18 @@ def list_overlays(embedding_id: int, query: OverlayQuery):
     db = get_db()
     emb = get_embedding(db, embedding_id)
     return research_reads.generation_overlays(db, emb.id, limit=query.limit)
+
+
+@api_route(
+    bp,
+    "/embeddings/<int:embedding_id>/effects",
+    methods=["GET"],
+    response=EffectColumns,
+    summary="The intervention effect and image change of the map's generated samples, as columns",
+    description="Only generated samples with a readout (compared with their natural twin) are listed.",
+)
+def get_effects(embedding_id: int):
+    db = get_db()
+    emb = get_embedding(db, embedding_id)
+    columns = research_reads.map_effects(db, emb.id)
+    return {"embedding_id": emb.id, "count": len(columns["ids"]), **columns}

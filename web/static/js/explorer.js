@@ -1,9 +1,11 @@
 // The explorer: a WebGL scatter of one map (explorer/plot.js, coloured by explorer/colour.js), an SVG
 // layer for the selection and a side panel to find neighbours (explorer/panel.js) and generate from them
 // (explorer/generate.js); selection tools and keys (explorer/tools.js), exports (explorer/exports.js) and
-// the URL (explorer/permalink.js). This module loads the maps and wires the page. The selection is this
-// browser's (localStorage per user and map, and the URL); the server never sees it until a generation.
-import { api } from "./api.js";
+// the URL (explorer/permalink.js); a linked second map (explorer/linked.js), search by prompt or class
+// (explorer/search.js) and the lineage mini-graph (explorer/minigraph.js). This module loads the maps and
+// wires the page. The selection is this browser's (localStorage per user and map, and the URL); the
+// server never sees it until a generation.
+import { api, firstItems } from "./api.js";
 import { els, mark, notice, state, T, user } from "./explorer/context.js";
 import { fillGenerateForm, fillLayers, submitGeneration, syncClassField } from "./explorer/generate.js";
 import { findNeighbours, handlePointClick, onSelectionChange, overlay, renderNeighbours, renderOverlay } from "./explorer/panel.js";
@@ -12,9 +14,11 @@ import { readLink, writeLink } from "./explorer/permalink.js";
 import { positionStar, setTarget, wirePlace } from "./explorer/place.js";
 import { drawPlot, onPlotEvents, plotlyReady, resetView, setView } from "./explorer/plot.js";
 import { fetchPoints, pointMapFrom } from "./explorer/points.js";
+import { closeCompare, drawLinked, fillComparePicker, hoverLinked, openCompare, renderLinked, wireLinked } from "./explorer/linked.js";
+import { wireSearch } from "./explorer/search.js";
 import { Selection } from "./explorer/selection.js";
-import { dropRegionDimming, fillClassPick, fillColourBy, handleRegion, renderSetCounts, wireTools } from "./explorer/tools.js";
-import { availableColourings } from "./explorer/colour.js";
+import { dropRegionDimming, fillClassPick, fillColourBy, handleRegion, renderScaleLegend, renderSetCounts, wireTools } from "./explorer/tools.js";
+import { attachEffects, availableColourings } from "./explorer/colour.js";
 import { fmt, h, showError } from "./ui.js";
 
 const LAST_MAP_KEY = `latentlab.explorer.lastMap:${user.id}`;
@@ -30,6 +34,7 @@ function fetchMap(embeddingId) {
     api(`/api/v1/embeddings/${embeddingId}`),
     fetchPoints(embeddingId, WIRE),
     api(`/api/v1/embeddings/${embeddingId}/generations`).catch(() => []),
+    api(`/api/v1/embeddings/${embeddingId}/effects`).catch(() => null),
   ]);
 }
 
@@ -43,8 +48,9 @@ async function loadEmbeddings() {
   const early = guess ? { id: guess, answers: fetchMap(guess) } : null;
   if (early) early.answers.catch(() => {});
   try {
-    const data = await api("/api/v1/embeddings");
-    state.embeddings = data.embeddings || [];
+    // every page of the list (100 maps a page), not only the first
+    const { items } = await firstItems("/api/v1/embeddings", "embeddings", 1_000_000);
+    state.embeddings = items;
   } catch (err) {
     showError(els.mapError, `Could not list the maps: ${err.message}`);
     els.picker.replaceChildren(h("option", { text: "no maps" }));
@@ -94,10 +100,10 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   url.searchParams.set("embedding", String(embeddingId));
   if (!deepLinkSample) url.searchParams.delete("sample");
   history.replaceState(null, "", url);
-  let emb, answer, overlays;
+  let emb, answer, overlays, effects;
   try {
     if (!fetched) mark("mapRequested");
-    [emb, answer, overlays] = await (fetched || fetchMap(embeddingId));
+    [emb, answer, overlays, effects] = await (fetched || fetchMap(embeddingId));
     mark("pointsFetched");
   } catch (err) {
     if (token !== state.loadToken) return;
@@ -109,6 +115,7 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   state.emb = emb;
   state.map = pointMapFrom(answer);
   if (!state.map.labelNames.length && emb.label_names) state.map.labelNames = emb.label_names;
+  attachEffects(state.map, effects);
   if (LINK.colour && availableColourings(state.map).includes(LINK.colour)) state.colourBy = LINK.colour;
   fillColourBy();
   mark("pointsDecoded");
@@ -125,6 +132,7 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
     if (g.actual && g.actual[0] !== null) state.map.addGenerated(g.sample_id, g.actual[0], g.actual[1]);
   }
   await drawPlot();
+  renderScaleLegend();
   renderOverlay();
   if (token !== state.loadToken) return;
   mark("firstRender");
@@ -150,6 +158,7 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
     );
   }
   state.selection.onChange(onSelectionChange);
+  state.selection.onChange(renderLinked);
   state.selection.onChange((reason) => {
     renderSetCounts();
     if (!reason.startsWith("region")) dropRegionDimming();
@@ -163,6 +172,17 @@ async function openMap(embeddingId, deepLinkSample = null, fetched = null) {
   fillClassPick();
   onSelectionChange("load");
   renderSetCounts();
+  fillComparePicker();
+  if (LINK.compare !== null) {
+    // the second map the link asked for (first map only); a bad one gets a message in the page
+    const text = LINK.compare;
+    const wanted = Number(text);
+    LINK = { ...LINK, compare: null };
+    if (/^\d+$/.test(text) && Number.isSafeInteger(wanted) && wanted > 0) await openCompare(wanted);
+    else notice(`"${text}" in the link is not a map id; choose a second map from "Compare with".`);
+  } else if (state.compareId !== null) {
+    await drawLinked();
+  }
   writeLink();
   loadDataset(emb.dataset_id);
   T.explorer.ready = true;
@@ -187,8 +207,15 @@ onPlotEvents({
     if (!e) writeLink();
   },
   region: handleRegion,
+  hover: hoverLinked,
 });
 wireTools();
+wireLinked();
+wireSearch();
+document.getElementById("close-compare").addEventListener("click", () => {
+  closeCompare();
+  writeLink();
+});
 wireExports();
 wirePlace(overlay);
 
@@ -248,6 +275,7 @@ T.explorer = {
     parents: state.detail ? (state.detail.parents || []).map((p) => p.sample_id) : [],
     stars: state.overlays.filter((g) => g.center && g.center[0] !== null).length,
     points: state.map ? state.map.n + state.map.extra.size : 0,
+    compare: state.compareId,
   }),
   clientPoint: (id) => {
     const p = state.map && state.map.get(id);

@@ -1,5 +1,6 @@
 // Colour by: the map's points split into one WebGL trace per category of the chosen column (class,
-// origin, generation depth, owner, job) or one trace coloured along a scale (round-trip error). Plotly's
+// origin, generation depth, owner, job) or one trace coloured along a scale (round-trip error, and the
+// intervention effect and image change, which also size the points). Plotly's
 // legend is then the filter: click an entry to hide it, double-click to show only it. A density layer
 // (a 2-D histogram drawn as a heatmap under the points) makes a map of a million points read at a glance.
 import { className } from "../ui.js";
@@ -20,6 +21,15 @@ export const COLOUR_BY = {
   owner: "owner",
   job: "job",
   rt: "round-trip error",
+  effect: "intervention effect",
+  image_change: "image change",
+};
+// colourings along a scale: the column of the map and how the legend names it (the effects come from
+// GET /api/v1/embeddings/<id>/effects, attached by attachEffects; only generated samples have them)
+const SCALES = {
+  rt: { column: "rt", name: "round-trip error", missing: "no round-trip error", bar: "error", sized: false },
+  effect: { column: "effect", name: "intervention effect", missing: "no effect (not an intervened generation)", bar: "effect", sized: true },
+  image_change: { column: "imageChange", name: "image change", missing: "no image change (not compared)", bar: "change", sized: true },
 };
 
 function markerSize(n) {
@@ -38,6 +48,7 @@ function markerOpacity(n) {
 export function availableColourings(map) {
   return Object.keys(COLOUR_BY).filter((key) => {
     if (key === "class" || key === "origin") return true;
+    if (key === "effect" || key === "image_change") return Boolean(map[SCALES[key].column]);
     return map[{ depth: "depth", owner: "owner", job: "job", rt: "rt" }[key]] !== null;
   });
 }
@@ -64,7 +75,7 @@ export function buildTraces(map, by = "class") {
   const n = map.n;
   const size = markerSize(n);
   const base = { type: "scattergl", mode: "markers", hoverinfo: "none" };
-  if (by === "rt") return scaleTraces(map, base, size);
+  if (SCALES[by]) return scaleTraces(map, base, size, SCALES[by]);
   const { key, label } = categorical(map, by);
   const counts = new Map();
   for (let i = 0; i < n; i++) {
@@ -152,40 +163,116 @@ function withExtra(map, x, y, tid) {
   return { x: X, y: Y, tid: I };
 }
 
-// round-trip error: generated samples with an error along a colour-blind-safe scale, the rest grey
-function scaleTraces(map, base, size) {
+// The effects answer ({ids, effect, image_change}) as columns aligned with the map's points: map.effect
+// and map.imageChange (NaN where a sample has none). Without an answer both stay unset (not offered).
+export function attachEffects(map, answer) {
+  if (!answer || !Array.isArray(answer.ids)) return;
+  const effect = new Float32Array(map.n).fill(NaN);
+  const change = new Float32Array(map.n).fill(NaN);
+  answer.ids.forEach((id, k) => {
+    const i = map.indexOf(id);
+    const extra = i < 0 ? map.extra.get(id) : null;
+    if (extra) {
+      // a sample generated in this page: its values ride on its entry (scaleTraces reads them there)
+      extra.effect = answer.effect[k] === null ? NaN : answer.effect[k];
+      extra.imageChange = answer.image_change[k] === null ? NaN : answer.image_change[k];
+    }
+    if (i < 0) return;
+    if (answer.effect[k] !== null) effect[i] = answer.effect[k];
+    if (answer.image_change[k] !== null) change[i] = answer.image_change[k];
+  });
+  map.effect = effect;
+  map.imageChange = change;
+}
+
+// a value along a scale: generated samples with one coloured (Viridis: sequential and colour-blind-safe)
+// and, for the effects, sized by it; the rest grey
+function scaleTraces(map, base, size, scale) {
   const n = map.n;
-  let m = 0;
-  for (let i = 0; i < n; i++) if (!Number.isNaN(map.rt[i])) m++;
-  const rest = { x: new Float32Array(n - m), y: new Float32Array(n - m), ids: new Int32Array(n - m) };
+  const values = map[scale.column];
+  // samples generated in this page carry their value on their entry (attachEffects), if any
+  const extraWith = [];
+  const extraRest = [];
+  for (const [id, p] of map.extra) {
+    const v = p[scale.column];
+    (typeof v === "number" && !Number.isNaN(v) ? extraWith : extraRest).push([id, p, v]);
+  }
+  let m = extraWith.length;
+  for (let i = 0; i < n; i++) if (!Number.isNaN(values[i])) m++;
+  const r = n + map.extra.size - m;
+  const rest = { x: new Float32Array(r), y: new Float32Array(r), ids: new Int32Array(r) };
   const with_ = { x: new Float32Array(m), y: new Float32Array(m), ids: new Int32Array(m), c: new Float32Array(m) };
   let a = 0;
   let b = 0;
+  let top = 0;
   for (let i = 0; i < n; i++) {
-    if (Number.isNaN(map.rt[i])) {
+    if (Number.isNaN(values[i])) {
       rest.x[a] = map.x[i];
       rest.y[a] = map.y[i];
       rest.ids[a++] = map.ids[i];
     } else {
       with_.x[b] = map.x[i];
       with_.y[b] = map.y[i];
-      with_.c[b] = map.rt[i];
+      with_.c[b] = values[i];
+      top = Math.max(top, values[i]);
       with_.ids[b++] = map.ids[i];
     }
   }
+  for (const [id, p] of extraRest) {
+    rest.x[a] = p.x;
+    rest.y[a] = p.y;
+    rest.ids[a++] = id;
+  }
+  for (const [id, p, v] of extraWith) {
+    with_.x[b] = p.x;
+    with_.y[b] = p.y;
+    with_.c[b] = v;
+    top = Math.max(top, v);
+    with_.ids[b++] = id;
+  }
+  const small = Math.max(size + 2, 6);
+  // sized by the value: from the usual size at 0 to three times it at the map's largest value
+  const sizes = scale.sized ? Array.from(with_.c, (v) => small + (top > 0 ? (2 * small * v) / top : 0)) : small;
   return {
     traces: [
-      { ...base, name: "no round-trip error", x: rest.x, y: rest.y, marker: { size, color: OTHER_COLOUR, opacity: 0.5 } },
+      { ...base, name: scale.missing, x: rest.x, y: rest.y, marker: { size, color: OTHER_COLOUR, opacity: 0.5 } },
       {
         ...base,
-        name: "round-trip error",
+        name: scale.name,
         x: with_.x,
         y: with_.y,
-        marker: { size: Math.max(size + 2, 6), color: with_.c, colorscale: "Viridis", showscale: true, colorbar: { title: { text: "error" }, thickness: 12 } },
+        marker: {
+          size: sizes,
+          color: with_.c,
+          colorscale: "Viridis",
+          // the scale's legend is the page's own (explorer/tools.js): Plotly's colour bar sets inline
+          // styles, which the page's Content-Security-Policy blocks
+          showscale: false,
+          ...(scale.sized ? { line: { color: "#1d2433", width: 0.5 } } : {}),
+        },
       },
     ],
     ids: [rest.ids, with_.ids],
   };
+}
+
+// the legend of a colouring along a scale: {title, min, max, count} (null for a categorical colouring)
+export function scaleLegend(map, by) {
+  const scale = SCALES[by];
+  if (!scale || !map[scale.column]) return null;
+  const values = map[scale.column];
+  let min = Infinity;
+  let max = -Infinity;
+  let count = 0;
+  const seen = (v) => {
+    if (typeof v !== "number" || Number.isNaN(v)) return;
+    count++;
+    if (v < min) min = v;
+    if (v > max) max = v;
+  };
+  for (let i = 0; i < map.n; i++) seen(values[i]);
+  for (const p of map.extra.values()) seen(p[scale.column]);
+  return { title: scale.name, min: count ? min : null, max: count ? max : null, count, sized: scale.sized };
 }
 
 // A heatmap of point counts on a grid over the map's bounds (zero cells transparent).

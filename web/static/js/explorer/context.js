@@ -99,6 +99,7 @@ export const state = {
   removeMode: false,
   target: null, // [x, y] placed with the place tool
   region: false, // Plotly holds a box or lasso selection (it dims what it did not catch)
+  compareId: null, // the second map beside this one (explorer/linked.js), or null
 };
 
 export function frame() {

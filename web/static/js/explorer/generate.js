@@ -6,7 +6,9 @@ import { fmt, h, jobStatus, say, thumb } from "../ui.js";
 import { $, els, state } from "./context.js";
 import { renderOverlay, selectFromPanel } from "./panel.js";
 import { nearestTo } from "./place.js";
+import { attachEffects } from "./colour.js";
 import { drawPlot } from "./plot.js";
+import { renderScaleLegend } from "./tools.js";
 
 const MAX_NEIGHBOURS = 256; // GenerateFromNeighborsParams.neighbors max_length
 
@@ -220,9 +222,12 @@ async function followJob(job) {
 
 async function refreshOverlays(fresh = new Set()) {
   const emb = state.emb;
-  let overlays;
+  let overlays, effects;
   try {
-    overlays = await api(`/api/v1/embeddings/${emb.id}/generations`);
+    [overlays, effects] = await Promise.all([
+      api(`/api/v1/embeddings/${emb.id}/generations`),
+      api(`/api/v1/embeddings/${emb.id}/effects`).catch(() => null),
+    ]);
   } catch (err) {
     say(els.genMessage, `Could not load the generations: ${err.message}`, "error");
     return;
@@ -234,7 +239,9 @@ async function refreshOverlays(fresh = new Set()) {
   for (const g of overlays) {
     if (g.actual && g.actual[0] !== null) added = state.map.addGenerated(g.sample_id, g.actual[0], g.actual[1]) || added;
   }
-  if (added) await drawPlot();
+  attachEffects(state.map, effects); // the new samples' effects (colour by effect shows them at once)
+  if (added || ["effect", "image_change"].includes(state.colourBy)) await drawPlot();
+  renderScaleLegend();
   renderOverlay();
   els.status.textContent = els.status.textContent.replace(/^[\d,.\s]+points/, `${fmt(state.map.n + state.map.extra.size)} points`);
 }

@@ -23,27 +23,45 @@ const STAR = starPath(8);
 const DIAMOND = "M0,-9L9,0L0,9L-9,0Z";
 
 export class Overlay {
-  constructor(svgEl, plotEl, { onStarClick, onStarEnter, onStarLeave } = {}) {
+  // clipId: the id of the clip path (unique per page: the linked map has an overlay of its own)
+  constructor(svgEl, plotEl, { onStarClick, onStarEnter, onStarLeave, clipId = "overlay-clip" } = {}) {
     this.svg = svgEl;
     this.plot = plotEl;
     this.handlers = { onStarClick, onStarEnter, onStarLeave };
     this.clipRect = svg("rect");
     const defs = svg("defs");
-    const clip = svg("clipPath", { id: "overlay-clip" });
+    const clip = svg("clipPath", { id: clipId });
     clip.append(this.clipRect);
     defs.append(clip);
-    this.root = svg("g", { "clip-path": "url(#overlay-clip)" });
+    this.root = svg("g", { "clip-path": `url(#${clipId})` });
     this.gens = svg("g", { class: "gens" });
     this.parents = svg("g", { class: "parents-layer" });
     this.nbs = svg("g", { class: "neighbours" });
     this.negs = svg("g", { class: "negative" });
     this.sel = svg("g", { class: "selection" });
-    this.root.append(this.gens, this.parents, this.negs, this.nbs, this.sel);
+    this.linked = svg("g", { class: "linked-hover" });
+    this.root.append(this.gens, this.parents, this.negs, this.nbs, this.sel, this.linked);
     this.svg.replaceChildren(defs, this.root);
     this.items = []; // [{el, x, y, kind}] positioned on every view change
     this.lines = []; // [{el, x1, y1, x2, y2}]
     this.data = { selected: null, neighbours: [], negative: [], parents: [], generations: [], fresh: new Set() };
     this.ranges = null;
+    this.hoverItem = null;
+  }
+
+  // the sample hovered on the other map of a linked pair ({id, x, y}), or null to take the marker away
+  setHover(p) {
+    if (this.hoverItem) this.items.splice(this.items.indexOf(this.hoverItem), 1);
+    this.hoverItem = null;
+    if (!p) {
+      this.linked.replaceChildren();
+      return;
+    }
+    const ring = svg("circle", { class: "linked-ring", r: 11, "data-id": p.id });
+    this.linked.replaceChildren(ring);
+    this.hoverItem = { el: ring, x: p.x, y: p.y, kind: "circle" };
+    this.items.push(this.hoverItem);
+    this.position();
   }
 
   // data -> pixel within the plot div, from the axes' current ranges (or the ranges of a drag in flight)
@@ -147,6 +165,7 @@ export class Overlay {
       sel.push(dot, ring);
     }
     this.sel.replaceChildren(...sel);
+    if (this.hoverItem) this.items.push(this.hoverItem);
     this.position();
   }
 

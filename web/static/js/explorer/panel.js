@@ -3,6 +3,7 @@
 import { api, ApiError } from "../api.js";
 import { className, h, say, thumb } from "../ui.js";
 import { $, els, notice, state, T } from "./context.js";
+import { miniGraph } from "./minigraph.js";
 import { Overlay } from "./overlay.js";
 import { hideHover, showHover } from "./plot.js";
 
@@ -197,6 +198,11 @@ function renderRecipe(detail) {
     );
   }
   const parents = detail.parents || [];
+  const graph = miniGraph(detail, (id) => {
+    if (state.map.has(id)) selectFromPanel(id);
+    else notice(`Sample ${id} is not on this map.`);
+  });
+  if (graph) parts.push(h("div", { class: "mini-graph-box", "aria-label": "Lineage mini-graph" }, graph));
   if (parents.length) {
     parts.push(h("div", { class: "muted", text: `Made from ${parents.length} parent${parents.length > 1 ? "s" : ""} (purple diamonds on the map):` }));
     parts.push(

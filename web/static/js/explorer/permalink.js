@@ -1,5 +1,6 @@
 // The page's URL says what is on screen, so a link shared with a colleague opens the same view (with
-// their own access): ?embedding=&colour=&density=1&view=x0,x1,y0,y1&sel=&a=&b= (the selection's ids
+// their own access): ?embedding=&compare=&colour=&density=1&view=x0,x1,y0,y1&sel=&a=&b= (compare: the
+// linked second map; the selection's ids
 // while they fit in a link; beyond that the selection stays in this browser's storage only).
 import { state } from "./context.js";
 import { viewRanges } from "./plot.js";
@@ -26,6 +27,7 @@ export function readLink(search = location.search) {
   const view = (p.get("view") || "").split(",").map(Number);
   const sel = Number(p.get("sel"));
   return {
+    compare: p.has("compare") ? p.get("compare") : null, // as written: explorer/linked.js judges it
     colour: p.get("colour"),
     density: p.get("density") === "1",
     view: view.length === 4 && view.every(Number.isFinite) ? view : null,
@@ -46,6 +48,7 @@ export function writeLink() {
     const p = url.searchParams;
     p.set("embedding", String(state.emb.id));
     const set = (k, v) => (v === null || v === undefined || v === "" ? p.delete(k) : p.set(k, v));
+    set("compare", state.compareId === null ? null : String(state.compareId));
     set("colour", state.colourBy === "class" ? null : state.colourBy);
     set("density", state.density ? "1" : null);
     const ranges = viewRanges();

@@ -66,10 +66,11 @@ function layoutFor(emb) {
 
 const PLOT_CONFIG = { displayModeBar: false, scrollZoom: true, responsive: true, doubleClick: "reset" };
 let plotEventsBound = false;
-const handlers = { pointClick: () => {}, viewChange: () => {}, region: () => {} };
+const handlers = { pointClick: () => {}, viewChange: () => {}, region: () => {}, hover: () => {} };
 
 // pointClick(id, shiftKey, t0): a point was clicked; viewChange(event?): the axes moved (pan, zoom, redraw);
-// region(ids, event, t0): a box or lasso selection ended with these sample ids (maybe none)
+// region(ids, event, t0): a box or lasso selection ended with these sample ids (maybe none);
+// hover(id | null): the pointer is over a sample (null: over none), for the linked map
 export function onPlotEvents(given) {
   Object.assign(handlers, given);
 }
@@ -112,8 +113,12 @@ function bindPlotEvents() {
     const id = state.traceIds[p.curveNumber][p.pointNumber];
     const e = ev.event || {};
     if (id !== undefined) showHover(id, e.clientX, e.clientY);
+    if (id !== undefined) handlers.hover(id);
   });
-  gd.on("plotly_unhover", hideHover);
+  gd.on("plotly_unhover", () => {
+    hideHover();
+    handlers.hover(null);
+  });
   gd.on("plotly_selected", (ev) => {
     const t0 = performance.now();
     const ids = [];

@@ -2,8 +2,9 @@
 // the negative set), remove mode, undo, adding a whole class or pasted ids, colour by and density, and
 // the keyboard shortcuts with their help popover. Every message goes to the page (never the console).
 import { className, h, say } from "../ui.js";
-import { availableColourings, COLOUR_BY } from "./colour.js";
-import { els, state, T } from "./context.js";
+import { availableColourings, COLOUR_BY, scaleLegend } from "./colour.js";
+import { $, els, state, T } from "./context.js";
+import { drawLinked } from "./linked.js";
 import { renderOverlay } from "./panel.js";
 import { clearPlotlySelection, drawPlot, resetView, setDragMode } from "./plot.js";
 
@@ -147,10 +148,24 @@ export function fillColourBy() {
   els.density.checked = state.density;
 }
 
+// the legend of a colouring along a scale (Viridis, low to high; grey: no value), under Plotly's legend
+export function renderScaleLegend() {
+  const legend = state.map ? scaleLegend(state.map, state.colourBy) : null;
+  const box = $("scale-legend");
+  box.hidden = !legend;
+  if (!legend) return;
+  const f = (v) => (v === null ? "—" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+  $("scale-title").textContent = `${legend.title}${legend.sized ? " (colour and size)" : ""}: ${legend.count} samples`;
+  $("scale-min").textContent = f(legend.min);
+  $("scale-max").textContent = f(legend.max);
+}
+
 async function redraw() {
   state.region = false;
   await drawPlot();
+  renderScaleLegend();
   renderOverlay();
+  await drawLinked(); // the second map follows the colouring
 }
 
 export async function setColourBy(key) {
@@ -198,6 +213,8 @@ function onKey(e) {
     },
     d: () => setDensity(!state.density),
     0: resetView,
+    m: () => $("compare-picker").focus(),
+    "/": () => $("search-text").focus(),
     "?": () => toggleHelp(),
     Escape: () => {
       if (!els.help.hidden) toggleHelp(false);
