@@ -211,7 +211,12 @@ def register_shipped_models(session: Session, settings: Settings, directory: Pat
             continue
         dest = settings.data_root / "models" / source.name
         if card.get("family") == "diffusers":
-            _register_shipped_pipeline(session, settings, card, source, dest)
+            try:  # a pipeline that cannot load here (no diffusers, a bad copy) must not cost the other demos
+                with session.begin_nested():
+                    _register_shipped_pipeline(session, settings, card, source, dest)
+            except (UserError, OSError, ImportError) as exc:
+                log.warning("shipped model %s could not be registered: %s", name, exc)
+                continue
             added.append(name)
             continue
         if source.resolve() != dest.resolve():
