@@ -215,6 +215,14 @@ def model_register_shipped() -> None:
     show_default=True,
     help="Evaluation samples per class.",
 )
+@click.option(
+    "--sd",
+    is_flag=True,
+    help="Train the text-to-image demo digits-sd instead (a diffusers pipeline folder: VAE, CLIP text "
+    "encoder, UNet2DConditionModel, DDIM); bench/demo_sd.py then measures its quality.",
+)
+@click.option("--vae-steps", type=click.IntRange(1), default=None, help="With --sd: VAE training steps.")
+@click.option("--unet-steps", type=click.IntRange(1), default=None, help="With --sd: UNet training steps.")
 def train_demo_command(
     out_dir: str | None,
     threads: int,
@@ -223,14 +231,27 @@ def train_demo_command(
     pairs: int | None,
     no_eval: bool,
     eval_per_class: int,
+    sd: bool,
+    vae_steps: int | None,
+    unet_steps: int | None,
 ) -> None:
-    """Train the digits demo models: an EDM teacher and its one-step student, with cards and a sheet.
+    """Train the digits demo models: an EDM teacher and its one-step student, with cards and a sheet
+    (or, with --sd, the text-to-image pipeline digits-sd and its card).
 
     Deterministic: the same options, thread count and machine give the same files. The defaults are the
-    recipe of the shipped digits-edm / digits-onestep models.
+    recipe of the shipped digits-edm / digits-onestep models (with --sd: of digits-sd).
     """
     import dataclasses
 
+    if sd:
+        if teacher_steps or distill_steps or pairs:
+            raise click.UsageError(
+                "--teacher-steps, --distill-steps and --pairs train the EDM pair; not with --sd."
+            )
+        _train_sd_demo(out_dir, threads, vae_steps, unet_steps)
+        return
+    if vae_steps or unet_steps:
+        raise click.UsageError("--vae-steps and --unet-steps train digits-sd; add --sd.")
     from common.ml.demo import train_demo
     from common.ml.training import DistillConfig, EDMTrainConfig
     from common.research.registry import SHIPPED_MODELS_DIR
@@ -253,4 +274,20 @@ def train_demo_command(
         eval_per_class=eval_per_class,
         log=click.echo,
     )
+    click.echo(json.dumps({"out": out, "timings": summary["timings"]}, indent=2))
+
+
+def _train_sd_demo(out_dir: str | None, threads: int, vae_steps: int | None, unet_steps: int | None) -> None:
+    import dataclasses
+
+    from common.ml.demo.sd import SDTrainConfig, train_sd_demo
+    from common.research.registry import SHIPPED_MODELS_DIR
+
+    cfg = SDTrainConfig()
+    if vae_steps:
+        cfg = dataclasses.replace(cfg, vae_steps=vae_steps)
+    if unet_steps:
+        cfg = dataclasses.replace(cfg, unet_steps=unet_steps)
+    out = out_dir or str(SHIPPED_MODELS_DIR)
+    summary = train_sd_demo(out, config=cfg, threads=threads, log=click.echo)
     click.echo(json.dumps({"out": out, "timings": summary["timings"]}, indent=2))

@@ -75,18 +75,22 @@ def add_diffusers_model(
     prompts: list[str],
     card: dict[str, Any] | None = None,
     created_by_id: int | None = None,
+    expected_sha256: str | None = None,
     **options: Any,
 ) -> GeneratorModel:
     """Register a diffusers pipeline folder under ``name`` (family ``diffusers``): the pipeline is loaded
     once on the CPU to check every option and measure its layer table
     (``common.ml.families.diffusers.inspect``: ``unet_weights``, ``steps``, ``guidance_scale``,
     ``allow_guidance``, ``scheduler``, ``timesteps``, ``height``, ``width``, ``dtype``, ``negative_prompt``).
-    ``prompts`` are the model's default prompts (its label names). Nothing is written when a check fails."""
+    ``prompts`` are the model's default prompts (its label names); ``expected_sha256`` (a shipped card's)
+    must equal the weights' digest. Nothing is written when a check fails."""
     check_model_name(session, name)
     folder = Path(path).expanduser()
     from common.ml.families import ARCHITECTURES, get_family
 
     config, digest = get_family("diffusers").inspect(folder, prompts=prompts, **options)
+    if expected_sha256 and digest != expected_sha256:
+        raise UserError(f"The weights' sha256 is {digest}, not the expected {expected_sha256}.")
     model = GeneratorModel(
         name=name,
         architecture=ARCHITECTURES["diffusers"],
@@ -206,6 +210,15 @@ def register_shipped_models(session: Session, settings: Settings, directory: Pat
             log.warning("shipped model %s has no weights at %s; skipped", name, source)
             continue
         dest = settings.data_root / "models" / source.name
+        if card.get("family") == "diffusers":
+            try:  # a pipeline that cannot load here (no diffusers, a bad copy) must not cost the other demos
+                with session.begin_nested():
+                    _register_shipped_pipeline(session, settings, card, source, dest)
+            except (UserError, OSError, ImportError) as exc:
+                log.warning("shipped model %s could not be registered: %s", name, exc)
+                continue
+            added.append(name)
+            continue
         if source.resolve() != dest.resolve():
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists() or sha256_file(dest) != card["sha256"]:
@@ -227,6 +240,36 @@ def register_shipped_models(session: Session, settings: Settings, directory: Pat
         )
         added.append(name)
     return added
+
+
+def _register_shipped_pipeline(
+    session: Session, settings: Settings, card: dict[str, Any], source: Path, dest: Path
+) -> None:
+    """A shipped diffusers pipeline folder: copied into the data root (a temporary sibling renamed into
+    place) unless it is there already, then registered with the card's prompts and defaults; its weights'
+    digest must match the card's."""
+    if source.resolve() != dest.resolve() and not dest.exists():
+        staging = dest.parent / f".{dest.name}.copying"
+        shutil.rmtree(staging, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, staging)
+        staging.rename(dest)
+    defaults = card.get("defaults") or {}
+    add_diffusers_model(
+        session,
+        settings,
+        card["name"],
+        path=dest,
+        prompts=list(card["prompts"]),
+        card={k: v for k, v in card.items() if not k.startswith("_")},
+        expected_sha256=card["sha256"],
+        steps=defaults.get("steps"),
+        guidance_scale=defaults.get("guidance_scale"),
+        scheduler=defaults.get("scheduler"),
+        height=defaults.get("height"),
+        width=defaults.get("width"),
+        dtype=defaults.get("dtype", "float32"),
+    )
 
 
 def model_to_dict(model: GeneratorModel) -> dict[str, Any]:

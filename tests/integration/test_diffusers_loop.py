@@ -176,3 +176,58 @@ def test_text_to_image_loop_over_the_api(env, sessions):
                 assert np.array_equal(np.asarray(im), image), sid
         assert s.scalar(select(func.count()).select_from(Generation)) == 4
     cache.assert_no_hooks()
+
+
+@pytest.fixture
+def shipped_env(settings, sessions, tmp_path):
+    from common.research.registry import register_shipped_models
+
+    with sessions.begin() as s:
+        added = register_shipped_models(s, settings)
+        user = create_user(s, "bob", "bob-password")
+        s.flush()
+        headers = {"Authorization": f"Bearer {issue_token(s, user)}"}
+    assert "digits-sd" in added, added
+    worker = start_worker(settings, tmp_path, name="sdshipped")
+    app = create_app(settings)
+    yield settings, app.test_client(), headers
+    app.extensions["latentlab"].close()
+    worker.stop()
+
+
+def test_the_shipped_text_to_image_demo_runs_the_loop(shipped_env, sessions):
+    """digits-sd, registered as ``latentlab up`` registers it: a dataset with its card's prompts, a map and
+    generate from neighbours (the neighbours' majority prompt)."""
+    settings, client, bob = shipped_env
+    model = {m["name"]: m for m in client.get("/api/v1/models", headers=bob).json["models"]}["digits-sd"]
+    assert model["family"] == "diffusers" and model["label_names"][7] == "a handwritten digit seven"
+    assert model["image_shape"] == [16, 16, 3]
+    with sessions() as s:
+        folder = s.scalar(select(GeneratorModel.checkpoint_path).where(GeneratorModel.name == "digits-sd"))
+    assert (settings.data_root / folder / "model_index.json").is_file()  # copied into the data root
+
+    body = {"model": "digits-sd", "name": "sd-demo", "num_samples": 10, "seed": 1, "steps": 4}
+    job = submit(client, bob, "/api/v1/datasets", body)
+    ds_id = job["params"]["dataset_id"]
+    wait_job(client, bob, job["id"])
+    ds = client.get(f"/api/v1/datasets/{ds_id}", headers=bob).json
+    assert ds["label_names"] == model["label_names"] and ds["num_samples"] == 10
+    samples = client.get(f"/api/v1/datasets/{ds_id}/samples?limit=100", headers=bob).json["samples"]
+    ids = [s["id"] for s in sorted(samples, key=lambda s: s["index"])]
+    job = submit(client, bob, "/api/v1/embeddings", {"dataset": "sd-demo", "n_neighbors": 4, "seed": 1})
+    emb_id = wait_job(client, bob, job["id"])["result"]["embedding_id"]
+    url = f"/api/v1/embeddings/{emb_id}/neighbors?sample={ids[3]}&k=3"
+    neighbors = [h["sample_id"] for h in client.get(url, headers=bob).json["neighbors"]]
+    body = {
+        "embedding": emb_id,
+        "selected": ids[3],
+        "neighbors": neighbors,
+        "seed": 2,
+        "class": "neighbor_majority",
+    }
+    done = wait_job(client, bob, submit(client, bob, "/api/v1/generations", body)["id"])
+    (sid,) = done["result"]["samples"]
+    detail = client.get(f"/api/v1/samples/{sid}", headers=bob).json
+    assert {p["sample_id"] for p in detail["parents"] if p["role"] == "neighbor"} == set(neighbors)
+    with Image.open(io.BytesIO(client.get(f"/api/v1/samples/{sid}/image", headers=bob).data)) as im:
+        assert im.size == (16, 16) and im.mode == "RGB"

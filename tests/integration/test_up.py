@@ -193,10 +193,12 @@ def test_up_serves_runs_a_job_and_stops_cleanly_on_sigterm(tmp_path, database_ur
             assert check_password(get_user(session, "admin"), password)
             # the shipped demo models are there on a fresh data root, their weights copied into it
             shipped = {m.name: m for m in session.scalars(select(GeneratorModel))}
-            assert {"digits-onestep", "digits-edm"} <= set(shipped), sorted(shipped)
+            assert {"digits-onestep", "digits-edm", "digits-sd"} <= set(shipped), sorted(shipped)
             assert shipped["digits-onestep"].default_steps == 1
+            assert shipped["digits-sd"].family == "diffusers"
         engine.dispose()
         assert (settings.data_root / "models" / "digits-onestep.safetensors").is_file()
+        assert (settings.data_root / "models" / "digits-sd" / "model_index.json").is_file()
 
         # another shell on the same data root finds the embedded Redis through run/redis.url
         job = run_cli(env, "job", "submit", "ping", "--params", '{"seconds": 0.5}', "--wait")

@@ -12,6 +12,7 @@ import torch
 
 from common.ml.checkpoints import file_sha256, load_generator
 from common.ml.demo import STUDENT_NAME, TEACHER_NAME, DigitsClassifier, eval_seeds, read_card
+from common.ml.demo.sd import PROMPTS, SD_NAME
 from common.ml.generation import generate
 from common.ml.networks import EDMPrecond
 from common.research.registry import SHIPPED_MODELS_DIR
@@ -80,6 +81,21 @@ def test_shipped_checkpoints_fit_in_ten_megabytes(cards):
     assert total <= 10 * 1024 * 1024
 
 
+def test_shipped_text_to_image_demo_fits_in_ten_megabytes_and_loads_offline():
+    from common.ml.families import get_family
+
+    card = read_card(SHIPPED_MODELS_DIR / f"{SD_NAME}.json")
+    folder = SHIPPED_MODELS_DIR / card["checkpoint"]
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 10 * 1024 * 1024
+    assert card["family"] == "diffusers" and card["prompts"] == PROMPTS
+    fam = get_family("diffusers")
+    config, sha = fam.inspect(folder, prompts=card["prompts"], steps=2, dtype="float32")
+    assert sha == card["sha256"] and config["height"] == 16 and config["latent_channels"] == 4
+    model, _ = fam.load(folder, config, "cpu")
+    res = fam.generate(model, [7, 1], [3, 4], steps=2, prompts=card["prompts"], guidance_scale=3.0)
+    assert res.images.shape == (2, 16, 16, 3) and res.images.dtype == np.uint8
+
+
 def test_one_step_generation_is_deterministic_per_seed(student):
     a = generate(student, [3, 3, 8], [7, 7, 9])
     b = generate(student, [8, 3], [9, 7])
@@ -133,6 +149,18 @@ def test_shipped_cards_register_into_a_fresh_database(tmp_path: Path, cards):
                 path = checkpoint_file(settings, row)
                 assert path.is_relative_to(settings.data_root) and file_sha256(path) == card["sha256"]
                 load_generator(path, row.config, device="cpu")
+            # the text-to-image demo: its pipeline folder copied into the data root, registered as a
+            # diffusers model with its card's prompts and defaults, its weights' digest the card's
+            sd_card = read_card(SHIPPED_MODELS_DIR / f"{SD_NAME}.json")
+            row = session.scalar(select(GeneratorModel).where(GeneratorModel.name == SD_NAME))
+            assert row.family == "diffusers" and row.label_names == sd_card["prompts"]
+            assert (
+                row.checkpoint_sha256 == sd_card["sha256"] and row.default_steps == sd_card["default_steps"]
+            )
+            assert row.config["guidance_scale"] == sd_card["defaults"]["guidance_scale"]
+            folder = checkpoint_file(settings, row)
+            assert folder.is_relative_to(settings.data_root) and (folder / "model_index.json").is_file()
+        assert SD_NAME in added
         with sessions.begin() as session:
             assert register_shipped_models(session, settings) == [], "registering twice adds nothing"
     finally:

@@ -15,7 +15,9 @@ to **both** passes (``mask_passes="both"``, the default) or to the conditional p
 Determinism: each sample's latent noise is drawn on the CPU from its own seed at the latent shape
 [C_lat, H/f, W/f] and the UNet runs on fixed-size, zero-padded micro-batches (as in
 ``common.ml.generation``), so a sample is identical in any batch position. A stochastic scheduler's step
-noise comes from a generator seeded with the micro-batch's first seed (deterministic per micro-batch).
+noise (Euler ancestral, LCM, DDIM with eta > 0) is per sample too: ``step_generators`` gives the scheduler
+one CPU generator per row (diffusers' ``randn_tensor`` draws row i from generator i), the sample's seed
+stream continued after its initial noise, as a diffusers pipeline called with ``generator=[...]`` does.
 """
 
 from __future__ import annotations
@@ -61,6 +63,20 @@ def set_timesteps(scheduler: Any, steps: int, timesteps: Sequence[int] | None, d
         scheduler.set_timesteps(timesteps=[int(t) for t in timesteps], device=device)
     else:
         scheduler.set_timesteps(int(steps), device=device)
+
+
+def step_generators(seeds: Sequence[int], shape: Sequence[int], rows: int) -> list[torch.Generator]:
+    """Usage: ``step_generators([5, 6], (4, 8, 8), 4)`` -> ``rows`` CPU generators for a scheduler's step
+    noise: generator i is seeded with ``seeds[i]`` and advanced past the sample's initial noise of ``shape``
+    (``make_noise``'s draw), so step noise continues the sample's own stream instead of repeating its
+    initial noise; padding rows get generators seeded 0 (their output is dropped)."""
+    gens = []
+    for seed in seeds:
+        g = torch.Generator(device="cpu").manual_seed(int(seed))
+        torch.randn(tuple(shape), generator=g, dtype=torch.float32)  # the initial noise, already used
+        gens.append(g)
+    gens += [torch.Generator(device="cpu").manual_seed(0) for _ in range(rows - len(seeds))]
+    return gens
 
 
 def unet_call(model, x, t, ctx, pooled, height: int, width: int) -> torch.Tensor:
@@ -218,7 +234,8 @@ def generate(
     mask_ctxs = chunk_masks(model, masks, chunks, K, alpha=alpha, record=record_intervention, **how)
     sizes: list[dict[str, np.ndarray]] = [{} for _ in chunks]  # per chunk: the last masked call's sizes
     captured: dict[str, list[np.ndarray]] = {n: [] for n in capture or []}
-    noise = make_noise(seeds, (int(model.unet.config.in_channels), H // f, W // f))  # [B, C_lat, h, w] CPU
+    lat_shape = (int(model.unet.config.in_channels), H // f, W // f)
+    noise = make_noise(seeds, lat_shape)  # [B, C_lat, h, w] CPU
     images = []
     used_timesteps: list[float] = []
     for c, (a, b) in enumerate(chunks):
@@ -228,7 +245,7 @@ def generate(
         used_timesteps = [float(t) for t in sched.timesteps]
         step_kwargs = {}
         if "generator" in _inspect.signature(sched.step).parameters:
-            step_kwargs["generator"] = torch.Generator(device=dev).manual_seed(seeds[a])
+            step_kwargs["generator"] = step_generators(seeds[a:b], lat_shape, K)  # one per row, CPU
         latents = _pad_rows(noise[a:b], K).to(dev) * sched.init_noise_sigma  # [K, C_lat, h, w] float32
         c_ctx = _pad_rows(ctx[a:b], K).to(dt)  # [K, T, D]
         c_pooled = _pad_rows(pooled[a:b], K).to(dt) if pooled is not None else None

@@ -203,6 +203,27 @@ def test_a_sample_is_identical_in_any_batch_position(sd):
     assert a.images.shape == (3, 32, 32, 3) and not np.array_equal(a.images[0], a.images[2])
 
 
+@pytest.mark.parametrize("scheduler", ["EulerAncestralDiscreteScheduler", "LCMScheduler"])
+def test_stochastic_scheduler_step_noise_is_per_sample(tiny_pipelines, scheduler):
+    config, _ = fam.inspect(
+        tiny_pipelines["sd"],
+        prompts=PROMPTS,
+        steps=3,
+        scheduler=scheduler,
+        guidance_scale=3.0,
+        dtype="float32",
+    )
+    model, _ = fam.load(tiny_pipelines["sd"], config, "cpu")
+    assert type(model.scheduler).__name__ == scheduler
+    kw = dict(steps=3, micro_batch=4, guidance_scale=3.0)
+    batch = run(model, [1, 0, 0], [21, 22, 23], **kw)
+    alone = run(model, [0], [23], **kw)
+    assert batch.images.tobytes()[2 * alone.images[0].nbytes :] == alone.images.tobytes()
+    # the scheduler does draw step noise: the same sample under deterministic Euler differs
+    euler = run(fam.load(tiny_pipelines["sd"], {**config, "scheduler": None}, "cpu")[0], [0], [23], **kw)
+    assert not np.array_equal(euler.images, alone.images)
+
+
 def test_prompt_modes_pick_blend_and_drop_the_text(sd):
     model, _ = sd
     one = run(model, [0], [1], capture=["mid_block"])
