@@ -1,9 +1,9 @@
 """Cancel means stop, for every kind: a running job notices a cancel between its steps (ping slices,
-sampler steps and micro-batches, UMAP epochs), its row reaches ``cancelled`` and the same worker (one
-process, every queue) runs the next job. Each job is made long enough that, stopping only at its old
-check points (a whole ping slice, a whole dataset batch, the whole UMAP fit, the whole generation), it
-would still be running when the generous ``STOP_BOUND`` is up; the bench (bench/interactive.py) measures
-how soon it stops."""
+sampler steps and micro-batches, UMAP epochs, reprojection parts), its row reaches ``cancelled`` and the
+same worker (one process, every queue) runs the next job. Each job is made long enough that, stopping only
+at its old check points (a whole ping slice, a whole dataset batch, the whole UMAP fit, the whole
+generation or sweep), it would still be running when the generous ``STOP_BOUND`` is up; the bench
+(bench/interactive.py) measures how soon it stops."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from common import jobs
-from common.models import EmbeddingPoint, Sample, User
+from common.models import EmbeddingPoint, Generation, Sample, User
 from tests.support.waiting import wait_until
 
 STOP_BOUND = 30.0  # seconds from cancel() to the final row: a bound for a stuck job, never a figure
@@ -134,3 +134,21 @@ def test_a_map_fit_and_a_generation_stop_when_cancelled(lab, tiny_model):
     )
     running(lab, gen.id)
     cancel_and_expect_stop(lab, gen.id)
+
+    # a sweep made long (5 cells × 32 variations × 128 steps): stops inside its first cells, records nothing
+    sweep = lab.submit(
+        "sweep",
+        {
+            "embedding": emb_id,
+            "selected": ids[0],
+            "neighbors": ids[1:4],
+            "steps": 128,
+            "variations": 32,
+            "grid": {"strength": [0.0, 0.25, 0.5, 0.75, 1.0]},
+        },
+    )
+    running(lab, sweep.id)
+    cancel_and_expect_stop(lab, sweep.id)
+    with lab.sessions() as s:
+        made = s.scalar(select(func.count()).select_from(Generation).where(Generation.job_id == sweep.id))
+    assert made == 0, f"a cancelled sweep recorded {made} generations"
