@@ -4,8 +4,10 @@ Builds a throwaway lab (SQLite, a private redis-server, the web server started t
 maps are filled by bulk-inserting fake samples and points (no images, no worker: only the timing of the
 page matters), then opens the explorer with Playwright and prints:
 
-* first render: navigation start → the scatter drawn (the page's ``window.__latentlab.timings``), and
-  the parts (points fetched, decoded, waiting for Plotly.js to finish compiling, traces built, drawn);
+* points painted: navigation start → the points on screen (a big map's canvas preview, else the traces);
+* first render: navigation start → the scatter's WebGL traces drawn (hover, click and lasso live), from
+  the page's ``window.__latentlab.timings``, and the parts (points fetched, of which the points request's
+  server answer and body, decoded, waiting for Plotly.js to finish compiling, traces built, drawn);
 * click → selection: a real mouse click on a point → the selection painted (pointerdown → next frame
   after the overlay and side panel updated), median and p95 over ``--clicks`` clicks;
 * the same for a programmatic select (no Plotly hit test), to separate our work from Plotly's;
@@ -15,14 +17,18 @@ page matters), then opens the explorer with Playwright and prints:
   again (the per-process cache) and a 304 revalidation.
 
 Every figure is measured for both wire formats in the same run: ``json`` (base64 columns in JSON, the
-format before the binary one: the baseline) and ``binary`` (what the explorer loads now); the server is
-restarted before each format's endpoint timings and again before its page loads, so run 1 of each map is
-the first load after a server start. The last table prints binary/json ratios.
+format before the binary one: the baseline) and ``binary`` (what the explorer loads now), and with the
+binary format for both draws: ``plain`` (``?draw=plain``: one WebGL trace per category, the draw before)
+and ``fast`` (big maps previewed in a canvas, traces cut below Plotly's quadtree threshold); the server is
+restarted before each format's endpoint timings and again before each draw's page loads, so run 1 of each
+map is the first load after a server start. The last table prints ratios against those baselines; every
+row carries the load average.
 
 Usage::
 
     .venv/bin/python bench/web.py                      # 100k and 1M points
     .venv/bin/python bench/web.py --points 100000 --clicks 30 --keep /tmp/benchlab
+    .venv/bin/python bench/web.py --points 1000000 --wires binary --draws plain fast --keep /tmp/benchlab
 
 Budgets from the issue: 100k first render ≤ 1 s warm (≤ 1.5 s on the first load after a server start);
 1M first render ≤ 3 s; click → selection ≤ 100 ms; lasso over 100k ≤ 300 ms; endpoint at 1M ≤ 1 s.
