@@ -7,11 +7,11 @@ import { els, frame, mark, state, T } from "./context.js";
 
 // the place tool (explorer/place.js) turns Plotly's dragging off: a click sets the target instead
 const PLOTLY_DRAG = { pan: "pan", zoom: "zoom", select: "select", lasso: "lasso", place: false };
-// maps of at least this many points get the canvas preview and fixed axes (see drawPreview)
 // ?draw=plain: one WebGL trace per category and no preview (the draw before both; bench/web.py's baseline);
 // ?preview_min= and ?trace_part= lower both thresholds, so that a small map takes the big maps' path (tests)
 const DRAW_PARAMS = new URLSearchParams(location.search);
 const PLAIN = DRAW_PARAMS.get("draw") === "plain";
+// maps of at least this many points get the canvas preview and fixed axes (see drawPreview)
 export const PREVIEW_MIN = Number(DRAW_PARAMS.get("preview_min")) || 200_000;
 
 // Plotly (4.8 MB) is preloaded by the page and run from here, so that the map's requests go out while
