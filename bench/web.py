@@ -4,8 +4,10 @@ Builds a throwaway lab (SQLite, a private redis-server, the web server started t
 maps are filled by bulk-inserting fake samples and points (no images, no worker: only the timing of the
 page matters), then opens the explorer with Playwright and prints:
 
-* first render: navigation start → the scatter drawn (the page's ``window.__latentlab.timings``), and
-  the parts (points fetched, decoded, waiting for Plotly.js to finish compiling, traces built, drawn);
+* points painted: navigation start → the points on screen (a big map's canvas preview, else the traces);
+* first render: navigation start → the scatter's WebGL traces drawn (hover, click and lasso live), from
+  the page's ``window.__latentlab.timings``, and the parts (points fetched, of which the points request's
+  server answer and body, decoded, waiting for Plotly.js to finish compiling, traces built, drawn);
 * click → selection: a real mouse click on a point → the selection painted (pointerdown → next frame
   after the overlay and side panel updated), median and p95 over ``--clicks`` clicks;
 * the same for a programmatic select (no Plotly hit test), to separate our work from Plotly's;
@@ -15,14 +17,18 @@ page matters), then opens the explorer with Playwright and prints:
   again (the per-process cache) and a 304 revalidation.
 
 Every figure is measured for both wire formats in the same run: ``json`` (base64 columns in JSON, the
-format before the binary one: the baseline) and ``binary`` (what the explorer loads now); the server is
-restarted before each format's endpoint timings and again before its page loads, so run 1 of each map is
-the first load after a server start. The last table prints binary/json ratios.
+format before the binary one: the baseline) and ``binary`` (what the explorer loads now), and with the
+binary format for both draws: ``plain`` (``?draw=plain``: one WebGL trace per category, the draw before)
+and ``fast`` (big maps previewed in a canvas, traces cut below Plotly's quadtree threshold); the server is
+restarted before each format's endpoint timings and again before each draw's page loads, so run 1 of each
+map is the first load after a server start. The last table prints ratios against those baselines; every
+row carries the load average.
 
 Usage::
 
     .venv/bin/python bench/web.py                      # 100k and 1M points
     .venv/bin/python bench/web.py --points 100000 --clicks 30 --keep /tmp/benchlab
+    .venv/bin/python bench/web.py --points 1000000 --wires binary --draws plain fast --keep /tmp/benchlab
 
 Budgets from the issue: 100k first render ≤ 1 s warm (≤ 1.5 s on the first load after a server start);
 1M first render ≤ 3 s; click → selection ≤ 100 ms; lasso over 100k ≤ 300 ms; endpoint at 1M ≤ 1 s.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import statistics
 import sys
 import tempfile
@@ -202,8 +209,10 @@ def measure_lasso(page) -> dict | None:
     return last
 
 
-def measure(page, base: str, emb_id: int, n: int, clicks: int, timeout_s: float, wire: str) -> dict:
-    page.goto(f"{base}/explorer?embedding={emb_id}&wire={wire}")
+def measure(
+    page, base: str, emb_id: int, n: int, clicks: int, timeout_s: float, wire: str, draw: str = "fast"
+) -> dict:
+    page.goto(f"{base}/explorer?embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else ""))
     page.wait_for_function(
         "window.__latentlab && window.__latentlab.explorer && window.__latentlab.explorer.ready",
         timeout=timeout_s * 1000,
@@ -211,9 +220,15 @@ def measure(page, base: str, emb_id: int, n: int, clicks: int, timeout_s: float,
     t = page.evaluate("window.__latentlab.timings")
     out = {
         "wire": wire,
+        "draw": draw,
         "points": n,
+        "first_paint_ms": t.get("firstPaint", t["firstRender"]),
         "first_render_ms": t["firstRender"],
         "fetch_ms": t["pointsFetched"] - t["mapRequested"],
+        # the points request: sent → headers (the server's answer), headers → the whole body in the page
+        "answer_ms": t["pointsHeaders"] - t["pointsRequested"] if "pointsHeaders" in t else None,
+        "body_ms": t["pointsBody"] - t["pointsHeaders"] if "pointsBody" in t else None,
+        "plotly_ready_ms": t.get("plotlyReady"),
         "decode_ms": t["pointsDecoded"] - t["pointsFetched"],
         "plotly_wait_ms": t["plotlyAwaited"] - t["pointsDecoded"],
         "build_ms": t["tracesBuilt"] - t["plotlyAwaited"],
@@ -285,6 +300,14 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--runs", type=int, default=2, help="page loads per map (the first warms caches)")
     parser.add_argument("--wires", nargs="+", default=["json", "binary"], choices=["json", "binary"])
+    parser.add_argument(
+        "--draws",
+        nargs="+",
+        default=["plain", "fast"],
+        choices=["plain", "fast"],
+        help="with the binary wire: plain (one WebGL trace per category; the baseline) and/or fast "
+        "(traces in parts, the canvas preview of big maps)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="build the lab here and keep it (or reuse)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -327,26 +350,30 @@ def main() -> None:
                 try:
                     for emb_id, n in maps:
                         timed = endpoint_times(port, token, emb_id, wire)
-                        endpoint.append({"wire": wire, "points": n, **timed})
+                        endpoint.append({"wire": wire, "points": n, "load": os.getloadavg()[0], **timed})
                         print(endpoint[-1], flush=True)
                 finally:
                     web.stop()
-                port = free_port()
-                web = start_web(settings, root, port)  # page loads start on a fresh server too
-                base = f"http://127.0.0.1:{port}"
-                try:
-                    context = browser.new_context(viewport={"width": 1280, "height": 800})
-                    page = sign_in(context, base)
-                    for emb_id, n in maps:
-                        for run in range(args.runs):
-                            last = run == args.runs - 1
-                            res = measure(page, base, emb_id, n, args.clicks if last else 0, 300, wire)
-                            res["run"] = run + 1
-                            results.append(res)
-                            print(res, flush=True)
-                    context.close()
-                finally:
-                    web.stop()
+                for draw in args.draws if wire == "binary" else ["plain"]:
+                    load = os.getloadavg()[0]
+                    print(f"load average {load:.1f} before {wire}/{draw} page loads", flush=True)
+                    port = free_port()
+                    web = start_web(settings, root, port)  # page loads start on a fresh server too
+                    base = f"http://127.0.0.1:{port}"
+                    try:
+                        context = browser.new_context(viewport={"width": 1280, "height": 800})
+                        page = sign_in(context, base)
+                        for emb_id, n in maps:
+                            for run in range(args.runs):
+                                clicks = args.clicks if run == args.runs - 1 else 0
+                                res = measure(page, base, emb_id, n, clicks, 300, wire, draw)
+                                res["run"] = run + 1
+                                res["load"] = os.getloadavg()[0]
+                                results.append(res)
+                                print(res, flush=True)
+                        context.close()
+                    finally:
+                        web.stop()
             browser.close()
     finally:
         engine.dispose()
@@ -361,19 +388,20 @@ def ms(value) -> str:
 def report(results: list[dict], endpoint: list[dict]) -> None:
     print()
     print("Points endpoint, server side over loopback (first after a server start / cached / 304):")
-    print("| wire | points | body | first | cached | 304 |")
-    print("|---|---|---|---|---|---|")
+    print("| wire | points | body | first | cached | 304 | load |")
+    print("|---|---|---|---|---|---|---|")
     for e in endpoint:
         print(
             f"| {e['wire']} | {e['points']:,} | {e['bytes'] / 1e6:.1f} MB | {e['cold_s'] * 1000:.0f} ms | "
-            f"{e['warm_s'] * 1000:.0f} ms | {e['revalidate_s'] * 1000:.0f} ms |"
+            f"{e['warm_s'] * 1000:.0f} ms | {e['revalidate_s'] * 1000:.0f} ms | {e['load']:.1f} |"
         )
     print()
     print(
-        "| wire | points | run | first render | fetch | decode | wait for Plotly | build | draw "
-        "| click→selection median / p95 | select() median | lasso → selection |"
+        "| wire | draw | points | run | points painted | first render | fetch (answer / body) "
+        "| decode | wait for Plotly | build | draw | click→selection median / p95 | select() median "
+        "| lasso → selection | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         click = (
             f"{r['click_median_ms']:.0f} / {r['click_p95_ms']:.0f} ms ({r['clicks']} clicks)"
@@ -385,31 +413,37 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         if r.get("lasso_ms") is not None:
             lasso = f"{r['lasso_ms']:.0f} ms ({r['lasso_points']:,} points)"
         print(
-            f"| {r['wire']} | {r['points']:,} | {r['run']} | {r['first_render_ms']:.0f} ms | "
-            f"{r['fetch_ms']:.0f} ms | {r['decode_ms']:.0f} ms | {r['plotly_wait_ms']:.0f} ms | "
-            f"{r['build_ms']:.0f} ms | {r['draw_ms']:.0f} ms | {click} | {select} | {lasso} |"
+            f"| {r['wire']} | {r['draw']} | {r['points']:,} | {r['run']} | {r['first_paint_ms']:.0f} ms | "
+            f"{r['first_render_ms']:.0f} ms | {r['fetch_ms']:.0f} ms ({ms(r['answer_ms'])} / "
+            f"{ms(r['body_ms'])}) | {r['decode_ms']:.0f} ms | {r['plotly_wait_ms']:.0f} ms | "
+            f"{r['build_ms']:.0f} ms | {r['draw_ms']:.0f} ms | {click} | {select} | {lasso} | "
+            f"{r['load']:.1f} |"
         )
-    by = {(r["wire"], r["points"], r["run"]): r for r in results}
-    ends = {(e["wire"], e["points"]): e for e in endpoint}
+    by = {(r["wire"], r["draw"], r["points"], r["run"]): r for r in results}
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a is not None and b else "—"
+
     print()
-    print("binary / json (below 1: binary is faster):")
-    print("| points | first render, first load | first render, warm | endpoint first | click median |")
+    print("Against the baselines measured in this run (below 1: faster), warm = the last run of each map:")
+    print("| points | path / baseline | points painted, first load | points painted, warm | click median |")
     print("|---|---|---|---|---|")
-    for (wire, n, run), r in sorted(by.items()):
-        if wire != "binary" or run != 1 or ("json", n, 1) not in by:
-            continue
-        last = max(k[2] for k in by if k[:2] == ("binary", n))
-        j1, jw, bw = by[("json", n, 1)], by[("json", n, last)], by[("binary", n, last)]
-
-        def ratio(a, b):
-            return f"{a / b:.2f}" if a is not None and b else "—"
-
-        ep = ratio(ends[("binary", n)]["cold_s"], ends[("json", n)]["cold_s"]) if ("json", n) in ends else "—"
-        print(
-            f"| {n:,} | {ratio(r['first_render_ms'], j1['first_render_ms'])} | "
-            f"{ratio(bw['first_render_ms'], jw['first_render_ms'])} | {ep} | "
-            f"{ratio(bw.get('click_median_ms'), jw.get('click_median_ms'))} |"
-        )
+    pairs = [(("binary", "plain"), ("json", "plain")), (("binary", "fast"), ("binary", "plain"))]
+    for n in sorted({r["points"] for r in results}):
+        for new, old in pairs:
+            runs = [k[3] for k in by if k[:3] == (*new, n)]
+            if not runs or (*old, n, 1) not in by:
+                continue
+            last = max(runs)
+            if (*old, n, last) not in by:
+                continue
+            f1, o1, fw, ow = by[(*new, n, 1)], by[(*old, n, 1)], by[(*new, n, last)], by[(*old, n, last)]
+            print(
+                f"| {n:,} | {'/'.join(new)} vs {'/'.join(old)} | "
+                f"{ratio(f1['first_paint_ms'], o1['first_paint_ms'])} | "
+                f"{ratio(fw['first_paint_ms'], ow['first_paint_ms'])} | "
+                f"{ratio(fw.get('click_median_ms'), ow.get('click_median_ms'))} |"
+            )
 
 
 if __name__ == "__main__":

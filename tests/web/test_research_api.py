@@ -268,7 +268,7 @@ def test_points_kept_on_disk_serve_a_restarted_server_without_reading_the_map_ag
     folder = settings.data_root / "cache" / "points"
     cache = points_cache.cache_for(client.application)
     cache.wait_for_disk()  # written in the background, after the answer
-    assert len(list(folder.glob(f"emb-{lab.embedding_id}-*.npy"))) == 1
+    assert len(list(folder.glob(f"emb-{lab.embedding_id}-*.llpt"))) == 1
     try:
         restarted = points_cache.PointsCache(disk=folder)  # what a new server process starts with
         client.application.extensions[points_cache.CACHE_KEY] = restarted
@@ -291,7 +291,7 @@ def test_points_kept_on_disk_serve_a_restarted_server_without_reading_the_map_ag
         assert decode_binary(grown.data)[0]["n"] == 33
         assert (restarted.disk_reads, restarted.full_reads, restarted.tail_reads) == (1, 0, 1)
         # an unreadable file is ignored: the map is read whole
-        for path in folder.glob("*.npy"):
+        for path in folder.glob("*.llpt"):
             path.write_bytes(b"not an array")
         restarted = points_cache.PointsCache(disk=folder)
         client.application.extensions[points_cache.CACHE_KEY] = restarted

@@ -5,10 +5,12 @@ over it, and their intervention effects as columns (for colouring the map).
 
 from __future__ import annotations
 
+import io
 from typing import Any, Literal
 
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
+from werkzeug.wsgi import wrap_file
 
 from common.models.base import RowId
 from common.platform.errors import UserError
@@ -24,6 +26,7 @@ from web.points_cache import (
     cache_for,
     encode_points,
     encode_points_binary,
+    owner_ids,
     points_etag,
 )
 from web.research import bound_ids, submit_kind
@@ -155,9 +158,10 @@ def get_points(embedding_id: int, query: PointsQuery):
     # binary only when asked by name: */* (curl, most clients) keeps the JSON answer
     named = any(value == BINARY_MEDIA_TYPE and q > 0 for value, q in request.accept_mimetypes)
     binary = query.format == "binary" or (query.format is None and named)
+    points_cache = cache_for(current_app)
+    points_cache.prefetch(emb)  # a disk copy is read while the stats query runs
     stats = research_reads.map_stats(db, emb.id)
     etag = points_etag(emb, stats, binary=binary)
-    points_cache = cache_for(current_app)
     mimetype = BINARY_MEDIA_TYPE if binary else "application/json"
     if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
@@ -167,7 +171,7 @@ def get_points(embedding_id: int, query: PointsQuery):
             cols = points_cache.columns(db, emb, stats)
             labels = emb.dataset.label_names
             if binary:
-                owners = research_reads.usernames(db, {int(u) for u in set(cols["owner"].tolist()) if u >= 0})
+                owners = research_reads.usernames(db, owner_ids(cols))
                 encoded = EncodedPoints(encode_points_binary(emb, labels, etag, cols, owners))
             else:
                 encoded = EncodedPoints(encode_points(emb, labels, etag, cols))
@@ -178,7 +182,11 @@ def get_points(embedding_id: int, query: PointsQuery):
             response = Response(encoded.gzipped(), mimetype=mimetype)
             response.headers["Content-Encoding"] = "gzip"
         else:
-            response = Response(encoded.body, mimetype=mimetype)
+            # handed to the server as a file: waitress sends it as it is, instead of first copying tens
+            # of megabytes into its own spill buffer
+            body = wrap_file(request.environ, io.BytesIO(encoded.body))
+            response = Response(body, mimetype=mimetype, direct_passthrough=True)
+            response.content_length = len(encoded.body)
     response.set_etag(etag)
     response.headers["Vary"] = "Accept, Accept-Encoding"
     response.headers["Cache-Control"] = "private, no-cache"

@@ -95,6 +95,7 @@ export const state = {
   dragMode: "pan",
   colourBy: "class",
   density: false,
+  previewed: null, // the map whose first draw had its canvas preview (explorer/plot.js)
   activeSet: "A",
   removeMode: false,
   target: null, // [x, y] placed with the place tool

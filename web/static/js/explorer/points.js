@@ -2,6 +2,7 @@
 // Two wire formats: binary (the default here: columns viewed in place, with owner, job, depth and
 // round-trip error) and JSON with base64 columns (?wire=json on the page; the baseline of bench/web.py).
 import { ApiError, showSignedOut } from "../api.js";
+import { T } from "./context.js";
 
 export const BINARY_TYPE = "application/vnd.latentlab.points";
 
@@ -50,6 +51,7 @@ export function decodeBinary(buffer) {
 export async function fetchPoints(embeddingId, wire = "binary") {
   const url = `/api/v1/embeddings/${embeddingId}/points${wire === "json" ? "" : "?format=binary"}`;
   let response;
+  T.timings.pointsRequested = performance.now();
   try {
     response = await fetch(url, {
       headers: { Accept: wire === "json" ? "application/json" : BINARY_TYPE },
@@ -69,7 +71,10 @@ export async function fetchPoints(embeddingId, wire = "binary") {
     for (const [name, column] of Object.entries(answer.columns || {})) cols[name] = decodeColumn(column);
     return { header: answer, cols };
   }
-  return decodeBinary(await response.arrayBuffer());
+  T.timings.pointsHeaders = performance.now();
+  const body = await response.arrayBuffer();
+  T.timings.pointsBody = performance.now();
+  return decodeBinary(body);
 }
 
 // The map: columns plus indexOf(sampleId) by binary search (ids come sorted; a fallback map otherwise).
