@@ -55,7 +55,7 @@ class SDTrainConfig:
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-4
-    unet_steps: int = 600
+    unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 2e-3
     lr_warmup_steps: int = 50
