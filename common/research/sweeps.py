@@ -330,7 +330,7 @@ def contact_sheet(
         placed[(r, key)] = cell["samples"][0] if cell["samples"] else None
     tile, pad, left, line = 96, 4, 110, 12
     heads = [_wrap(" ".join(key), 16) for key in col_keys]
-    top = 6 + line * max((len(h) for h in heads), default=1)
+    top = max(28, 6 + line * max((len(h) for h in heads), default=1))  # 28: one line, as before
     width = left + len(col_keys) * (tile + pad)
     height = top + len(row_values) * (tile + pad)
     sheet = Image.new("RGB", (width, height), "white")
