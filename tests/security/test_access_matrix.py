@@ -222,6 +222,7 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ),
     ("/explorer", "GET"): Expect(**PAGE, request=get(lambda w: "/explorer")),
     ("/history", "GET"): Expect(**PAGE, request=get(lambda w: "/history")),
+    ("/tokens", "GET"): Expect(**PAGE, request=get(lambda w: "/tokens")),
     ("/sweeps/<int:sweep_id>", "GET"): Expect(**PAGE, request=get(lambda w: f"/sweeps/{a_sweep(w)}")),
     ("/jobs", "GET"): Expect(**PAGE, request=get(lambda w: "/jobs")),
     ("/login", "GET"): Expect(anon=200, A=302, B=302, admin=302, request=get(lambda w: "/login")),
@@ -319,6 +320,9 @@ EXPECTED: dict[tuple[str, str], Expect] = {
         **CREATE, request=post(lambda w: "/api/v1/generations", generation_body)
     ),
     ("/api/v1/history", "GET"): Expect(**LAB, request=get(lambda w: "/api/v1/history")),
+    ("/api/v1/embeddings/<int:embedding_id>/effects", "GET"): Expect(
+        **LAB, request=get(lambda w: f"/api/v1/embeddings/{w.lab.embedding_id}/effects")
+    ),
     ("/api/v1/samples/<int:sample_id>", "GET"): Expect(
         **LAB, request=get(lambda w: f"/api/v1/samples/{w.generated_id}")
     ),
