@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from common import jobs
@@ -370,9 +370,13 @@ def run_reproject(ctx: jobs.JobContext, reducers: ReducerCache) -> dict[str, Any
         ]
         with ctx.session_factory.begin() as session:
             ctx.lease.fence(session)
-            placed += insert_ignore(session, EmbeddingPoint.__table__, points)
-            session.get(Embedding, emb_id).num_points = session.scalar(
-                select(func.count()).where(EmbeddingPoint.embedding_id == emb_id)
+            inserted = insert_ignore(session, EmbeddingPoint.__table__, points)
+            placed += inserted
+            # counted as placed (as a generation's points are), not recounted over the whole map each part
+            session.execute(
+                update(Embedding)
+                .where(Embedding.id == emb_id)
+                .values(num_points=Embedding.num_points + inserted)
             )
         a += len(part)
         ctx.progress(min(1.0, a / max(1, len(rows))), f"placed {a} of {len(rows)}")
