@@ -23,6 +23,20 @@ def run_job(sessions, publisher, settings, owner, kind, params, want="succeeded"
     return done
 
 
+def dataset_and_map(sessions, publisher, settings, admin, name: str, samples: int):
+    """A tiny-model dataset of ``samples`` and its map (n_neighbors 6), run by a worker already started."""
+    ds = run_job(
+        sessions,
+        publisher,
+        settings,
+        admin,
+        "generate_dataset",
+        {"model": "tiny", "name": name, "num_samples": samples},
+    )
+    fit = run_job(sessions, publisher, settings, admin, "fit_embedding", {"dataset": name, "n_neighbors": 6})
+    return ds, fit
+
+
 def test_fresh_worker_is_warm_before_its_first_job_and_refuses_a_tampered_reducer(
     settings, sessions, admin, publisher, tmp_path
 ):
@@ -30,17 +44,7 @@ def test_fresh_worker_is_warm_before_its_first_job_and_refuses_a_tampered_reduce
     register_tiny_model(sessions, settings)
     first = start_worker(settings, tmp_path, name="fit")
     try:
-        ds = run_job(
-            sessions,
-            publisher,
-            settings,
-            admin,
-            "generate_dataset",
-            {"model": "tiny", "name": "w", "num_samples": 48},
-        )
-        fit = run_job(
-            sessions, publisher, settings, admin, "fit_embedding", {"dataset": "w", "n_neighbors": 6}
-        )
+        ds, fit = dataset_and_map(sessions, publisher, settings, admin, "w", 48)
     finally:
         first.stop()
     emb_id = fit.result["embedding_id"]
@@ -116,17 +120,7 @@ def test_a_map_over_more_rows_than_its_landmarks_records_them_and_places_the_res
     register_tiny_model(sessions, settings)
     worker = start_worker(settings, tmp_path, name="landmarks", extra_env={"LATENTLAB_MAP_LANDMARKS": "100"})
     try:
-        ds = run_job(
-            sessions,
-            publisher,
-            settings,
-            admin,
-            "generate_dataset",
-            {"model": "tiny", "name": "big", "num_samples": 160},
-        )
-        fit = run_job(
-            sessions, publisher, settings, admin, "fit_embedding", {"dataset": "big", "n_neighbors": 6}
-        )
+        ds, fit = dataset_and_map(sessions, publisher, settings, admin, "big", 160)
         emb_id = fit.result["embedding_id"]
         assert fit.result["landmarks"] == 100 and fit.result["points"] == 160
         with sessions() as s:
