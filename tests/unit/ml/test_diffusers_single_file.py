@@ -116,6 +116,20 @@ def test_layouts_are_told_apart_by_their_keys(files, tmp_path):
         {"conv_in.weight": torch.zeros(1), "down_blocks.0.x": torch.zeros(1)}, str(tmp_path / "u.safetensors")
     )
     assert checkpoint_layout(tmp_path / "u.safetensors") == "diffusers-unet"
+    # a diffusers-layout UNet file given as the weights file takes the UNet-weights path, unchanged
+    folder = files["sd"][0]
+    ref, _ = fam.load(folder, fam.inspect(folder, prompts=PROMPTS, dtype="float32")[0], "cpu")
+    save_file({k: v.clone() for k, v in ref.unet.state_dict().items()}, str(tmp_path / "unet.safetensors"))
+    by_file = fam.inspect(
+        folder, weights_file=tmp_path / "unet.safetensors", prompts=PROMPTS, dtype="float32"
+    )
+    by_option = fam.inspect(
+        folder, unet_weights=tmp_path / "unet.safetensors", prompts=PROMPTS, dtype="float32"
+    )
+    assert by_file[0]["source"] == "diffusers-unet" and "single_file" not in by_file[0]
+    assert by_file[1] == by_option[1] and by_file[0]["unet_weights"] == str(
+        (tmp_path / "unet.safetensors").resolve()
+    )
 
 
 def test_the_digest_covers_the_file_and_only_the_folder_weights_it_uses(files, tmp_path):
