@@ -227,11 +227,33 @@ def _load_pipe(folder: Path, config: Mapping[str, Any], dtype: torch.dtype):
         ) from None
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise UserError(f"{folder} holds a {type(pipe).__name__}, not a UNet text-to-image pipeline.")
+    _check_complete(pipe, folder, skip=set(extra))
     weights = config.get("unet_weights")
     if weights:
         _load_unet_weights(pipe.unet, Path(weights))
     pipe.scheduler = _make_scheduler(config.get("scheduler"), pipe.scheduler)
     return pipe
+
+
+def _check_complete(pipe: Any, folder: Path, skip: set[str]) -> None:
+    """diffusers leaves a parameter its weight file lacks at its random init (with a warning); refuse that:
+    every parameter of each model loaded from the folder's ``.safetensors`` must be in the files' keys
+    (read from their headers; a component stored as ``.bin`` only is not checked)."""
+    from common.ml.families.diffusers_single_file import safetensors_keys
+
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        files = sorted((folder / name).glob("*.safetensors"))
+        if name in skip or module is None or not files:
+            continue
+        keys = {k for f in files for k in safetensors_keys(f)}
+        missing = [k for k in module.state_dict() if k not in keys]
+        if missing:
+            raise UserError(
+                f"The {name} weights in {folder / name} lack {len(missing)} of the model's tensors "
+                f"({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); the files are incomplete.",
+                field="diffusers",
+            )
 
 
 def _load_unet_weights(unet: nn.Module, path: Path) -> None:
