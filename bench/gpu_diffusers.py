@@ -136,21 +136,16 @@ def main() -> None:
 
     publisher = Publisher(make_celery(settings).send_task, redis_lib.Redis.from_url(redis.url))
     worker = start_worker(settings, tmp, name="gpu-sd", ready_timeout=300)
+
+    def run(kind: str, params: dict):
+        return run_job(sessions, publisher, settings, admin, kind, params)
+
     try:
         # -- end to end: dataset, map, generate from neighbours -------------------------------------------
         t0 = time.perf_counter()
         base = {"model": "bench-sdxl", "layers": LAYERS, "seed": 1}
-        ds = run_job(
-            sessions,
-            publisher,
-            settings,
-            admin,
-            "generate_dataset",
-            {**base, "name": "e2e", "num_samples": 24},
-        )
-        emb = run_job(
-            sessions, publisher, settings, admin, "fit_embedding", {"dataset": "e2e", "n_neighbors": 4}
-        )
+        ds = run("generate_dataset", {**base, "name": "e2e", "num_samples": 24})
+        emb = run("fit_embedding", {"dataset": "e2e", "n_neighbors": 4})
         with sessions() as s:
             ids = [
                 i
@@ -159,14 +154,7 @@ def main() -> None:
                 .order_by(Sample.id)
             ]
         gen = {"embedding": emb.result["embedding_id"], "selected": ids[0], "neighbors": ids[1:5], "seed": 2}
-        done = run_job(
-            sessions,
-            publisher,
-            settings,
-            admin,
-            "generate_from_neighbors",
-            {**gen, "class": "neighbor_majority"},
-        )
+        done = run("generate_from_neighbors", {**gen, "class": "neighbor_majority"})
         report["end_to_end"] = {
             "succeeded": True,
             "samples": done.result["samples"],
@@ -174,20 +162,9 @@ def main() -> None:
         }
         # -- throughput --------------------------------------------------------------------------------------
         for b in batches:
-            run_job(
-                sessions,
-                publisher,
-                settings,
-                admin,
-                "generate_dataset",
-                {**base, "name": f"w{b}", "num_samples": b, "micro_batch": b},
-            )
+            run("generate_dataset", {**base, "name": f"w{b}", "num_samples": b, "micro_batch": b})
             t0 = time.perf_counter()
-            run_job(
-                sessions,
-                publisher,
-                settings,
-                admin,
+            run(
                 "generate_dataset",
                 {**base, "name": f"b{b}", "num_samples": n, "micro_batch": b},
             )
