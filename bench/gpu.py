@@ -5,7 +5,8 @@ random weights, at micro-batches 16–256. Prints, per micro-batch, both rates a
 ≥ 0.70), and the micro-batch the worker-start measurement picks within the memory budget.
 
 Both sides load the same checkpoint the same way (``load_generator``: the precision a worker uses).
-The diffusers family is not measured here: it has not landed on this branch.
+The diffusers family (a tiny SDXL-shaped model end to end, throughput at micro-batches 16 and 32) is
+measured by ``bench/gpu_diffusers.py``.
 
 Run on a GPU machine:  ``.venv/bin/python bench/gpu.py``  (about 10 minutes on one H200)
 Smoke check on CPU:    ``.venv/bin/python bench/gpu.py --smoke``  (tiny16, micro-batches 4 and 8)

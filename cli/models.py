@@ -27,10 +27,15 @@ def model() -> None:
     "diffusers_path",
     default=None,
     type=click.Path(),
-    help="A diffusers pipeline folder (model_index.json), or a .safetensors of UNet weights with --config.",
+    help="A diffusers pipeline folder (model_index.json), or with --config a single .safetensors: UNet "
+    "weights in the diffusers layout, or an original-layout (LDM / SDXL) checkpoint.",
 )
 @click.option(
-    "--config", "config_dir", default=None, type=click.Path(), help="Pipeline folder for a .safetensors."
+    "--config",
+    "config_dir",
+    default=None,
+    type=click.Path(),
+    help="The pipeline (or configs-only) folder giving the architecture of a .safetensors.",
 )
 @click.option(
     "--prompt", "prompts", multiple=True, help="A default prompt (repeatable; the model's classes)."
@@ -137,7 +142,7 @@ def _add_diffusers(
             raise click.BadParameter(
                 f"{path} is a file: give its pipeline folder with --config FOLDER", param_hint="--diffusers"
             )
-        folder, weights = Path(config_dir), path
+        folder, weights = Path(config_dir), path  # the file's keys decide: UNet weights or a checkpoint
     elif config_dir:
         raise click.BadParameter(
             "--config goes with a .safetensors file given to --diffusers", param_hint="--config"
@@ -146,14 +151,15 @@ def _add_diffusers(
     try:
         with open_sessions(settings).begin() as session:
             m = add_diffusers_model(
-                session, settings, name, path=folder, prompts=prompts, unet_weights=weights, **options
+                session, settings, name, path=folder, prompts=prompts, weights_file=weights, **options
             )
             click.echo(
                 f"registered model '{m.name}' (id {m.id}, family diffusers, {m.config['pipeline']}, "
+                f"source {m.card['source']}, "
                 f"sha256 {m.checkpoint_sha256[:16]}…)"
             )
     except UserError as exc:
-        hints = {"prompts": "--prompt", "diffusers": "--diffusers", "name": "NAME"}
+        hints = {"prompts": "--prompt", "diffusers": "--diffusers", "config": "--config", "name": "NAME"}
         hint = hints.get(exc.field, f"--{exc.field.replace('_', '-')}") if exc.field else None
         raise click.BadParameter(exc.message, param_hint=hint) from None
 

@@ -80,8 +80,10 @@ def add_diffusers_model(
 ) -> GeneratorModel:
     """Register a diffusers pipeline folder under ``name`` (family ``diffusers``): the pipeline is loaded
     once on the CPU to check every option and measure its layer table
-    (``common.ml.families.diffusers.inspect``: ``unet_weights``, ``steps``, ``guidance_scale``,
-    ``allow_guidance``, ``scheduler``, ``timesteps``, ``height``, ``width``, ``dtype``, ``negative_prompt``).
+    (``common.ml.families.diffusers.inspect``: ``weights_file`` -- a single ``.safetensors`` with ``path``
+    as its config folder, UNet weights or an original-layout checkpoint --, ``unet_weights``, ``steps``,
+    ``guidance_scale``, ``allow_guidance``, ``scheduler``, ``timesteps``, ``height``, ``width``, ``dtype``,
+    ``negative_prompt``).
     ``prompts`` are the model's default prompts (its label names); ``expected_sha256`` (a shipped card's)
     must equal the weights' digest. Nothing is written when a check fails."""
     check_model_name(session, name)
@@ -106,6 +108,7 @@ def add_diffusers_model(
             **(card or {}),
             "family": "diffusers",
             "prompts": list(prompts),
+            "source": config.get("source", "pipeline"),
             "weights_sha256": "sha256 over (relative path, sha256) of every weight file",
         },
         created_by_id=created_by_id,

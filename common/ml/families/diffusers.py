@@ -2,11 +2,19 @@
 encoder, SDXL with two encoders, pooled embeddings and time ids; their Turbo / LCM / DMD2 few-step recipes).
 
 Loading is offline only: ``local_files_only=True`` and the Hugging Face offline variables are set before
-diffusers or transformers is imported. A model is a pipeline folder (``model_index.json``: unet, vae,
-text_encoder[, text_encoder_2], tokenizer[, tokenizer_2], scheduler), optionally with a single
-``.safetensors`` of UNet weights in the diffusers layout that replaces the folder's UNet (how DMD2-SDXL
-and other distilled UNets ship). Registering measures the layer table and hashes the weight files
-(``inspect``); sampling is ``common/ml/families/diffusers_sampling.py``.
+diffusers or transformers is imported. A model (its config's ``source``) is
+
+* ``pipeline`` -- a pipeline folder (``model_index.json``: unet, vae, text_encoder[, text_encoder_2],
+  tokenizer[, tokenizer_2], scheduler);
+* ``diffusers-unet`` -- a config folder and one ``.safetensors`` of UNet weights in the diffusers layout
+  that replaces the folder's UNet (how DMD2-SDXL and other distilled UNets ship);
+* ``ldm`` / ``sgm`` -- a config folder and one original-layout single-file ``.safetensors`` checkpoint (the
+  CompVis / LDM layout of SD 1.x / 2.x, the SGM layout of SDXL) holding UNet, VAE and text encoder(s):
+  converted with diffusers' single-file conversion and loaded strictly into the folder's architecture
+  (``common/ml/families/diffusers_single_file.py``, which tells the layouts apart by their keys).
+
+Registering measures the layer table and hashes the weights (``inspect``, ``weights_sha256``); sampling is
+``common/ml/families/diffusers_sampling.py``.
 
 Layers (``unet_layer_refs``), in forward order, paths relative to ``DiffusersGenerator``:
 
@@ -21,6 +29,7 @@ Layers (``unet_layer_refs``), in forward order, paths relative to ``DiffusersGen
 Usage::
 
     config, sha = inspect("/models/sd15", prompts=["a cat"], steps=25, guidance_scale=7.5)
+    config, sha = inspect("/models/sd15", weights_file="/models/sd15.safetensors", prompts=["a cat"])
     model, sha = load("/models/sd15", config, "cuda")
 """
 
@@ -132,11 +141,22 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
-def weights_sha256(folder: Path, unet_weights: Path | None = None) -> str:
+def weights_sha256(
+    folder: Path,
+    unet_weights: Path | None = None,
+    *,
+    single_file: Path | None = None,
+    folder_parts: Sequence[str] = (),
+) -> str:
     """Usage: ``weights_sha256(folder)`` -> hex sha256 over ``relative path, file sha256`` of every weight
-    file (plus the separate UNet file, if any): any changed, added or removed weight changes it."""
+    file (plus the separate UNet file, if any): any changed, added or removed weight changes it. With
+    ``single_file`` (an original-layout checkpoint) it covers that file and only the folder's weights of
+    the components in ``folder_parts`` (those the checkpoint lacks), not the folder's unused weights."""
     h = hashlib.sha256()
     files = [(p.relative_to(folder).as_posix(), p) for p in weight_files(folder)]
+    if single_file is not None:
+        files = [(rel, p) for rel, p in files if rel.split("/")[0] in set(folder_parts)]
+        files.append(("single-file:" + single_file.name, single_file))
     if unet_weights is not None:
         files.append(("unet-weights:" + unet_weights.name, unet_weights))
     for rel, path in files:
@@ -144,23 +164,24 @@ def weights_sha256(folder: Path, unet_weights: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def _check_folder(folder: Path) -> dict[str, Any]:
+def _check_folder(folder: Path, field: str = "diffusers") -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "model_index.json").is_file():
+        what = "config folder" if field == "config" else "pipeline folder"
         raise UserError(
-            f"{folder} is not a diffusers pipeline folder (no model_index.json); give the folder a pipeline "
+            f"{folder} is not a diffusers {what} (no model_index.json); give the folder a pipeline "
             "was saved to with save_pretrained, or a single .safetensors file with --config FOLDER.",
-            field="diffusers",
+            field=field,
         )
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}/model_index.json is not readable JSON: {exc}", field="diffusers") from None
+        raise UserError(f"{folder}/model_index.json is not readable JSON: {exc}", field=field) from None
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
     if missing:
         raise UserError(
             f"{folder}/model_index.json lacks {', '.join(missing)}; a text-to-image pipeline has unet, vae, "
             "text_encoder, tokenizer and scheduler.",
-            field="diffusers",
+            field=field,
         )
     return index
 
@@ -188,8 +209,15 @@ def _load_pipe(folder: Path, config: Mapping[str, Any], dtype: torch.dtype):
     diffusers_logging.set_verbosity_error()  # no "install accelerate" advice or progress bars in job logs
     diffusers_logging.disable_progress_bar()
 
-    index = _check_folder(folder)
+    index = _check_folder(
+        folder, "config" if config.get("single_file") or config.get("unet_weights") else "diffusers"
+    )
     extra = {"safety_checker": None, "feature_extractor": None} if "safety_checker" in index else {}
+    if config.get("single_file"):
+        from common.ml.families.diffusers_single_file import load_components
+
+        modules, _ = load_components(Path(config["single_file"]), folder, index, config["source"])
+        extra.update({name: m.to(dtype) for name, m in modules.items()})  # the folder gives the rest
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype, **extra)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -199,11 +227,33 @@ def _load_pipe(folder: Path, config: Mapping[str, Any], dtype: torch.dtype):
         ) from None
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise UserError(f"{folder} holds a {type(pipe).__name__}, not a UNet text-to-image pipeline.")
+    _check_complete(pipe, folder, skip=set(extra))
     weights = config.get("unet_weights")
     if weights:
         _load_unet_weights(pipe.unet, Path(weights))
     pipe.scheduler = _make_scheduler(config.get("scheduler"), pipe.scheduler)
     return pipe
+
+
+def _check_complete(pipe: Any, folder: Path, skip: set[str]) -> None:
+    """diffusers leaves a parameter its weight file lacks at its random init (with a warning); refuse that:
+    every parameter of each model loaded from the folder's ``.safetensors`` must be in the files' keys
+    (read from their headers; a component stored as ``.bin`` only is not checked)."""
+    from common.ml.families.diffusers_single_file import safetensors_keys
+
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        files = sorted((folder / name).glob("*.safetensors"))
+        if name in skip or module is None or not files:
+            continue
+        keys = {k for f in files for k in safetensors_keys(f)}
+        missing = [k for k in module.state_dict() if k not in keys]
+        if missing:
+            raise UserError(
+                f"The {name} weights in {folder / name} lack {len(missing)} of the model's tensors "
+                f"({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); the files are incomplete.",
+                field="diffusers",
+            )
 
 
 def _load_unet_weights(unet: nn.Module, path: Path) -> None:
@@ -248,8 +298,17 @@ def load(path: str | Path, config: Mapping[str, Any], device: str) -> tuple[Diff
     pipe = _load_pipe(folder, config, dtype)
     gen = DiffusersGenerator(pipe, config).to(dev).eval()
     gen.requires_grad_(False)
-    weights = config.get("unet_weights")
-    return gen, weights_sha256(folder, Path(weights) if weights else None)
+    return gen, _digest(folder, config)
+
+
+def _digest(folder: Path, config: Mapping[str, Any]) -> str:
+    weights, single = config.get("unet_weights"), config.get("single_file")
+    return weights_sha256(
+        folder,
+        Path(weights) if weights else None,
+        single_file=Path(single) if single else None,
+        folder_parts=config.get("folder_parts") or (),
+    )
 
 
 def sampler_options(
@@ -273,6 +332,7 @@ def inspect(
     path: str | Path,
     *,
     prompts: Sequence[str],
+    weights_file: str | Path | None = None,
     unet_weights: str | Path | None = None,
     steps: int | None = None,
     guidance_scale: float | None = None,
@@ -286,9 +346,12 @@ def inspect(
 ) -> tuple[dict[str, Any], str]:
     """Usage: ``config, sha = inspect(folder, prompts=["a cat"])`` -> the model row's config and digest.
 
-    Loads the pipeline on the CPU (float32), checks every option (scheduler class, timesteps, size
-    divisible by the VAE and UNet factors, dtype, prompts), measures the layer table with one dry run and
-    hashes the weights. Raises UserError naming the field for anything wrong.
+    ``weights_file`` is a ``.safetensors`` given with the config folder ``path``: its keys decide whether it
+    is diffusers-layout UNet weights (as ``unet_weights``) or an original-layout LDM / SGM checkpoint
+    (``single_file``; see the module docstring). Loads the pipeline on the CPU (float32), checks every
+    option (scheduler class, timesteps, size divisible by the VAE and UNet factors, dtype, prompts),
+    measures the layer table with one dry run and hashes the weights. Raises UserError naming the field for
+    anything wrong.
     """
     folder = Path(path).expanduser()
     if dtype not in DTYPES:
@@ -302,8 +365,21 @@ def inspect(
             field="guidance_scale",
         )
     config: dict[str, Any] = {"scheduler": scheduler, "dtype": dtype}
+    if weights_file:
+        from common.ml.families.diffusers_single_file import checkpoint_layout
+
+        file = Path(weights_file).expanduser().resolve()
+        layout = checkpoint_layout(file)
+        index = _check_folder(folder, field="config")
+        if layout == "diffusers-unet":
+            unet_weights = file
+        else:
+            from common.ml.families.diffusers_single_file import folder_parts
+
+            config.update(source=layout, single_file=str(file))
+            config["folder_parts"] = folder_parts(file, folder, index, layout)
     if unet_weights:
-        config["unet_weights"] = str(Path(unet_weights).expanduser().resolve())
+        config.update(source="diffusers-unet", unet_weights=str(Path(unet_weights).expanduser().resolve()))
     pipe = _load_pipe(folder, config, torch.float32)
     factor = int(getattr(pipe, "vae_scale_factor", 8))
     levels = len(pipe.unet.config.block_out_channels)
@@ -366,5 +442,4 @@ def inspect(
 
     shapes = layer_shapes(gen)
     config["layers"] = [[name, module_path(gen, name), list(shape)] for name, shape in shapes.items()]
-    digest = weights_sha256(folder, Path(config["unet_weights"]) if unet_weights else None)
-    return config, digest
+    return config, _digest(folder, config)

@@ -332,3 +332,30 @@ def test_prompts_over_the_tokenizer_limit_are_truncated(sd):
     cut, _ = encode_prompts(model, [" ".join(["digit"] * (limit - 2))])
     shorter, _ = encode_prompts(model, [" ".join(["digit"] * (limit - 3))])
     assert torch.equal(long, cut) and not torch.equal(cut, shorter)
+
+
+def test_a_pipeline_folder_with_missing_or_mis_shaped_weights_is_refused(tiny_pipelines, tmp_path):
+    """diffusers alone would leave a tensor its file lacks at random init; registration refuses it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for part, change, words in (
+        ("unet", "drop", "lack 1 of the model's tensors (conv_in.bias)"),
+        ("vae", "drop", "lack 1 of the model's tensors"),
+        ("text_encoder", "drop", "lack 1 of the model's tensors"),
+        ("unet", "shape", "Could not load the diffusers pipeline"),
+    ):
+        folder = tmp_path / f"{part}-{change}"
+        shutil.copytree(tiny_pipelines["sd"], folder)
+        (file,) = (folder / part).glob("*.safetensors")
+        state = load_file(str(file))
+        key = "conv_in.bias" if part == "unet" else sorted(state)[0]
+        if change == "drop":
+            state.pop(key)
+        else:
+            state[key] = torch.zeros(3, 3)
+        save_file(state, str(file))
+        with pytest.raises(UserError) as err:
+            fam.inspect(folder, prompts=PROMPTS)
+        assert err.value.field == "diffusers" and words in err.value.message, (part, err.value.message)
