@@ -5,8 +5,8 @@ random weights, at micro-batches 16–256. Prints, per micro-batch, both rates a
 ≥ 0.70), and the micro-batch the worker-start measurement picks within the memory budget.
 
 Both sides load the same checkpoint the same way (``load_generator``: the precision a worker uses).
-The diffusers family (a tiny SDXL-shaped model end to end, throughput at micro-batches 16 and 32) is
-measured by ``bench/gpu_diffusers.py``.
+Then, in the same command, the diffusers family (``bench/gpu_diffusers.py``: a tiny SDXL-shaped model
+end to end, throughput at micro-batches 16 and 32); ``--edm-only`` skips it.
 
 Run on a GPU machine:  ``.venv/bin/python bench/gpu.py``  (about 10 minutes on one H200)
 Smoke check on CPU:    ``.venv/bin/python bench/gpu.py --smoke``  (tiny16, micro-batches 4 and 8)
@@ -82,6 +82,7 @@ def main() -> None:
     )
     ap.add_argument("--samples", type=int, default=None, help="samples per dataset (default 8192; smoke 32)")
     ap.add_argument("--budget-mib", type=int, default=100_000, help="LATENTLAB_MICRO_BATCH_MEMORY_MB")
+    ap.add_argument("--edm-only", action="store_true", help="skip the diffusers family's part")
     args = ap.parse_args()
     preset = "tiny16" if args.smoke else "dmd2-imagenet64"
     batches = [int(b) for b in (args.batches or ("4,8" if args.smoke else "16,32,64,128,256")).split(",")]
@@ -155,7 +156,12 @@ def main() -> None:
         worker.stop()
         redis.stop()
     report["goal"] = "ratio >= 0.70"
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2), flush=True)
+    if not args.edm_only:
+        import subprocess
+
+        extra = ["--smoke"] if args.smoke else []
+        subprocess.run([sys.executable, str(REPO / "bench" / "gpu_diffusers.py"), *extra], check=True)
 
 
 if __name__ == "__main__":
