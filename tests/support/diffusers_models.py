@@ -1,7 +1,10 @@
 """Tiny random-weight diffusers pipelines for tests, built from configs (no download) and saved with
-``save_pretrained``: an SD-1.5-shaped one (one CLIP text encoder) and an SDXL-shaped one (two encoders,
-pooled embeddings, time ids). The tokenizer's vocabulary is made here: every lowercase letter and a few
-words, so any prompt tokenizes (unknown words fall back to letters).
+``save_pretrained``: an SD-1.5-shaped one (one CLIP text encoder), an SD-2.x-shaped one (the 768-v recipe: an
+OpenCLIP-style encoder with GELU and 23 layers -- the penultimate-layer features of a 24-layer OpenCLIP model
+--, linear projections in the transformers, a per-block ``attention_head_dim`` list, a DDIM scheduler with
+``prediction_type: v_prediction``) and an SDXL-shaped one (two encoders, pooled embeddings, time ids). The
+tokenizer's vocabulary is made here: every lowercase letter and a few words, so any prompt tokenizes (unknown
+words fall back to letters).
 
 Usage::
 
@@ -44,7 +47,7 @@ def _tokenizer(folder: Path, max_length: int = 16):
 
 
 def make_tiny_pipeline(folder: Path, kind: str = "sd", seed: int = 0, resolution: int = 32) -> Path:
-    """Save a tiny random-weight ``kind`` ("sd" or "sdxl") pipeline under ``folder``; returns ``folder``.
+    """Save a tiny random-weight ``kind`` ("sd", "sd2", "sdxl") pipeline under ``folder``; returns it.
 
     UNet: 2 levels (16, 32 channels), cross-attention in both, latents [4, R/4, R/4] (a 2-level VAE,
     scale factor 4). A few hundred kB of float32 weights; a 32x32 image takes milliseconds on a CPU.
@@ -52,6 +55,7 @@ def make_tiny_pipeline(folder: Path, kind: str = "sd", seed: int = 0, resolution
     import torch
     from diffusers import (
         AutoencoderKL,
+        DDIMScheduler,
         EulerDiscreteScheduler,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
@@ -103,7 +107,17 @@ def make_tiny_pipeline(folder: Path, kind: str = "sd", seed: int = 0, resolution
         timestep_spacing="trailing",
         steps_offset=1,
     )
-    if kind == "sd":
+    if kind in ("sd", "sd2"):
+        if kind == "sd2":  # SD 2.x: linear projections, a head count per block, GELU, penultimate layer, v
+            unet_cfg.update(attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True)
+            text_cfg.update(hidden_act="gelu", num_hidden_layers=23)
+            scheduler = DDIMScheduler.from_config(  # stable-diffusion-2-1's scheduler config
+                scheduler.config,
+                clip_sample=False,
+                set_alpha_to_one=False,
+                timestep_spacing="leading",
+                prediction_type="v_prediction",
+            )
         unet = UNet2DConditionModel(**unet_cfg, cross_attention_dim=16)
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
         pipe = StableDiffusionPipeline(
@@ -137,7 +151,7 @@ def make_tiny_pipeline(folder: Path, kind: str = "sd", seed: int = 0, resolution
             scheduler=scheduler,
         )
     else:
-        raise ValueError(f"kind is 'sd' or 'sdxl', not {kind!r}")
+        raise ValueError(f"kind is 'sd', 'sd2' or 'sdxl', not {kind!r}")
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(tmp_tok)
     return folder

@@ -1,13 +1,13 @@
 """Write a diffusers pipeline's weights as ONE original-layout ``.safetensors``: the CompVis / LDM layout of
 SD 1.x (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``) or the SGM
-layout of SDXL (``conditioner.embedders.0.transformer.*`` CLIP, ``conditioner.embedders.1.model.*``
-OpenCLIP). diffusers' own diffusers->original scripts are not in its wheel, so this is the inverse of the
-single-file conversion in ``diffusers.loaders.single_file_utils`` (``convert_ldm_unet_checkpoint``,
-``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``, ``convert_open_clip_checkpoint``), for
-the block shapes of the tiny test pipelines (tests/support/diffusers_models.py) and of SD / SDXL alike:
-cross-attention or plain down / up blocks, ``layers_per_block`` resnets, a downsampler on every down block
-but the last. Tests prove the round trip: the pipeline loaded back from the file gives bit-identical
-outputs.
+layout of SDXL (``conditioner.embedders.0.transformer.*`` CLIP, ``conditioner.embedders.1.model.*`` OpenCLIP);
+SD 2.x files are LDM with an OpenCLIP ``cond_stage_model.model.*``. diffusers' own diffusers->original scripts
+are not in its wheel, so this is the inverse of the single-file conversion in
+``diffusers.loaders.single_file_utils`` (``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``,
+``convert_ldm_clip_checkpoint``, ``convert_open_clip_checkpoint``), for the block shapes of the tiny test
+pipelines (tests/support/diffusers_models.py) and of SD / SDXL alike: cross-attention or plain down / up
+blocks, ``layers_per_block`` resnets, a downsampler on every down block but the last. Tests prove the round
+trip: the pipeline loaded back from the file gives bit-identical outputs.
 
 Usage::
 
@@ -122,19 +122,26 @@ def clip_to_ldm(text_encoder: Any, prefix: str) -> dict[str, Any]:
     return {prefix + k: v for k, v in text_encoder.state_dict().items()}
 
 
-def open_clip_to_ldm(text_encoder: Any, prefix: str) -> dict[str, Any]:
-    """``CLIPTextModelWithProjection`` state -> OpenCLIP keys: q/k/v fused into ``in_proj_*``, the
-    projection transposed (inverse of ``convert_open_clip_checkpoint``)."""
+def open_clip_to_ldm(text_encoder: Any, prefix: str, unused_last_layer: bool = False) -> dict[str, Any]:
+    """``CLIPTextModel[WithProjection]`` state -> OpenCLIP keys: q/k/v fused into ``in_proj_*``, the
+    projection transposed (inverse of ``convert_open_clip_checkpoint``).
+
+    An SD 2.x file (``unused_last_layer``) holds the whole OpenCLIP text tower while the diffusers encoder
+    stops one layer short (SD 2.x conditions on the penultimate layer's features): the file gets one more
+    resblock (a copy of the last, never read) and a ``text_projection`` (an identity when the encoder has
+    none), both of which diffusers' conversion drops, and the ``logit_scale`` OpenCLIP saves."""
     import torch
 
     state = text_encoder.state_dict()
+    proj = state.get("text_projection.weight")
     out: dict[str, Any] = {
         prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
         prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
         prefix + "ln_final.weight": state["text_model.final_layer_norm.weight"],
         prefix + "ln_final.bias": state["text_model.final_layer_norm.bias"],
-        prefix + "text_projection": state["text_projection.weight"].T.contiguous(),
     }
+    if proj is not None:
+        out[prefix + "text_projection"] = proj.T.contiguous()
     names = {
         "layer_norm1": "ln_1",
         "layer_norm2": "ln_2",
@@ -152,21 +159,37 @@ def open_clip_to_ldm(text_encoder: Any, prefix: str) -> dict[str, Any]:
     used = sum(v.numel() for v in out.values())
     if used != sum(v.numel() for k, v in state.items() if not k.endswith("position_ids")):
         raise KeyError("an OpenCLIP weight was not mapped")  # every parameter lands in exactly one key
+    if unused_last_layer:
+        n = text_encoder.config.num_hidden_layers
+        last = f"{prefix}transformer.resblocks.{n - 1}."
+        out.update(
+            {
+                k.replace(last, f"{prefix}transformer.resblocks.{n}."): v.clone()
+                for k, v in out.items()
+                if k.startswith(last)
+            }
+        )
+        if proj is None:
+            out[prefix + "text_projection"] = torch.eye(text_encoder.config.hidden_size)
+        out[prefix + "logit_scale"] = torch.tensor(4.6052)
     return out
 
 
 def write_original_checkpoint(pipe: Any, path: Path, layout: str = "ldm") -> Path:
     """Save ``pipe``'s UNet, VAE and text encoder(s) as one original-layout safetensors (``"ldm"``: SD 1.x
-    with CLIP; ``"sgm"``: SDXL with CLIP + OpenCLIP); returns ``path``."""
+    with CLIP; ``"ldm-open-clip"``: SD 2.x, the LDM layout with an OpenCLIP ``cond_stage_model.model.*``;
+    ``"sgm"``: SDXL with CLIP + OpenCLIP); returns ``path``."""
     from safetensors.torch import save_file
 
     state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae)}
     if layout == "ldm":
         state.update(clip_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
+    elif layout == "ldm-open-clip":
+        state.update(open_clip_to_ldm(pipe.text_encoder, "cond_stage_model.model.", unused_last_layer=True))
     elif layout == "sgm":
         state.update(clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
         state.update(open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     else:
-        raise ValueError(f"layout is 'ldm' or 'sgm', not {layout!r}")
+        raise ValueError(f"layout is 'ldm', 'ldm-open-clip' or 'sgm', not {layout!r}")
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path))
     return Path(path)

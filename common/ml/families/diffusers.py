@@ -290,12 +290,21 @@ def _load_unet_weights(unet: nn.Module, path: Path) -> None:
 def load(path: str | Path, config: Mapping[str, Any], device: str) -> tuple[DiffusersGenerator, str]:
     """Usage: ``model, sha = load(folder, row.config, "cuda")`` -> (eval ``DiffusersGenerator``, sha256).
 
-    fp16/bf16 (the config's ``dtype``) on an accelerator, float32 on the CPU.
+    fp16/bf16 (the config's ``dtype``) on an accelerator, float32 on the CPU. A scheduler whose
+    ``prediction_type`` (epsilon, v_prediction, sample) differs from the registered one is refused.
     """
     folder = Path(path)
     dev = torch.device(device)
     dtype = DTYPES[config.get("dtype", "float32")] if dev.type != "cpu" else torch.float32
     pipe = _load_pipe(folder, config, dtype)
+    registered, found = config.get("prediction_type"), pipe.scheduler.config.get("prediction_type", "epsilon")
+    if registered and found != registered:  # the digest covers weights only, not the scheduler's config
+        raise UserError(
+            f"The scheduler config in {folder} now predicts '{found}', but the model was registered with "
+            f"'{registered}' (e.g. SD 2.x 768 models predict v_prediction); restore the config or register "
+            "the model again under a new name.",
+            field="scheduler",
+        )
     gen = DiffusersGenerator(pipe, config).to(dev).eval()
     gen.requires_grad_(False)
     return gen, _digest(folder, config)

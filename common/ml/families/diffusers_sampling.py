@@ -8,9 +8,10 @@ prompts' embeddings, pooled embeddings too), ``null`` (the unconditional embeddi
 Prompts longer than the tokenizer's limit (77 tokens for CLIP) are **truncated** to it, as diffusers does.
 
 Classifier-free guidance runs the conditional and the unconditional pass as two UNet calls per step:
-``eps = eps_u + g (eps_c - eps_u)``. Capture stores the **conditional** pass of the last step. Masks apply
-to **both** passes (``mask_passes="both"``, the default) or to the conditional pass only
-(``mask_passes="cond"``).
+``eps = eps_u + g (eps_c - eps_u)``; "eps" is whatever the UNet predicts (the scheduler config's
+``prediction_type``: v for SD 2.x 768 models), which only ``scheduler.step`` interprets. Capture stores
+the **conditional** pass of the last step. Masks apply to **both** passes (``mask_passes="both"``, the
+default) or to the conditional pass only (``mask_passes="cond"``).
 
 Determinism: each sample's latent noise is drawn on the CPU from its own seed at the latent shape
 [C_lat, H/f, W/f] and the UNet runs on fixed-size, zero-padded micro-batches (as in
