@@ -210,9 +210,18 @@ def measure_lasso(page) -> dict | None:
 
 
 def measure(
-    page, base: str, emb_id: int, n: int, clicks: int, timeout_s: float, wire: str, draw: str = "fast"
+    page,
+    base: str,
+    emb_id: int,
+    n: int,
+    clicks: int,
+    timeout_s: float,
+    wire: str,
+    draw: str = "fast",
+    bundle: str = "explorer",
 ) -> dict:
-    page.goto(f"{base}/explorer?embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else ""))
+    query = f"embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else "")
+    page.goto(f"{base}/explorer?{query}" + ("&plotly=full" if bundle == "full" else ""))
     page.wait_for_function(
         "window.__latentlab && window.__latentlab.explorer && window.__latentlab.explorer.ready",
         timeout=timeout_s * 1000,
@@ -221,6 +230,7 @@ def measure(
     out = {
         "wire": wire,
         "draw": draw,
+        "bundle": bundle,
         "points": n,
         "first_paint_ms": t.get("firstPaint", t["firstRender"]),
         "first_render_ms": t["firstRender"],
@@ -309,6 +319,14 @@ def main() -> None:
         "(traces in parts, the canvas preview of big maps)",
     )
     parser.add_argument("--keep", type=Path, default=None, help="build the lab here and keep it (or reuse)")
+    parser.add_argument(
+        "--bundles",
+        nargs="+",
+        default=["explorer"],
+        choices=["full", "explorer"],
+        help="Plotly.js bundle of the page loads: full (the plotly package's 4.8 MB, the baseline) and/or "
+        "explorer (web/static/vendor/plotly-explorer.min.js, the explorer's trace types only)",
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -354,9 +372,10 @@ def main() -> None:
                         print(endpoint[-1], flush=True)
                 finally:
                     web.stop()
-                for draw in args.draws if wire == "binary" else ["plain"]:
+                draws = args.draws if wire == "binary" else ["plain"]
+                for draw, bundle in [(d, b) for d in draws for b in args.bundles]:
                     load = os.getloadavg()[0]
-                    print(f"load average {load:.1f} before {wire}/{draw} page loads", flush=True)
+                    print(f"load average {load:.1f} before {wire}/{draw}/{bundle} page loads", flush=True)
                     port = free_port()
                     web = start_web(settings, root, port)  # page loads start on a fresh server too
                     base = f"http://127.0.0.1:{port}"
@@ -366,7 +385,7 @@ def main() -> None:
                         for emb_id, n in maps:
                             for run in range(args.runs):
                                 clicks = args.clicks if run == args.runs - 1 else 0
-                                res = measure(page, base, emb_id, n, clicks, 300, wire, draw)
+                                res = measure(page, base, emb_id, n, clicks, 300, wire, draw, bundle)
                                 res["run"] = run + 1
                                 res["load"] = os.getloadavg()[0]
                                 results.append(res)
@@ -397,11 +416,11 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         )
     print()
     print(
-        "| wire | draw | points | run | points painted | first render | fetch (answer / body) "
+        "| wire | draw | Plotly | points | run | points painted | first render | fetch (answer / body) "
         "| decode | wait for Plotly | build | draw | click→selection median / p95 | select() median "
         "| lasso → selection | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         click = (
             f"{r['click_median_ms']:.0f} / {r['click_p95_ms']:.0f} ms ({r['clicks']} clicks)"
@@ -413,25 +432,33 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         if r.get("lasso_ms") is not None:
             lasso = f"{r['lasso_ms']:.0f} ms ({r['lasso_points']:,} points)"
         print(
-            f"| {r['wire']} | {r['draw']} | {r['points']:,} | {r['run']} | {r['first_paint_ms']:.0f} ms | "
+            f"| {r['wire']} | {r['draw']} | {r['bundle']} | {r['points']:,} | {r['run']} | "
+            f"{r['first_paint_ms']:.0f} ms | "
             f"{r['first_render_ms']:.0f} ms | {r['fetch_ms']:.0f} ms ({ms(r['answer_ms'])} / "
             f"{ms(r['body_ms'])}) | {r['decode_ms']:.0f} ms | {r['plotly_wait_ms']:.0f} ms | "
             f"{r['build_ms']:.0f} ms | {r['draw_ms']:.0f} ms | {click} | {select} | {lasso} | "
             f"{r['load']:.1f} |"
         )
-    by = {(r["wire"], r["draw"], r["points"], r["run"]): r for r in results}
+    by = {(r["wire"], r["draw"], r["bundle"], r["points"], r["run"]): r for r in results}
 
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else "—"
 
     print()
     print("Against the baselines measured in this run (below 1: faster), warm = the last run of each map:")
-    print("| points | path / baseline | points painted, first load | points painted, warm | click median |")
-    print("|---|---|---|---|---|")
-    pairs = [(("binary", "plain"), ("json", "plain")), (("binary", "fast"), ("binary", "plain"))]
+    print(
+        "| points | path / baseline | points painted, first load | points painted, warm "
+        "| first render, first load | first render, warm | click median |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    pairs = [
+        (("binary", "plain", "explorer"), ("json", "plain", "explorer")),
+        (("binary", "fast", "explorer"), ("binary", "plain", "explorer")),
+        (("binary", "fast", "explorer"), ("binary", "fast", "full")),
+    ]
     for n in sorted({r["points"] for r in results}):
         for new, old in pairs:
-            runs = [k[3] for k in by if k[:3] == (*new, n)]
+            runs = [k[4] for k in by if k[:4] == (*new, n)]
             if not runs or (*old, n, 1) not in by:
                 continue
             last = max(runs)
@@ -442,6 +469,8 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
                 f"| {n:,} | {'/'.join(new)} vs {'/'.join(old)} | "
                 f"{ratio(f1['first_paint_ms'], o1['first_paint_ms'])} | "
                 f"{ratio(fw['first_paint_ms'], ow['first_paint_ms'])} | "
+                f"{ratio(f1['first_render_ms'], o1['first_render_ms'])} | "
+                f"{ratio(fw['first_render_ms'], ow['first_render_ms'])} | "
                 f"{ratio(fw.get('click_median_ms'), ow.get('click_median_ms'))} |"
             )
 
