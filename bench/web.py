@@ -21,14 +21,19 @@ format before the binary one: the baseline) and ``binary`` (what the explorer lo
 binary format for both draws: ``plain`` (``?draw=plain``: one WebGL trace per category, the draw before)
 and ``fast`` (big maps previewed in a canvas, traces cut below Plotly's quadtree threshold); the server is
 restarted before each format's endpoint timings and again before each draw's page loads, so run 1 of each
-map is the first load after a server start. The last table prints ratios against those baselines; every
-row carries the load average.
+map is the first load after a server start. ``--bundles before now`` also compares how the page loads:
+``before`` (``&plotly=full&preload=none&preview_min=200000``: the full 4.8 MB Plotly.js, no preloads, the
+canvas preview from 200,000 points) against ``now`` (the explorer's own 1.5 MB bundle, the map's points
+and the page's modules preloaded, the preview from 50,000 points); each starts on a fresh server in a new
+browser context (empty cache), so run 1 is a first visit and later runs a returning browser's. The last
+table prints ratios against those baselines; every row carries the load average.
 
 Usage::
 
     .venv/bin/python bench/web.py                      # 100k and 1M points
     .venv/bin/python bench/web.py --points 100000 --clicks 30 --keep /tmp/benchlab
     .venv/bin/python bench/web.py --points 1000000 --wires binary --draws plain fast --keep /tmp/benchlab
+    .venv/bin/python bench/web.py --points 100000 --wires binary --draws fast --bundles before now
 
 Budgets from the issue: 100k first render ≤ 1 s warm (≤ 1.5 s on the first load after a server start);
 1M first render ≤ 3 s; click → selection ≤ 100 ms; lasso over 100k ≤ 300 ms; endpoint at 1M ≤ 1 s.
@@ -62,6 +67,8 @@ from tests.support.services import start_web  # noqa: E402
 from tests.support.settings import make_settings  # noqa: E402
 
 SHA = "0" * 64
+# the page as it loaded before the explorer's own Plotly.js bundle, the preloads and the preview from 50,000
+BEFORE = "&plotly=full&preload=none&preview_min=200000"
 CLASSES = 10
 BATCH = 50_000
 
@@ -218,10 +225,10 @@ def measure(
     timeout_s: float,
     wire: str,
     draw: str = "fast",
-    bundle: str = "explorer",
+    bundle: str = "now",
 ) -> dict:
     query = f"embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else "")
-    page.goto(f"{base}/explorer?{query}" + ("&plotly=full" if bundle == "full" else ""))
+    page.goto(f"{base}/explorer?{query}" + (BEFORE if bundle == "before" else ""))
     page.wait_for_function(
         "window.__latentlab && window.__latentlab.explorer && window.__latentlab.explorer.ready",
         timeout=timeout_s * 1000,
@@ -322,10 +329,11 @@ def main() -> None:
     parser.add_argument(
         "--bundles",
         nargs="+",
-        default=["explorer"],
-        choices=["full", "explorer"],
-        help="Plotly.js bundle of the page loads: full (the plotly package's 4.8 MB, the baseline) and/or "
-        "explorer (web/static/vendor/plotly-explorer.min.js, the explorer's trace types only)",
+        default=["now"],
+        choices=["before", "now"],
+        help="how the page loads: before (the full 4.8 MB Plotly.js, no preloads, the preview from 200,000 "
+        "points: the baseline) and/or now (the explorer's own 1.5 MB Plotly.js bundle, the points and "
+        "modules preloaded, the preview from 50,000 points)",
     )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -416,7 +424,7 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         )
     print()
     print(
-        "| wire | draw | Plotly | points | run | points painted | first render | fetch (answer / body) "
+        "| wire | draw | page | points | run | points painted | first render | fetch (answer / body) "
         "| decode | wait for Plotly | build | draw | click→selection median / p95 | select() median "
         "| lasso → selection | load |"
     )
@@ -452,9 +460,9 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     pairs = [
-        (("binary", "plain", "explorer"), ("json", "plain", "explorer")),
-        (("binary", "fast", "explorer"), ("binary", "plain", "explorer")),
-        (("binary", "fast", "explorer"), ("binary", "fast", "full")),
+        (("binary", "plain", "now"), ("json", "plain", "now")),
+        (("binary", "fast", "now"), ("binary", "plain", "now")),
+        (("binary", "fast", "now"), ("binary", "fast", "before")),
     ]
     for n in sorted({r["points"] for r in results}):
         for new, old in pairs:

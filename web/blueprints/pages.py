@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import posixpath
+import re
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -100,9 +102,48 @@ def explorer_page():
     which = "full" if request.args.get("plotly") == "full" else "explorer"
     bundle = plotly_bundle(which)
     query = f"v={bundle.version}" + ("&bundle=full" if which == "full" else "")
-    response = make_response(render_template("explorer.html", plotly_query=query))
+    # ?preload=none: neither (bench/web.py's baseline for them)
+    preload = request.args.get("preload") != "none"
+    modules = module_graph("js/explorer.js") if preload else []
+    # the map the URL names: its points are fetched while the modules load (explorer/points.js reuses it)
+    embedding = request.args.get("embedding", "")
+    points = None
+    if preload and embedding.isdigit() and len(embedding) < 12 and request.args.get("wire") != "json":
+        points = f"/api/v1/embeddings/{int(embedding)}/points?format=binary"
+    response = make_response(
+        render_template("explorer.html", plotly_query=query, modules=modules, points_url=points)
+    )
     response.headers["Content-Security-Policy"] = EXPLORER_CSP
     return response
+
+
+# -- module preloads ---------------------------------------------------------------------------------------
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+IMPORT = re.compile(r'^\s*(?:import|export)\b[^;"]*?(?:\bfrom\s*)?"(\.{1,2}/[^"]+\.js)"', re.M)
+_graphs: dict[str, list[str]] = {}
+
+
+def module_graph(entry: str) -> list[str]:
+    """The static paths of every module ``entry`` (a path under ``web/static``) imports, directly or not,
+    in a stable order: the page names them all as ``modulepreload`` links, so the browser fetches them at
+    once instead of one level of imports after another. Read once per process."""
+    if entry not in _graphs:
+        seen: list[str] = []
+        todo = [entry]
+        while todo:
+            path = todo.pop(0)
+            try:
+                text = (STATIC / path).read_text(encoding="utf-8")
+            except OSError:
+                continue
+            for spec in IMPORT.findall(text):
+                found = posixpath.normpath(posixpath.join(posixpath.dirname(path), spec))
+                if found != entry and found not in seen and (STATIC / found).is_file():
+                    seen.append(found)
+                    todo.append(found)
+        _graphs[entry] = seen
+    return _graphs[entry]
 
 
 # -- Plotly.js ----------------------------------------------------------------------------------------------
