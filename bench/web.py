@@ -25,8 +25,10 @@ map is the first load after a server start. ``--bundles before now`` also compar
 ``before`` (``&plotly=full&preload=none&preview_min=200000``: the full 4.8 MB Plotly.js, no preloads, the
 canvas preview from 200,000 points) against ``now`` (the explorer's own 1.5 MB bundle, the map's points
 and the page's modules preloaded, the preview from 50,000 points); each starts on a fresh server in a new
-browser context (empty cache), so run 1 is a first visit and later runs a returning browser's. The last
-table prints ratios against those baselines; every row carries the load average.
+browser context (empty cache), so run 1 is a first visit and later runs a returning browser's; their runs
+alternate. ``nopreview`` is ``now`` with the preview from 200,000 points again (what the preview alone
+costs or gains). The last table prints ratios against those baselines; every row carries the load
+average.
 
 Usage::
 
@@ -67,8 +69,13 @@ from tests.support.services import start_web  # noqa: E402
 from tests.support.settings import make_settings  # noqa: E402
 
 SHA = "0" * 64
-# the page as it loaded before the explorer's own Plotly.js bundle, the preloads and the preview from 50,000
-BEFORE = "&plotly=full&preload=none&preview_min=200000"
+# how the page is asked for: before the explorer's own Plotly.js bundle, the preloads and the preview from
+# 50,000 points; as now; as now with the preview from 200,000 points again
+PAGES = {
+    "before": "&plotly=full&preload=none&preview_min=200000",
+    "now": "",
+    "nopreview": "&preview_min=200000",
+}
 CLASSES = 10
 BATCH = 50_000
 
@@ -228,7 +235,7 @@ def measure(
     bundle: str = "now",
 ) -> dict:
     query = f"embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else "")
-    page.goto(f"{base}/explorer?{query}" + (BEFORE if bundle == "before" else ""))
+    page.goto(f"{base}/explorer?{query}{PAGES[bundle]}")
     page.wait_for_function(
         "window.__latentlab && window.__latentlab.explorer && window.__latentlab.explorer.ready",
         timeout=timeout_s * 1000,
@@ -330,7 +337,7 @@ def main() -> None:
         "--bundles",
         nargs="+",
         default=["now"],
-        choices=["before", "now"],
+        choices=list(PAGES),
         help="how the page loads: before (the full 4.8 MB Plotly.js, no preloads, the preview from 200,000 "
         "points: the baseline) and/or now (the explorer's own 1.5 MB Plotly.js bundle, the points and "
         "modules preloaded, the preview from 50,000 points)",
@@ -381,26 +388,32 @@ def main() -> None:
                 finally:
                     web.stop()
                 draws = args.draws if wire == "binary" else ["plain"]
-                for draw, bundle in [(d, b) for d in draws for b in args.bundles]:
+                for draw in draws:
                     load = os.getloadavg()[0]
-                    print(f"load average {load:.1f} before {wire}/{draw}/{bundle} page loads", flush=True)
-                    port = free_port()
-                    web = start_web(settings, root, port)  # page loads start on a fresh server too
-                    base = f"http://127.0.0.1:{port}"
+                    print(f"load average {load:.1f} before {wire}/{draw} page loads", flush=True)
+                    # one fresh server and one new browser context per way of loading the page, their runs
+                    # interleaved (before, now, before, now…) so that a change of the load hits both alike
+                    pages = {}
                     try:
-                        context = browser.new_context(viewport={"width": 1280, "height": 800})
-                        page = sign_in(context, base)
+                        for bundle in args.bundles:
+                            port = free_port()
+                            web = start_web(settings, root, port)  # page loads start on a fresh server too
+                            base = f"http://127.0.0.1:{port}"
+                            context = browser.new_context(viewport={"width": 1280, "height": 800})
+                            pages[bundle] = (web, context, base, sign_in(context, base))
                         for emb_id, n in maps:
                             for run in range(args.runs):
                                 clicks = args.clicks if run == args.runs - 1 else 0
-                                res = measure(page, base, emb_id, n, clicks, 300, wire, draw, bundle)
-                                res["run"] = run + 1
-                                res["load"] = os.getloadavg()[0]
-                                results.append(res)
-                                print(res, flush=True)
-                        context.close()
+                                for bundle, (_, _, base, page) in pages.items():
+                                    res = measure(page, base, emb_id, n, clicks, 300, wire, draw, bundle)
+                                    res["run"] = run + 1
+                                    res["load"] = os.getloadavg()[0]
+                                    results.append(res)
+                                    print(res, flush=True)
                     finally:
-                        web.stop()
+                        for web, context, _, _ in pages.values():
+                            context.close()
+                            web.stop()
             browser.close()
     finally:
         engine.dispose()
@@ -463,6 +476,7 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         (("binary", "plain", "now"), ("json", "plain", "now")),
         (("binary", "fast", "now"), ("binary", "plain", "now")),
         (("binary", "fast", "now"), ("binary", "fast", "before")),
+        (("binary", "fast", "now"), ("binary", "fast", "nopreview")),
     ]
     for n in sorted({r["points"] for r in results}):
         for new, old in pairs:
