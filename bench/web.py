@@ -21,14 +21,21 @@ format before the binary one: the baseline) and ``binary`` (what the explorer lo
 binary format for both draws: ``plain`` (``?draw=plain``: one WebGL trace per category, the draw before)
 and ``fast`` (big maps previewed in a canvas, traces cut below Plotly's quadtree threshold); the server is
 restarted before each format's endpoint timings and again before each draw's page loads, so run 1 of each
-map is the first load after a server start. The last table prints ratios against those baselines; every
-row carries the load average.
+map is the first load after a server start. ``--bundles before now`` also compares how the page loads:
+``before`` (``&plotly=full&preload=none&preview_min=200000``: the full 4.8 MB Plotly.js, no preloads, the
+canvas preview from 200,000 points) against ``now`` (the explorer's own 1.5 MB bundle, the map's points
+and the page's modules preloaded, the preview from 50,000 points); each starts on a fresh server in a new
+browser context (empty cache), so run 1 is a first visit and later runs a returning browser's; their runs
+alternate. ``nopreview`` is ``now`` with the preview from 200,000 points again (what the preview alone
+costs or gains). The last table prints ratios against those baselines; every row carries the load
+average.
 
 Usage::
 
     .venv/bin/python bench/web.py                      # 100k and 1M points
     .venv/bin/python bench/web.py --points 100000 --clicks 30 --keep /tmp/benchlab
     .venv/bin/python bench/web.py --points 1000000 --wires binary --draws plain fast --keep /tmp/benchlab
+    .venv/bin/python bench/web.py --points 100000 --wires binary --draws fast --bundles before now
 
 Budgets from the issue: 100k first render ≤ 1 s warm (≤ 1.5 s on the first load after a server start);
 1M first render ≤ 3 s; click → selection ≤ 100 ms; lasso over 100k ≤ 300 ms; endpoint at 1M ≤ 1 s.
@@ -62,6 +69,13 @@ from tests.support.services import start_web  # noqa: E402
 from tests.support.settings import make_settings  # noqa: E402
 
 SHA = "0" * 64
+# how the page is asked for: before the explorer's own Plotly.js bundle, the preloads and the preview from
+# 50,000 points; as now; as now with the preview from 200,000 points again
+PAGES = {
+    "before": "&plotly=full&preload=none&preview_min=200000",
+    "now": "",
+    "nopreview": "&preview_min=200000",
+}
 CLASSES = 10
 BATCH = 50_000
 
@@ -210,9 +224,18 @@ def measure_lasso(page) -> dict | None:
 
 
 def measure(
-    page, base: str, emb_id: int, n: int, clicks: int, timeout_s: float, wire: str, draw: str = "fast"
+    page,
+    base: str,
+    emb_id: int,
+    n: int,
+    clicks: int,
+    timeout_s: float,
+    wire: str,
+    draw: str = "fast",
+    bundle: str = "now",
 ) -> dict:
-    page.goto(f"{base}/explorer?embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else ""))
+    query = f"embedding={emb_id}&wire={wire}" + ("&draw=plain" if draw == "plain" else "")
+    page.goto(f"{base}/explorer?{query}{PAGES[bundle]}")
     page.wait_for_function(
         "window.__latentlab && window.__latentlab.explorer && window.__latentlab.explorer.ready",
         timeout=timeout_s * 1000,
@@ -221,6 +244,7 @@ def measure(
     out = {
         "wire": wire,
         "draw": draw,
+        "bundle": bundle,
         "points": n,
         "first_paint_ms": t.get("firstPaint", t["firstRender"]),
         "first_render_ms": t["firstRender"],
@@ -309,6 +333,15 @@ def main() -> None:
         "(traces in parts, the canvas preview of big maps)",
     )
     parser.add_argument("--keep", type=Path, default=None, help="build the lab here and keep it (or reuse)")
+    parser.add_argument(
+        "--bundles",
+        nargs="+",
+        default=["now"],
+        choices=list(PAGES),
+        help="how the page loads: before (the full 4.8 MB Plotly.js, no preloads, the preview from 200,000 "
+        "points: the baseline) and/or now (the explorer's own 1.5 MB Plotly.js bundle, the points and "
+        "modules preloaded, the preview from 50,000 points)",
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -354,26 +387,33 @@ def main() -> None:
                         print(endpoint[-1], flush=True)
                 finally:
                     web.stop()
-                for draw in args.draws if wire == "binary" else ["plain"]:
+                draws = args.draws if wire == "binary" else ["plain"]
+                for draw in draws:
                     load = os.getloadavg()[0]
                     print(f"load average {load:.1f} before {wire}/{draw} page loads", flush=True)
-                    port = free_port()
-                    web = start_web(settings, root, port)  # page loads start on a fresh server too
-                    base = f"http://127.0.0.1:{port}"
+                    # one fresh server and one new browser context per way of loading the page, their runs
+                    # interleaved (before, now, before, now…) so that a change of the load hits both alike
+                    pages = {}
                     try:
-                        context = browser.new_context(viewport={"width": 1280, "height": 800})
-                        page = sign_in(context, base)
+                        for bundle in args.bundles:
+                            port = free_port()
+                            web = start_web(settings, root, port)  # page loads start on a fresh server too
+                            base = f"http://127.0.0.1:{port}"
+                            context = browser.new_context(viewport={"width": 1280, "height": 800})
+                            pages[bundle] = (web, context, base, sign_in(context, base))
                         for emb_id, n in maps:
                             for run in range(args.runs):
                                 clicks = args.clicks if run == args.runs - 1 else 0
-                                res = measure(page, base, emb_id, n, clicks, 300, wire, draw)
-                                res["run"] = run + 1
-                                res["load"] = os.getloadavg()[0]
-                                results.append(res)
-                                print(res, flush=True)
-                        context.close()
+                                for bundle, (_, _, base, page) in pages.items():
+                                    res = measure(page, base, emb_id, n, clicks, 300, wire, draw, bundle)
+                                    res["run"] = run + 1
+                                    res["load"] = os.getloadavg()[0]
+                                    results.append(res)
+                                    print(res, flush=True)
                     finally:
-                        web.stop()
+                        for web, context, _, _ in pages.values():
+                            context.close()
+                            web.stop()
             browser.close()
     finally:
         engine.dispose()
@@ -397,11 +437,11 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         )
     print()
     print(
-        "| wire | draw | points | run | points painted | first render | fetch (answer / body) "
+        "| wire | draw | page | points | run | points painted | first render | fetch (answer / body) "
         "| decode | wait for Plotly | build | draw | click→selection median / p95 | select() median "
         "| lasso → selection | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         click = (
             f"{r['click_median_ms']:.0f} / {r['click_p95_ms']:.0f} ms ({r['clicks']} clicks)"
@@ -413,25 +453,34 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
         if r.get("lasso_ms") is not None:
             lasso = f"{r['lasso_ms']:.0f} ms ({r['lasso_points']:,} points)"
         print(
-            f"| {r['wire']} | {r['draw']} | {r['points']:,} | {r['run']} | {r['first_paint_ms']:.0f} ms | "
+            f"| {r['wire']} | {r['draw']} | {r['bundle']} | {r['points']:,} | {r['run']} | "
+            f"{r['first_paint_ms']:.0f} ms | "
             f"{r['first_render_ms']:.0f} ms | {r['fetch_ms']:.0f} ms ({ms(r['answer_ms'])} / "
             f"{ms(r['body_ms'])}) | {r['decode_ms']:.0f} ms | {r['plotly_wait_ms']:.0f} ms | "
             f"{r['build_ms']:.0f} ms | {r['draw_ms']:.0f} ms | {click} | {select} | {lasso} | "
             f"{r['load']:.1f} |"
         )
-    by = {(r["wire"], r["draw"], r["points"], r["run"]): r for r in results}
+    by = {(r["wire"], r["draw"], r["bundle"], r["points"], r["run"]): r for r in results}
 
     def ratio(a, b):
         return f"{a / b:.2f}" if a is not None and b else "—"
 
     print()
     print("Against the baselines measured in this run (below 1: faster), warm = the last run of each map:")
-    print("| points | path / baseline | points painted, first load | points painted, warm | click median |")
-    print("|---|---|---|---|---|")
-    pairs = [(("binary", "plain"), ("json", "plain")), (("binary", "fast"), ("binary", "plain"))]
+    print(
+        "| points | path / baseline | points painted, first load | points painted, warm "
+        "| first render, first load | first render, warm | click median |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    pairs = [
+        (("binary", "plain", "now"), ("json", "plain", "now")),
+        (("binary", "fast", "now"), ("binary", "plain", "now")),
+        (("binary", "fast", "now"), ("binary", "fast", "before")),
+        (("binary", "fast", "now"), ("binary", "fast", "nopreview")),
+    ]
     for n in sorted({r["points"] for r in results}):
         for new, old in pairs:
-            runs = [k[3] for k in by if k[:3] == (*new, n)]
+            runs = [k[4] for k in by if k[:4] == (*new, n)]
             if not runs or (*old, n, 1) not in by:
                 continue
             last = max(runs)
@@ -442,6 +491,8 @@ def report(results: list[dict], endpoint: list[dict]) -> None:
                 f"| {n:,} | {'/'.join(new)} vs {'/'.join(old)} | "
                 f"{ratio(f1['first_paint_ms'], o1['first_paint_ms'])} | "
                 f"{ratio(fw['first_paint_ms'], ow['first_paint_ms'])} | "
+                f"{ratio(f1['first_render_ms'], o1['first_render_ms'])} | "
+                f"{ratio(fw['first_render_ms'], ow['first_render_ms'])} | "
                 f"{ratio(fw.get('click_median_ms'), ow.get('click_median_ms'))} |"
             )
 

@@ -425,16 +425,41 @@ def test_pages_work_from_the_keyboard(lab, signed_in):
     page.wait_for_function("() => window.__latentlab.explorer.state().neighbours.length > 0")
 
 
+# what the page fetched: how often each of its points answers and modules was requested, and the preloads
+FETCHED = """() => {
+  const names = performance.getEntriesByType('resource').map((r) => new URL(r.name).pathname);
+  const count = (test) => names.filter(test).length;
+  return {
+    points: count((n) => n.endsWith('/points')),
+    modules: count((n) => n.startsWith('/static/js/explorer/')),
+    distinctModules: new Set(names.filter((n) => n.startsWith('/static/js/explorer/'))).size,
+    preloads: [...document.querySelectorAll('link[rel=modulepreload]')].length,
+    pointsPreload: document.querySelectorAll('link[rel=preload][as=fetch]').length,
+  };
+}"""
+
+
 def test_plotly_is_served_by_the_app_and_only_the_explorer_allows_eval(lab, signed_in):
     alice = signed_in("alice")
-    page = open_explorer(alice, f"?embedding={lab.embedding_id}")
+    console_errors = []
+    alice.page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    # the page draws with the explorer's own Plotly.js bundle; its points and modules are preloaded and
+    # fetched once each; the map the preview path draws (thresholds lowered) reaches interactive as well
+    page = open_explorer(alice, f"?embedding={lab.embedding_id}&preview_min=1")
+    fetched = page.evaluate(FETCHED)
+    assert fetched["points"] == 1 and fetched["pointsPreload"] == 1, fetched
+    assert fetched["preloads"] >= 10 and fetched["modules"] == fetched["distinctModules"], fetched
+    assert page.evaluate("window.__latentlab.explorer.sampleIds(5).length") == 5
+    assert page.evaluate("document.querySelector('#map').data.some((t) => t.type === 'scattergl')")
+    assert not alice.page_errors and not alice.csp_violations() and not console_errors, console_errors
     src = page.eval_on_selector("script[src*='plotly']", "el => el.getAttribute('src')")
     assert src.startswith("/static/vendor/plotly.min.js?v=")
     answer = page.request.get(f"{lab.url}{src}", headers={"Accept-Encoding": "gzip"})
     assert answer.ok and answer.headers["content-type"].startswith("text/javascript")
     assert answer.headers["content-encoding"] == "gzip"
     assert "immutable" in answer.headers["cache-control"] and answer.headers["etag"]
-    assert b"plotly.js v" in answer.body()[:200]
+    head = answer.body()[:300]
+    assert b"plotly.js v" in head and b"traces: scatter, scattergl, heatmap" in head
     explorer_csp = page.request.get(f"{lab.url}/explorer").headers["content-security-policy"]
     assert "script-src 'self' 'unsafe-eval'" in explorer_csp and "style-src 'self';" in explorer_csp
     for path in ("/datasets", "/jobs", "/history", f"/datasets/{lab.dataset_id}"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
@@ -121,6 +122,35 @@ def test_pages_use_no_inline_script_or_style(client, member):
         assert " style=" not in text and "<style" not in text and " on" + "click=" not in text
     for asset in ("/static/app.css", "/static/js/jobs.js", "/static/js/api.js"):
         assert client.get(asset).status_code == 200
+
+
+def test_the_explorer_loads_its_own_plotly_bundle_and_the_full_one_on_request(client, member):
+    """The explorer's page names the vendored bundle of its trace types by its digest; ?plotly=full names
+    the plotly package's full bundle (bench/web.py's baseline). Both are cached for good and revalidate."""
+    import importlib.resources
+
+    sign_in(client)
+    own = client.get("/explorer").get_data(as_text=True)
+    full = client.get("/explorer?plotly=full").get_data(as_text=True)
+    srcs = []
+    for html in (own, full):
+        found = re.findall(r'data-plotly-src="([^"]+)"', html)
+        assert found and re.search(rf'rel="preload" as="script" href="{re.escape(found[0])}"', html)
+        srcs.append(found[0].replace("&amp;", "&"))
+    assert re.fullmatch(r"/static/vendor/plotly\.min\.js\?v=[0-9a-f]{16}", srcs[0]), srcs
+    assert srcs[1].endswith("&bundle=full") and srcs[1] != srcs[0] + "&bundle=full", srcs
+    vendored = Path(__file__).resolve().parents[2] / "web" / "static" / "vendor" / "plotly-explorer.min.js"
+    packaged = (importlib.resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+    etags = set()
+    for src, body in zip(srcs, (vendored.read_bytes(), packaged), strict=True):
+        res = client.get(src)
+        assert res.status_code == 200 and res.get_data() == body
+        assert res.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert client.get(src, headers={"If-None-Match": res.headers["ETag"]}).status_code == 304
+        etags.add(res.headers["ETag"])
+    assert len(etags) == 2
+    assert b"traces: scatter, scattergl, heatmap" in vendored.read_bytes()[:300]
+    assert len(vendored.read_bytes()) < len(packaged) / 2
 
 
 def test_page_errors_are_html(client):

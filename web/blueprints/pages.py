@@ -1,15 +1,19 @@
 """The page shell: sign-in form, sign-out, and the portal pages (home, datasets, a dataset, the explorer,
 jobs, history). Pages are HTML shells rendered from ``web/templates``; their data comes from the JSON API
-through one small ``web/static/js`` module per page. Plotly.js is served from the installed ``plotly``
-Python package (never a CDN) at ``/static/vendor/plotly.min.js``."""
+through one small ``web/static/js`` module per page. Plotly.js (never a CDN) is served at
+``/static/vendor/plotly.min.js``: the explorer's own bundle, ``web/static/vendor/plotly-explorer.min.js``
+(the three trace types it draws, built by ``scripts/plotly_bundle.js``), or with ``?bundle=full`` the
+installed ``plotly`` Python package's full bundle (``/explorer?plotly=full``, bench/web.py's baseline)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.metadata
 import importlib.resources
+import posixpath
+import re
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, make_response, redirect, render_template, request
@@ -94,28 +98,81 @@ def sweep_page(sweep_id: int):
 @bp.get("/explorer")
 @login_required
 def explorer_page():
-    response = make_response(render_template("explorer.html", plotly_version=plotly_bundle().version))
+    # ?plotly=full: the page loads the full Plotly.js bundle (bench/web.py's baseline for the explorer's own)
+    which = "full" if request.args.get("plotly") == "full" else "explorer"
+    bundle = plotly_bundle(which)
+    query = f"v={bundle.version}" + ("&bundle=full" if which == "full" else "")
+    # ?preload=none: neither (bench/web.py's baseline for them)
+    preload = request.args.get("preload") != "none"
+    modules = module_graph("js/explorer.js") if preload else []
+    # the map the URL names: its points are fetched while the modules load (explorer/points.js reuses it)
+    embedding = request.args.get("embedding", "")
+    points = None
+    if preload and embedding.isdigit() and len(embedding) < 12 and request.args.get("wire") != "json":
+        points = f"/api/v1/embeddings/{int(embedding)}/points?format=binary"
+    response = make_response(
+        render_template("explorer.html", plotly_query=query, modules=modules, points_url=points)
+    )
     response.headers["Content-Security-Policy"] = EXPLORER_CSP
     return response
 
 
-# -- Plotly.js from the installed plotly package ---------------------------------------------------------
+# -- module preloads ---------------------------------------------------------------------------------------
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+IMPORT = re.compile(r'^\s*(?:import|export)\b[^;"]*?(?:\bfrom\s*)?"(\.{1,2}/[^"]+\.js)"', re.M)
+_graphs: dict[str, list[str]] = {}
+
+
+def module_graph(entry: str) -> list[str]:
+    """The static paths of every module ``entry`` (a path under ``web/static``) imports, directly or not,
+    in a stable order: the page names them all as ``modulepreload`` links, so the browser fetches them at
+    once instead of one level of imports after another. Read once per process."""
+    if entry not in _graphs:
+        seen: list[str] = []
+        todo = [entry]
+        while todo:
+            path = todo.pop(0)
+            try:
+                text = (STATIC / path).read_text(encoding="utf-8")
+            except OSError:
+                continue
+            for spec in IMPORT.findall(text):
+                found = posixpath.normpath(posixpath.join(posixpath.dirname(path), spec))
+                if found != entry and found not in seen and (STATIC / found).is_file():
+                    seen.append(found)
+                    todo.append(found)
+        _graphs[entry] = seen
+    return _graphs[entry]
+
+
+# -- Plotly.js ----------------------------------------------------------------------------------------------
+
+EXPLORER_BUNDLE = Path(__file__).resolve().parents[1] / "static" / "vendor" / "plotly-explorer.min.js"
 
 
 class PlotlyBundle:
-    """``plotly/package_data/plotly.min.js`` read once per process, with its gzip form and an ETag."""
+    """One Plotly.js file read once per process, with its gzip form and an ETag from its bytes.
 
-    def __init__(self) -> None:
+    ``which``: "explorer" (the vendored bundle of the explorer's trace types) or "full" (the installed
+    plotly package's ``package_data/plotly.min.js``)."""
+
+    def __init__(self, which: str = "explorer") -> None:
+        self.which = which
         self._lock = threading.Lock()
         self._body: bytes | None = None
         self._gzipped: bytes | None = None
-        self.version = importlib.metadata.version("plotly")
+        self._digest: str | None = None
 
     def body(self) -> bytes:
         with self._lock:
             if self._body is None:
-                resource = importlib.resources.files("plotly") / "package_data" / "plotly.min.js"
-                self._body = resource.read_bytes()
+                if self.which == "full":
+                    resource = importlib.resources.files("plotly") / "package_data" / "plotly.min.js"
+                    self._body = resource.read_bytes()
+                else:
+                    self._body = EXPLORER_BUNDLE.read_bytes()
+                self._digest = hashlib.sha256(self._body).hexdigest()[:32]
             return self._body
 
     def gzipped(self) -> bytes:
@@ -127,37 +184,46 @@ class PlotlyBundle:
 
     @property
     def etag(self) -> str:
-        return hashlib.sha256(f"plotly-{self.version}".encode()).hexdigest()[:32]
+        """The first 32 hex digits of the file's sha256 (a new file is a new ETag and a new URL)."""
+        self.body()
+        return self._digest
+
+    @property
+    def version(self) -> str:
+        """What the page puts in the bundle's URL (``?v=``): the ETag, or "missing" without the file."""
+        try:
+            return self.etag[:16]
+        except FileNotFoundError:
+            return "missing"
 
 
-_plotly: PlotlyBundle | None = None
+_plotly: dict[str, PlotlyBundle] = {}
 
 
-def plotly_bundle() -> PlotlyBundle:
-    global _plotly
-    if _plotly is None:
-        _plotly = PlotlyBundle()
-    return _plotly
+def plotly_bundle(which: str = "explorer") -> PlotlyBundle:
+    if which not in _plotly:
+        _plotly[which] = PlotlyBundle(which)
+    return _plotly[which]
 
 
 @bp.get("/static/vendor/plotly.min.js")
 def plotly_js():
-    bundle = plotly_bundle()
-    if request.if_none_match.contains(bundle.etag):
+    # one of two fixed files: nothing from the request names a path
+    bundle = plotly_bundle("full" if request.args.get("bundle") == "full" else "explorer")
+    try:
+        etag = bundle.etag
+    except FileNotFoundError:
+        abort(404)
+    if request.if_none_match.contains(etag):
         response = Response(status=304)
+    elif request.accept_encodings["gzip"] > 0:
+        response = Response(bundle.gzipped(), mimetype="text/javascript")
+        response.headers["Content-Encoding"] = "gzip"
     else:
-        try:
-            body = bundle.body()
-        except FileNotFoundError:
-            abort(404)
-        if request.accept_encodings["gzip"] > 0:
-            response = Response(bundle.gzipped(), mimetype="text/javascript")
-            response.headers["Content-Encoding"] = "gzip"
-        else:
-            response = Response(body, mimetype="text/javascript")
-    response.set_etag(bundle.etag)
+        response = Response(bundle.body(), mimetype="text/javascript")
+    response.set_etag(etag)
     response.headers["Vary"] = "Accept-Encoding"
-    # the page asks for ?v=<plotly version>, so a new version is a new URL
+    # the page asks for ?v=<the file's digest>, so a new file is a new URL
     response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     return response
 

@@ -11,8 +11,9 @@ const PLOTLY_DRAG = { pan: "pan", zoom: "zoom", select: "select", lasso: "lasso"
 // ?preview_min= and ?trace_part= lower both thresholds, so that a small map takes the big maps' path (tests)
 const DRAW_PARAMS = new URLSearchParams(location.search);
 const PLAIN = DRAW_PARAMS.get("draw") === "plain";
-// maps of at least this many points get the canvas preview and fixed axes (see drawPreview)
-export const PREVIEW_MIN = Number(DRAW_PARAMS.get("preview_min")) || 200_000;
+// maps of at least this many points get the canvas preview and fixed axes (see drawPreview): from 50,000
+// the preview paints the points ~0.5 s before the WebGL traces are drawn (bench/web.py; 200,000 before)
+export const PREVIEW_MIN = Number(DRAW_PARAMS.get("preview_min")) || 50_000;
 
 // Plotly (4.8 MB) is preloaded by the page and run from here, so that the map's requests go out while
 // the browser is still compiling it.
