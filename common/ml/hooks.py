@@ -37,7 +37,8 @@ module's output the layer is (``_read_part``/``_write_part``):
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ __all__ = [
     "ActivationCapture",
     "ActivationMask",
     "MASK_MODES",
+    "RowIntervention",
     "active_hook_count",
     "apply_intervention",
     "dhariwal_block_names",
@@ -359,6 +361,66 @@ def apply_intervention(
     return output + (strength * alpha) * d
 
 
+@dataclass(frozen=True)
+class RowIntervention:
+    """Usage: ``RowIntervention(0.5, window=(0, 2))``; one batch row's intervention at one layer.
+
+    The arguments of ``apply_intervention`` for that row (``strength`` s in [0, 1], ``mode``, ``alpha``,
+    ``normalize``) and its step window ``[start, stop)`` (None: every step). Rows of one model call may
+    each carry their own (``ActivationMask(rows=...)``): a sweep packs its cells into shared calls."""
+
+    strength: float = 1.0
+    mode: str = "replace"
+    alpha: float = 1.0
+    normalize: bool = False
+    window: tuple[int, int] | None = None
+
+    def on(self, step: int | None) -> bool:
+        """Whether the row is intervened at ``step`` (None: the sampler sets no step, always on)."""
+        return self.window is None or step is None or self.window[0] <= step < self.window[1]
+
+    def key(self) -> tuple:
+        return (self.strength, self.mode, self.alpha, self.normalize)
+
+
+def _row_specs(name: str, specs: Sequence[RowIntervention | None]) -> list[RowIntervention | None]:
+    out = []
+    for spec in specs:
+        if spec is not None:
+            if spec.mode not in MASK_MODES:
+                raise ValueError(f"unknown mask mode {spec.mode!r}; valid modes: {', '.join(MASK_MODES)}")
+            _strength(name, spec.strength)
+            if spec.window is not None and not 0 <= spec.window[0] <= spec.window[1]:
+                raise ValueError(f"window {list(spec.window)} must satisfy 0 <= start <= stop")
+        out.append(spec)
+    return out
+
+
+def apply_rows(
+    output: torch.Tensor, mask: torch.Tensor, specs: Sequence[RowIntervention | None], step: int | None
+) -> tuple[torch.Tensor, list[int]]:
+    """Usage: ``out, active = apply_rows(natural, targets, specs, step)``; each row its own intervention.
+
+    ``output`` [B, ...] and ``mask`` [B, ...] as for ``apply_intervention``; ``specs`` one entry per row
+    (None: the row is not intervened at this layer). Rows sharing settings go through
+    ``apply_intervention`` together with the same scalars a single-setting call uses, so every row gets
+    exactly the bits it would get alone at the same batch shape; a row that is None or outside its
+    window keeps its natural output exactly. Returns the output and the rows intervened at ``step``."""
+    active = [r for r, spec in enumerate(specs) if spec is not None and spec.on(step)]
+    groups: dict[tuple, list[int]] = {}
+    for r in active:
+        groups.setdefault(specs[r].key(), []).append(r)
+    out = output
+    for (strength, mode, alpha, normalize), rows in groups.items():
+        if strength == 0.0 or (mode == "add" and alpha == 0.0):
+            continue  # the natural output, as apply_intervention returns it
+        if out is output:
+            out = output.clone()
+        ix = torch.tensor(rows, device=output.device)
+        out[ix] = apply_intervention(output[ix], mask[ix], strength, mode, normalize, alpha)  # [n, ...]
+    return out, active
+
+
 class ActivationMask(_HookContext):
     """Usage: ``with ActivationMask(model, {"encoder_bottleneck": mask}): model(x, sigma, y)``.
 
@@ -380,6 +442,12 @@ class ActivationMask(_HookContext):
     ``record=True`` keeps, per layer, the last call's per-sample ``|applied - natural| / |natural|`` in
     ``sizes[layer]`` (float64 ndarray [B]).
 
+    Per-row interventions: ``rows={layer: [RowIntervention | None] * B}`` gives every row of the batch its
+    own strength, mode, alpha, normalisation and step window at that layer (``apply_rows``; the scalar
+    options and ``window`` are then not used). The masks are then one per row ([B, C, H, W]); a row whose
+    entry is None keeps its natural output at that layer bit-for-bit. With ``record``, ``sizes[layer]``
+    holds each row's size at the last call that intervened on it (NaN before any).
+
     The hooks are family-agnostic: they only see a module's output tensor (or the first element of a
     tuple output), so any model whose layers resolve through ``modules`` (a ``{name: nn.Module}``
     mapping, instead of an EDM model's layer table) can be masked the same way.
@@ -398,6 +466,7 @@ class ActivationMask(_HookContext):
         window: tuple[int, int] | None = None,
         record: bool = False,
         modules: Mapping[str, nn.Module] | None = None,
+        rows: Mapping[str, Sequence[RowIntervention | None]] | None = None,
     ):
         super().__init__()
         self.model = model
@@ -425,6 +494,19 @@ class ActivationMask(_HookContext):
             window = (start, stop)
         self.window = window
         self.step: int | None = None
+        self.rows = None
+        if rows is not None:
+            if window is not None:
+                raise ValueError("give per-row windows in rows, not window")
+            if set(rows) != set(self.masks):
+                raise ValueError(f"rows must name exactly the masked layers: {', '.join(self.masks)}")
+            self.rows = {name: _row_specs(name, rows[name]) for name in self.masks}
+            for name, specs in self.rows.items():
+                if self.masks[name].shape[0] != len(specs):
+                    raise ValueError(
+                        f"mask for layer {name!r} has {self.masks[name].shape[0]} rows but rows gives "
+                        f"{len(specs)}; per-row interventions need one mask row per batch row"
+                    )
         self.sizes: dict[str, np.ndarray] = {}
         seen: dict[tuple, str] = {}
         for name, module in self.modules.items():
@@ -465,13 +547,25 @@ class ActivationMask(_HookContext):
                 return None
             m = mask.to(device=output.device, dtype=output.dtype)
             m = m.expand(B, *([-1] * (m.ndim - 1))) if m.shape[0] != B else m  # [B, C, H, W]
-            out = apply_intervention(output, m, strength, self.mode, self.normalize, self.alpha)
+            if self.rows is not None:
+                if len(self.rows[name]) != B:
+                    raise ValueError(f"rows gives {len(self.rows[name])} rows for a batch of {B}")
+                out, active = apply_rows(output, m, self.rows[name], self.step)
+                if not active:
+                    return None
+            else:
+                out = apply_intervention(output, m, strength, self.mode, self.normalize, self.alpha)
+                active = None
             if self.record:
                 dims = tuple(range(1, output.ndim))
                 nat = output.detach().to(torch.float64)
                 change = torch.linalg.vector_norm(out.detach().to(torch.float64) - nat, dim=dims)
-                size = change / torch.linalg.vector_norm(nat, dim=dims).clamp_min(1e-12)
-                self.sizes[name] = size.cpu().numpy()
+                size = (change / torch.linalg.vector_norm(nat, dim=dims).clamp_min(1e-12)).cpu().numpy()
+                if active is None:
+                    self.sizes[name] = size
+                else:
+                    kept = self.sizes.setdefault(name, np.full(B, np.nan))
+                    kept[active] = size[active]
             return _write_part(full, part, out)
 
         return hook
