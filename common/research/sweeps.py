@@ -46,6 +46,7 @@ from common.research.generations import (
     build_recipe,
     prepare_generate_from_neighbors,
 )
+from common.research.packing import make_packed, packable
 from common.research.variations import (
     generated_dir,
     make_variations,
@@ -139,26 +140,15 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
         ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
         family, sampler = sampler_setup(model_row, ds, p.get("base") or cells[0])
-    made, twins = [], {}
-    for i, (cell, recipe) in enumerate(zip(cells, recipes, strict=True)):
-        ctx.progress(0.05 + 0.85 * i / len(cells), f"cell {i + 1} of {len(cells)}")
-        seeds = variation_seeds(int(cell["seed"]), int(cell["variations"]))
-        made.append(
-            make_variations(
-                model,
-                reducer,
-                recipe,
-                cell,
-                seeds,
-                sigma_max,
-                ds_layers,
-                ctx.check,
-                twins=twins,
-                project=False,
-                family=family,
-                sampler=sampler,
-            )
-        )
+    if packable(family):  # the cells share model calls, row by row (common/research/packing.py)
+        ctx.progress(0.05, f"cell 0 of {len(cells)}")
+
+        def cells_done(done: int) -> None:
+            ctx.progress(0.05 + 0.85 * done / len(cells), f"cell {done} of {len(cells)}")
+
+        made = make_packed(model, cells, recipes, sigma_max, ds_layers, ctx.check, cells_done)
+    else:
+        made = _cell_by_cell(ctx, model, reducer, cells, recipes, sigma_max, ds_layers, family, sampler)
     project_all(reducer, made)
     model_cache.assert_no_hooks()
     ctx.check()
@@ -193,6 +183,32 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
         result = {"sweep_id": sweep.id, "cells": out, "model_cache": model_cache.stats()}
         ctx.complete(session, result)
     return result
+
+
+def _cell_by_cell(ctx, model, reducer, cells, recipes, sigma_max, ds_layers, family, sampler) -> list:
+    """A family without per-row interventions: each cell is rendered as a generation of its own (cells
+    with the same seeds and conditioning share one natural twin)."""
+    made, twins = [], {}
+    for i, (cell, recipe) in enumerate(zip(cells, recipes, strict=True)):
+        ctx.progress(0.05 + 0.85 * i / len(cells), f"cell {i + 1} of {len(cells)}")
+        seeds = variation_seeds(int(cell["seed"]), int(cell["variations"]))
+        made.append(
+            make_variations(
+                model,
+                reducer,
+                recipe,
+                cell,
+                seeds,
+                sigma_max,
+                ds_layers,
+                ctx.check,
+                twins=twins,
+                project=False,
+                family=family,
+                sampler=sampler,
+            )
+        )
+    return made
 
 
 def save_sweep(settings: Settings, root: str, made: list, recipes: list, ds_layers) -> list[dict[str, str]]:

@@ -111,6 +111,7 @@ class Made:
     device: str = "cpu"  # where the images were made (recorded: bit-identity holds per kind of device)
     threads: int = 1  # torch CPU threads (a batched convolution's bits may depend on them)
     text: dict[str, Any] = field(default_factory=dict)  # a diffusers sampler's settings (text_diagnostics)
+    packing: list[dict[str, int]] | None = None  # per variation: a packed sweep's call and row (packing.py)
 
 
 def make_variations(
@@ -306,6 +307,7 @@ def record_made(
                     "variations": n,
                     "recipe_seed": int(p["seed"]),
                     "micro_batch": made.micro_batch,
+                    **({"packing": made.packing[v]} if made.packing is not None else {}),
                     "mask_dir": mask_dir,
                     "device": made.device,
                     "threads": made.threads,
