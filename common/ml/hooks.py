@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,14 @@ from common.ml.activations import (
     dhariwal_layer_table,
     layer_table_for_config,
 )
+from common.ml.intervening import (
+    MASK_MODES,
+    RowIntervention,
+    apply_intervention,
+    apply_rows,
+    checked_rows,
+    checked_strength,
+)
 from common.ml.networks import DhariwalUNet, EDMPrecond
 
 __all__ = [
@@ -61,6 +68,7 @@ __all__ = [
     "RowIntervention",
     "active_hook_count",
     "apply_intervention",
+    "apply_rows",
     "dhariwal_block_names",
     "dhariwal_layer_table",
     "layer_module",
@@ -318,109 +326,6 @@ def _as_mask_tensor(name: str, value: Any) -> torch.Tensor:
     return t
 
 
-MASK_MODES = ("replace", "add")
-
-
-def _strength(name: str, value: Any) -> float:
-    s = float(value)
-    if not 0.0 <= s <= 1.0:
-        raise ValueError(f"strength for layer {name!r} is {s}; it must be within [0, 1]")
-    return s
-
-
-def apply_intervention(
-    output: torch.Tensor,
-    mask: torch.Tensor,
-    strength: float,
-    mode: str = "replace",
-    normalize: bool = False,
-    alpha: float = 1.0,
-) -> torch.Tensor:
-    """Usage: ``apply_intervention(natural, target, 0.5)`` -> the intervened output, same shape and dtype.
-
-    ``output`` (the layer's natural output) [B, ...] and ``mask`` [B, ...] (already broadcast and cast)
-    of any layout, so a UNet of any family can use it. ``mode="replace"``: ``(1 - s) * natural + s *
-    target``, with s = 1 returning ``mask`` itself and s = 0 ``output`` itself (both exact).
-    ``mode="add"``: ``natural + s * alpha * d`` for a direction ``d`` and a signed scale ``alpha``; with
-    ``normalize`` the direction of each sample is first rescaled to the norm of that sample's natural
-    output (``d / |d| * |natural|``, both norms over all of a sample's elements), so ``alpha`` reads as a
-    fraction of the activation's own size. s = 0 or alpha = 0 returns ``output`` itself.
-    """
-    if strength == 0.0 or (mode == "add" and alpha == 0.0):
-        return output
-    if mode == "replace":
-        return mask if strength == 1.0 else (1.0 - strength) * output + strength * mask
-    if mode != "add":
-        raise ValueError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
-    d = mask
-    if normalize:
-        dims = tuple(range(1, output.ndim))
-        vnorm = torch.linalg.vector_norm
-        scale = vnorm(output, dim=dims, keepdim=True) / vnorm(d, dim=dims, keepdim=True).clamp_min(1e-12)
-        d = d * scale  # [B, 1, ..., 1] * [B, ...]
-    return output + (strength * alpha) * d
-
-
-@dataclass(frozen=True)
-class RowIntervention:
-    """Usage: ``RowIntervention(0.5, window=(0, 2))``; one batch row's intervention at one layer.
-
-    The arguments of ``apply_intervention`` for that row (``strength`` s in [0, 1], ``mode``, ``alpha``,
-    ``normalize``) and its step window ``[start, stop)`` (None: every step). Rows of one model call may
-    each carry their own (``ActivationMask(rows=...)``): a sweep packs its cells into shared calls."""
-
-    strength: float = 1.0
-    mode: str = "replace"
-    alpha: float = 1.0
-    normalize: bool = False
-    window: tuple[int, int] | None = None
-
-    def on(self, step: int | None) -> bool:
-        """Whether the row is intervened at ``step`` (None: the sampler sets no step, always on)."""
-        return self.window is None or step is None or self.window[0] <= step < self.window[1]
-
-    def key(self) -> tuple:
-        return (self.strength, self.mode, self.alpha, self.normalize)
-
-
-def _row_specs(name: str, specs: Sequence[RowIntervention | None]) -> list[RowIntervention | None]:
-    out = []
-    for spec in specs:
-        if spec is not None:
-            if spec.mode not in MASK_MODES:
-                raise ValueError(f"unknown mask mode {spec.mode!r}; valid modes: {', '.join(MASK_MODES)}")
-            _strength(name, spec.strength)
-            if spec.window is not None and not 0 <= spec.window[0] <= spec.window[1]:
-                raise ValueError(f"window {list(spec.window)} must satisfy 0 <= start <= stop")
-        out.append(spec)
-    return out
-
-
-def apply_rows(
-    output: torch.Tensor, mask: torch.Tensor, specs: Sequence[RowIntervention | None], step: int | None
-) -> tuple[torch.Tensor, list[int]]:
-    """Usage: ``out, active = apply_rows(natural, targets, specs, step)``; each row its own intervention.
-
-    ``output`` [B, ...] and ``mask`` [B, ...] as for ``apply_intervention``; ``specs`` one entry per row
-    (None: the row is not intervened at this layer). Rows sharing settings go through
-    ``apply_intervention`` together with the same scalars a single-setting call uses, so every row gets
-    exactly the bits it would get alone at the same batch shape; a row that is None or outside its
-    window keeps its natural output exactly. Returns the output and the rows intervened at ``step``."""
-    active = [r for r, spec in enumerate(specs) if spec is not None and spec.on(step)]
-    groups: dict[tuple, list[int]] = {}
-    for r in active:
-        groups.setdefault(specs[r].key(), []).append(r)
-    out = output
-    for (strength, mode, alpha, normalize), rows in groups.items():
-        if strength == 0.0 or (mode == "add" and alpha == 0.0):
-            continue  # the natural output, as apply_intervention returns it
-        if out is output:
-            out = output.clone()
-        ix = torch.tensor(rows, device=output.device)
-        out[ix] = apply_intervention(output[ix], mask[ix], strength, mode, normalize, alpha)  # [n, ...]
-    return out, active
-
-
 class ActivationMask(_HookContext):
     """Usage: ``with ActivationMask(model, {"encoder_bottleneck": mask}): model(x, sigma, y)``.
 
@@ -484,8 +389,10 @@ class ActivationMask(_HookContext):
                 f"layer_strength names {', '.join(map(repr, unmasked))}, which is not masked; "
                 f"masked layers: {', '.join(self.masks)}"
             )
-        base = _strength("*", strength)
-        self.strength = {name: _strength(name, (layer_strength or {}).get(name, base)) for name in self.masks}
+        base = checked_strength("*", strength)
+        self.strength = {
+            name: checked_strength(name, (layer_strength or {}).get(name, base)) for name in self.masks
+        }
         self.mode, self.normalize, self.alpha, self.record = mode, bool(normalize), float(alpha), bool(record)
         if window is not None:
             start, stop = (int(v) for v in window)
@@ -500,7 +407,7 @@ class ActivationMask(_HookContext):
                 raise ValueError("give per-row windows in rows, not window")
             if set(rows) != set(self.masks):
                 raise ValueError(f"rows must name exactly the masked layers: {', '.join(self.masks)}")
-            self.rows = {name: _row_specs(name, rows[name]) for name in self.masks}
+            self.rows = {name: checked_rows(name, rows[name]) for name in self.masks}
             for name, specs in self.rows.items():
                 if self.masks[name].shape[0] != len(specs):
                     raise ValueError(
