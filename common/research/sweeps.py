@@ -4,9 +4,10 @@ A sweep is the generate parameters plus ``grid``: axes (``strength``, ``layers``
 ``seed``, ``mode``, ``alpha``), each a list of values; the cells are every combination, row-major in the
 order of ``AXES`` (at most ``MAX_CELLS``). Every cell is checked like a generation of its own at submit
 time (a bad cell refuses the whole sweep, naming the axis), then the job loads the model and the map once
-and runs the cells one after the other, reporting progress per cell; each cell's samples are recorded
-with the sweep id and the cell's index, their natural twins and readouts as for any generation
-(``common/research/variations.py``), all committed with the job's success.
+and runs the cells packed into shared model calls (``common/research/packing.py``: rows of one call belong
+to different cells; a diffusers model runs them one after the other), reporting progress per cell; each
+cell's samples are recorded with the sweep id and the cell's index, their natural twins and readouts as
+for any generation (``common/research/variations.py``), all committed with the job's success.
 
 Usage::
 
