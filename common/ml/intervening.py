@@ -78,6 +78,10 @@ class RowIntervention:
         """Whether the row is intervened at ``step`` (None: the sampler sets no step, always on)."""
         return self.window is None or step is None or self.window[0] <= step < self.window[1]
 
+    def is_natural(self) -> bool:
+        """Whether the row keeps its natural output exactly (strength 0, or alpha 0 along a direction)."""
+        return self.strength == 0.0 or (self.mode == "add" and self.alpha == 0.0)
+
     def key(self) -> tuple:
         return (self.strength, self.mode, self.alpha, self.normalize)
 
@@ -111,7 +115,7 @@ def apply_rows(
         groups.setdefault(specs[r].key(), []).append(r)
     out = output
     for (strength, mode, alpha, normalize), rows in groups.items():
-        if strength == 0.0 or (mode == "add" and alpha == 0.0):
+        if specs[rows[0]].is_natural():
             continue  # the natural output, as apply_intervention returns it
         if out is output:
             out = output.clone()

@@ -13,7 +13,10 @@ position (checked on the CPU for the demo models, one and two threads; the datas
 rely on the same property), so a packed cell is bit-for-bit its seeds rendered alone with its own settings
 at micro-batch ``K``. ``K`` is recorded as the cell's ``micro_batch`` (with the call and row in
 ``packing``), so ``replay`` and ``latentlab replay --bundle`` re-render the cell's own seeds at ``K`` and
-get the same bits; strength 0 is exactly the twin (rendered in the same calls), strength 1 the clamp.
+get the same bits; strength 0 is exactly the twin (rendered in the same calls), strength 1 the clamp. A
+cell that leaves every layer natural (strength 0, or alpha 0 along a direction) is a natural forward pass
+of its seeds row by row, so it serves as the twin of the cells with its seeds and conditioning: no extra
+rows are rendered for that twin.
 
 Usage::
 
@@ -91,12 +94,18 @@ def make_packed(
             labels += own_labels if own_labels is not None else [None] * len(own)
             specs += [row_specs] * len(own)
             targets += [recipe.masks] * len(own)
+            if all(spec.is_natural() for spec in row_specs.values()):  # strength 0: its rows are the twin
+                twin_rows.setdefault(_twin_key(own, recipe), cell_rows[i])
+        for i in members:
+            cell, recipe = cells[i], recipes[i]
+            own = [seeds[r] for r in cell_rows[i]]
+            own_labels = [labels[r] for r in cell_rows[i]]
             if cell.get("compare_natural", True):
                 key = twin_of[i] = _twin_key(own, recipe)
                 if key not in twin_rows:
                     twin_rows[key] = list(range(len(seeds), len(seeds) + len(own)))
                     seeds += own
-                    labels += own_labels if own_labels is not None else [None] * len(own)
+                    labels += own_labels
                     specs += [{}] * len(own)
                     targets += [{}] * len(own)
 

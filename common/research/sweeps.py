@@ -52,7 +52,7 @@ from common.research.variations import (
     generated_dir,
     make_variations,
     project_all,
-    record_made,
+    record_many,
     variation_seeds,
 )
 
@@ -156,12 +156,10 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
     ctx.progress(0.9, "saving images and activations")
     root = generated_dir(ds_id, ctx.job_id)
     places = save_sweep(settings, root, made, recipes, ds_layers)
-    with ctx.session_factory.begin() as session:
-        out = []
-        first = 0
-        for i, (cell, m, recipe) in enumerate(zip(cells, made, recipes, strict=True)):
-            ids = record_made(
-                session,
+    entries, first = [], 0
+    for i, (cell, m, recipe) in enumerate(zip(cells, made, recipes, strict=True)):
+        entries.append(
+            dict(
                 job_id=ctx.job_id,
                 owner_id=ctx.owner_id,
                 ds_id=ds_id,
@@ -177,8 +175,14 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
                 first_row=first,
                 **places[i],
             )
-            first += len(ids)
-            out.append({"cell": i, "samples": ids, "readout": m.readouts})
+        )
+        first += len(m.seeds)
+    with ctx.session_factory.begin() as session:
+        recorded = record_many(session, entries)  # every cell's rows in one insert per table
+        out = [
+            {"cell": i, "samples": ids, "readout": m.readouts}
+            for i, (ids, m) in enumerate(zip(recorded, made, strict=True))
+        ]
         sweep = session.get(Sweep, int(p["sweep_id"]))
         sweep.job_id = ctx.job_id
         result = {"sweep_id": sweep.id, "cells": out, "model_cache": model_cache.stats()}

@@ -171,8 +171,8 @@ def test_interventions_twins_readouts_sweeps_bundles_and_refusals(env, sessions,
     cell_ids = [c["samples"][0] for c in sweep["cells"]]
     with sessions() as s:
         diags = [s.scalar(select(Generation).where(Generation.sample_id == i)).diagnostics for i in cell_ids]
-    assert [d["micro_batch"] for d in diags] == [8] * 4
-    assert [d["packing"] for d in diags] == [{"call": 0, "row": r} for r in (0, 2, 3, 4)]  # twin: row 1
+    assert [d["micro_batch"] for d in diags] == [4] * 4
+    assert [d["packing"] for d in diags] == [{"call": 0, "row": r} for r in range(4)]
     cell0 = client.get(f"/api/v1/samples/{cell_ids[0]}", headers=alice).json["generation"]
     cell_twin = _png(client.get(cell0["twin"]["image_url"], headers=alice))
     assert np.array_equal(_png(client.get(f"/api/v1/samples/{cell_ids[0]}/image", headers=alice)), cell_twin)

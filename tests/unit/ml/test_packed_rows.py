@@ -96,3 +96,35 @@ def test_row_interventions_are_checked(tiny, ref):
     with pytest.raises(ValueError, match="one mask row per batch row"):
         ActivationMask(tiny, {"midblock": ref["mask/midblock"]}, rows={"midblock": [None, None]})
     assert active_hook_count(tiny) == 0
+
+
+def test_a_packed_sweep_cell_is_its_generation_rendered_at_the_recorded_micro_batch(tiny, ref):
+    from common.research.interventions import render_options
+    from common.research.packing import make_packed
+    from common.research.recipe import Recipe
+    from common.research.variations import render
+
+    masks = {n: m[None] if m.ndim == 3 else m for n, m in _masks(ref).items()}
+    recipe = Recipe(masks, np.zeros(2), np.ones(1), [3], "onehot", 3, None, None, {})
+    base = {"seed": 9, "variations": 2, "steps": 2, "mode": "activation_mean"}
+    cells = [
+        {**base, "strength": 0.5, "mask_window": [1, 2]},
+        {**base, "strength": 0.0},  # natural at every layer: it is the twin, no extra rows
+        {**base, "strength": 1.0, "layer_strength": {"midblock": 0.25}},
+        {**base, "strength": 1.0, "seed": 10},  # other seeds: a twin of its own
+    ]
+    made = make_packed(tiny, cells, [recipe] * 4, 80.0, CAPTURE)
+    assert [m.micro_batch for m in made] == [16] * 4  # 8 cell rows + 2 twin rows: one call of 16
+    assert made[0].twin is made[1].twin is made[2].twin and made[3].twin is not made[0].twin
+    assert np.array_equal(made[1].res.images, made[1].twin.images)
+    for cell, m in zip(cells, made, strict=True):
+        seeds = m.seeds
+        alone = render(tiny, recipe, seeds, 2, 80.0, render_options(cell), CAPTURE, m.micro_batch)
+        assert np.array_equal(alone.images, m.res.images)
+        for name in CAPTURE:
+            assert np.array_equal(alone.activations[name], m.res.activations[name])
+        natural = render(tiny, recipe, seeds, 2, 80.0, None, CAPTURE, m.micro_batch, natural=True)
+        assert np.array_equal(natural.images, m.twin.images)
+        assert m.readouts[0]["intervention_size"].keys() == set(masks)
+    assert made[1].readouts[0]["image_change"] == 0 and made[2].readouts[0]["image_change"] > 0
+    assert [p["row"] for m in made for p in m.packing] == list(range(8))  # twin of seed 10: rows 8, 9
