@@ -1,6 +1,6 @@
 """A sweep's cells packed into shared model calls: the rows of one call belong to different cells (and to
 their natural twins), each row with its own layers, strength, mode, alpha, step window, target and seed
-(``RowIntervention`` in ``common/ml/hooks.py``).
+(``RowIntervention`` in ``common/ml/intervening.py``).
 
 Cells share calls when they share the sampler's steps and the kind of conditioning (``label_mode``); each
 such group is laid out as rows (every cell's variations, then each distinct natural twin once) and run in
