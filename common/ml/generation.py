@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.ml.hooks import ActivationCapture, ActivationMask
+from common.ml.hooks import ActivationCapture, ActivationMask, RowIntervention
 
 __all__ = [
     "LABEL_MODES",
@@ -233,14 +233,22 @@ def step_window(mask_steps: int | None, mask_window: Sequence[int] | None) -> tu
 
 
 def chunk_masks(
-    model: nn.Module, masks: Mapping[str, Any] | None, chunks: Sequence[tuple[int, int]], K: int, **how: Any
+    model: nn.Module,
+    masks: Mapping[str, Any] | None,
+    chunks: Sequence[tuple[int, int]],
+    K: int,
+    rows: Sequence[Mapping[str, RowIntervention]] | None = None,
+    **how: Any,
 ) -> list[ActivationMask] | None:
     """Usage: ``ctxs = chunk_masks(model, {"midblock": m}, [(0, 16), (16, 20)], 16, strength=0.5)``.
 
     One ``ActivationMask`` per micro-batch ``chunks[c] = (a, b)`` of a request of B seeds: a [1, C, H, W]
     (or [C, H, W]) mask is shared by every chunk, a [B, C, H, W] one is sliced to the chunk and padded to
     ``K`` rows. ``how`` goes to ``ActivationMask`` (strength, layer_strength, mode, normalize, alpha,
-    record). None when there are no masks. Every model family's sampler builds its masks here."""
+    record). None when there are no masks. Every model family's sampler builds its masks here.
+
+    ``rows`` (one ``{layer: RowIntervention}`` per seed, ``{}`` for an untouched row) gives every row its
+    own intervention (``ActivationMask(rows=...)``): each chunk gets its rows' settings, padding rows none."""
     if not masks:
         return None
     B = chunks[-1][1]
@@ -254,6 +262,20 @@ def chunk_masks(
                 f"or ({B}, C, H, W) for {B} seeds"
             )
         tensors[name] = t
+    if rows is not None:
+        if len(rows) != B:
+            raise ValueError(f"got {len(rows)} row interventions for {B} seeds")
+        unknown = sorted({n for r in rows for n in r} - set(tensors))
+        if unknown:
+            raise ValueError(f"row interventions name layer(s) without a mask: {', '.join(unknown)}")
+        out = []
+        for a, b in chunks:
+            part = {
+                n: _pad_rows(t.expand(B, *t.shape[1:])[a:b], K) for n, t in tensors.items()
+            }  # [K, C, H, W]
+            specs = {n: [rows[i].get(n) for i in range(a, b)] + [None] * (K - (b - a)) for n in tensors}
+            out.append(ActivationMask(model, part, rows=specs, **how))
+        return out
     if all(t.shape[0] == 1 for t in tensors.values()):
         shared = ActivationMask(model, tensors, **how)
         return [shared for _ in chunks]
@@ -298,6 +320,7 @@ def generate(
     return_float: bool = False,
     micro_batch: int | None = None,
     check: Callable[[], None] | None = None,
+    row_interventions: Sequence[Mapping[str, RowIntervention]] | None = None,
 ) -> GenerationResult:
     """Usage: ``res = generate(model, [207, 360], seeds=[0, 1], capture=["encoder_bottleneck"])``.
 
@@ -324,11 +347,20 @@ def generate(
 
     ``check`` (no arguments) is called before every model call, so a caller can stop a long sampling
     between steps and micro-batches by raising from it (a job's cancel check); it never changes the output.
+
+    ``row_interventions`` (one ``{layer: RowIntervention}`` per seed; ``{}`` leaves a row untouched) gives
+    every sample its own layers, strength, mode, alpha, normalisation and step window in one call (a
+    sweep's cells packed together); ``masks`` then holds every named layer ([1|B, C, H, W]) and the scalar
+    intervention options are not used. At the same ``micro_batch`` a row's image, activations and
+    intervention size are the bits it gets when rendered alone with its own settings; its size is NaN
+    at a layer it does not mask.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("no seeds given")
     window = step_window(mask_steps, mask_window)
+    if row_interventions is not None and window is not None:
+        raise ValueError("with row_interventions each row has its own window; give no mask_steps/mask_window")
     dev = _model_device(model)
     want = torch.device(device) if device is not None else dev
     if want.type != dev.type or want.index not in (None, dev.index):
@@ -347,7 +379,11 @@ def generate(
     pinned = dev.type == "cuda"  # activations leave the GPU without stalling the next micro-batch
 
     how = dict(strength=strength, layer_strength=layer_strength, mode=mask_mode, normalize=normalize)
-    mask_ctxs = chunk_masks(model, masks, chunks, K, alpha=alpha, record=record_intervention, **how)
+    if row_interventions is not None:
+        how = {}  # each row's settings come with it
+    mask_ctxs = chunk_masks(
+        model, masks, chunks, K, row_interventions, alpha=alpha, record=record_intervention, **how
+    )
     sizes: list[dict[str, np.ndarray]] = [{} for _ in chunks]  # per chunk: the last masked call's sizes
     captured: dict[str, list[np.ndarray]] | None = {n: [] for n in capture} if capture else None
 
@@ -364,6 +400,7 @@ def generate(
             masked = mask_ctxs is not None and (window is None or window[0] <= step < window[1])
             with ExitStack() as stack:
                 if masked:
+                    mask_ctxs[c].step = step  # per-row windows (a scalar window is decided here)
                     stack.enter_context(mask_ctxs[c])
                 cap = (
                     stack.enter_context(ActivationCapture(model, capture, pinned=pinned))
@@ -371,7 +408,10 @@ def generate(
                     else None
                 )
                 outs.append(model(xc, sigma_t, yc)[:n])  # [n, C, R, R]
-            if masked and record_intervention:
+            if masked and record_intervention and row_interventions is not None:
+                got = mask_ctxs[c].sizes  # each row's last intervened call; NaN where none was
+                sizes[c] = {name: got.get(name, np.full(K, np.nan))[:n].copy() for name in masks}
+            elif masked and record_intervention:
                 sizes[c] = {name: v[:n].copy() for name, v in mask_ctxs[c].sizes.items()}
             if cap is not None:
                 for name in capture:  # read after the stream is synchronised (non-blocking copies)

@@ -37,7 +37,7 @@ module's output the layer is (``_read_part``/``_write_part``):
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,14 @@ from common.ml.activations import (
     dhariwal_layer_table,
     layer_table_for_config,
 )
+from common.ml.intervening import (
+    MASK_MODES,
+    RowIntervention,
+    apply_intervention,
+    apply_rows,
+    checked_rows,
+    checked_strength,
+)
 from common.ml.networks import DhariwalUNet, EDMPrecond
 
 __all__ = [
@@ -57,8 +65,10 @@ __all__ = [
     "ActivationCapture",
     "ActivationMask",
     "MASK_MODES",
+    "RowIntervention",
     "active_hook_count",
     "apply_intervention",
+    "apply_rows",
     "dhariwal_block_names",
     "dhariwal_layer_table",
     "layer_module",
@@ -316,49 +326,6 @@ def _as_mask_tensor(name: str, value: Any) -> torch.Tensor:
     return t
 
 
-MASK_MODES = ("replace", "add")
-
-
-def _strength(name: str, value: Any) -> float:
-    s = float(value)
-    if not 0.0 <= s <= 1.0:
-        raise ValueError(f"strength for layer {name!r} is {s}; it must be within [0, 1]")
-    return s
-
-
-def apply_intervention(
-    output: torch.Tensor,
-    mask: torch.Tensor,
-    strength: float,
-    mode: str = "replace",
-    normalize: bool = False,
-    alpha: float = 1.0,
-) -> torch.Tensor:
-    """Usage: ``apply_intervention(natural, target, 0.5)`` -> the intervened output, same shape and dtype.
-
-    ``output`` (the layer's natural output) [B, ...] and ``mask`` [B, ...] (already broadcast and cast)
-    of any layout, so a UNet of any family can use it. ``mode="replace"``: ``(1 - s) * natural + s *
-    target``, with s = 1 returning ``mask`` itself and s = 0 ``output`` itself (both exact).
-    ``mode="add"``: ``natural + s * alpha * d`` for a direction ``d`` and a signed scale ``alpha``; with
-    ``normalize`` the direction of each sample is first rescaled to the norm of that sample's natural
-    output (``d / |d| * |natural|``, both norms over all of a sample's elements), so ``alpha`` reads as a
-    fraction of the activation's own size. s = 0 or alpha = 0 returns ``output`` itself.
-    """
-    if strength == 0.0 or (mode == "add" and alpha == 0.0):
-        return output
-    if mode == "replace":
-        return mask if strength == 1.0 else (1.0 - strength) * output + strength * mask
-    if mode != "add":
-        raise ValueError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
-    d = mask
-    if normalize:
-        dims = tuple(range(1, output.ndim))
-        vnorm = torch.linalg.vector_norm
-        scale = vnorm(output, dim=dims, keepdim=True) / vnorm(d, dim=dims, keepdim=True).clamp_min(1e-12)
-        d = d * scale  # [B, 1, ..., 1] * [B, ...]
-    return output + (strength * alpha) * d
-
-
 class ActivationMask(_HookContext):
     """Usage: ``with ActivationMask(model, {"encoder_bottleneck": mask}): model(x, sigma, y)``.
 
@@ -380,6 +347,12 @@ class ActivationMask(_HookContext):
     ``record=True`` keeps, per layer, the last call's per-sample ``|applied - natural| / |natural|`` in
     ``sizes[layer]`` (float64 ndarray [B]).
 
+    Per-row interventions: ``rows={layer: [RowIntervention | None] * B}`` gives every row of the batch its
+    own strength, mode, alpha, normalisation and step window at that layer (``apply_rows``; the scalar
+    options and ``window`` are then not used). The masks are then one per row ([B, C, H, W]); a row whose
+    entry is None keeps its natural output at that layer bit-for-bit. With ``record``, ``sizes[layer]``
+    holds each row's size at the last call that intervened on it (NaN before any).
+
     The hooks are family-agnostic: they only see a module's output tensor (or the first element of a
     tuple output), so any model whose layers resolve through ``modules`` (a ``{name: nn.Module}``
     mapping, instead of an EDM model's layer table) can be masked the same way.
@@ -398,6 +371,7 @@ class ActivationMask(_HookContext):
         window: tuple[int, int] | None = None,
         record: bool = False,
         modules: Mapping[str, nn.Module] | None = None,
+        rows: Mapping[str, Sequence[RowIntervention | None]] | None = None,
     ):
         super().__init__()
         self.model = model
@@ -415,8 +389,10 @@ class ActivationMask(_HookContext):
                 f"layer_strength names {', '.join(map(repr, unmasked))}, which is not masked; "
                 f"masked layers: {', '.join(self.masks)}"
             )
-        base = _strength("*", strength)
-        self.strength = {name: _strength(name, (layer_strength or {}).get(name, base)) for name in self.masks}
+        base = checked_strength("*", strength)
+        self.strength = {
+            name: checked_strength(name, (layer_strength or {}).get(name, base)) for name in self.masks
+        }
         self.mode, self.normalize, self.alpha, self.record = mode, bool(normalize), float(alpha), bool(record)
         if window is not None:
             start, stop = (int(v) for v in window)
@@ -425,6 +401,19 @@ class ActivationMask(_HookContext):
             window = (start, stop)
         self.window = window
         self.step: int | None = None
+        self.rows = None
+        if rows is not None:
+            if window is not None:
+                raise ValueError("give per-row windows in rows, not window")
+            if set(rows) != set(self.masks):
+                raise ValueError(f"rows must name exactly the masked layers: {', '.join(self.masks)}")
+            self.rows = {name: checked_rows(name, rows[name]) for name in self.masks}
+            for name, specs in self.rows.items():
+                if self.masks[name].shape[0] != len(specs):
+                    raise ValueError(
+                        f"mask for layer {name!r} has {self.masks[name].shape[0]} rows but rows gives "
+                        f"{len(specs)}; per-row interventions need one mask row per batch row"
+                    )
         self.sizes: dict[str, np.ndarray] = {}
         seen: dict[tuple, str] = {}
         for name, module in self.modules.items():
@@ -465,13 +454,25 @@ class ActivationMask(_HookContext):
                 return None
             m = mask.to(device=output.device, dtype=output.dtype)
             m = m.expand(B, *([-1] * (m.ndim - 1))) if m.shape[0] != B else m  # [B, C, H, W]
-            out = apply_intervention(output, m, strength, self.mode, self.normalize, self.alpha)
+            if self.rows is not None:
+                if len(self.rows[name]) != B:
+                    raise ValueError(f"rows gives {len(self.rows[name])} rows for a batch of {B}")
+                out, active = apply_rows(output, m, self.rows[name], self.step)
+                if not active:
+                    return None
+            else:
+                out = apply_intervention(output, m, strength, self.mode, self.normalize, self.alpha)
+                active = None
             if self.record:
                 dims = tuple(range(1, output.ndim))
                 nat = output.detach().to(torch.float64)
                 change = torch.linalg.vector_norm(out.detach().to(torch.float64) - nat, dim=dims)
-                size = change / torch.linalg.vector_norm(nat, dim=dims).clamp_min(1e-12)
-                self.sizes[name] = size.cpu().numpy()
+                size = (change / torch.linalg.vector_norm(nat, dim=dims).clamp_min(1e-12)).cpu().numpy()
+                if active is None:
+                    self.sizes[name] = size
+                else:
+                    kept = self.sizes.setdefault(name, np.full(B, np.nan))
+                    kept[active] = size[active]
             return _write_part(full, part, out)
 
         return hook

@@ -345,8 +345,10 @@ def replay_params(session: Session, gen: Generation) -> dict[str, Any]:
     if job is not None and "neighbors" in job.params:
         neighbors = [int(s) for s in job.params["neighbors"]]
         negative = [int(s) for s in job.params.get("negative") or []] or negative
-    elif job is not None and gen.sweep_id is not None:
-        neighbors = [int(s) for s in job.params["base"]["neighbors"]]
+    elif job is not None and gen.sweep_id is not None and gen.sweep_cell is not None:
+        cell = job.params["cells"][gen.sweep_cell]  # a sweep's job keeps each cell's prepared params
+        neighbors = [int(s) for s in cell["neighbors"]]
+        negative = [int(s) for s in cell.get("negative") or []] or negative
     inter = gen.intervention or {}
     return {
         "selected": gen.selected_sample_id,

@@ -4,9 +4,10 @@ A sweep is the generate parameters plus ``grid``: axes (``strength``, ``layers``
 ``seed``, ``mode``, ``alpha``), each a list of values; the cells are every combination, row-major in the
 order of ``AXES`` (at most ``MAX_CELLS``). Every cell is checked like a generation of its own at submit
 time (a bad cell refuses the whole sweep, naming the axis), then the job loads the model and the map once
-and runs the cells one after the other, reporting progress per cell; each cell's samples are recorded
-with the sweep id and the cell's index, their natural twins and readouts as for any generation
-(``common/research/variations.py``), all committed with the job's success.
+and runs the cells packed into shared model calls (``common/research/packing.py``: rows of one call belong
+to different cells; a diffusers model runs them one after the other), reporting progress per cell; each
+cell's samples are recorded with the sweep id and the cell's index, their natural twins and readouts as
+for any generation (``common/research/variations.py``), all committed with the job's success.
 
 Usage::
 
@@ -46,11 +47,12 @@ from common.research.generations import (
     build_recipe,
     prepare_generate_from_neighbors,
 )
+from common.research.packing import make_packed, packable
 from common.research.variations import (
     generated_dir,
     make_variations,
     project_all,
-    record_made,
+    record_many,
     variation_seeds,
 )
 
@@ -139,6 +141,58 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
         ds_id, emb_id, ds_layers = ds.id, emb.id, list(ds.layers)
         sigma_max, sha = model_row.default_sigma_max, model_row.checkpoint_sha256
         family, sampler = sampler_setup(model_row, ds, p.get("base") or cells[0])
+    if packable(family):  # the cells share model calls, row by row (common/research/packing.py)
+        ctx.progress(0.05, f"cell 0 of {len(cells)}")
+
+        def cells_done(done: int) -> None:
+            ctx.progress(0.05 + 0.85 * done / len(cells), f"cell {done} of {len(cells)}")
+
+        made = make_packed(model, cells, recipes, sigma_max, ds_layers, ctx.check, cells_done)
+    else:
+        made = _cell_by_cell(ctx, model, reducer, cells, recipes, sigma_max, ds_layers, family, sampler)
+    project_all(reducer, made)
+    model_cache.assert_no_hooks()
+    ctx.check()
+    ctx.progress(0.9, "saving images and activations")
+    root = generated_dir(ds_id, ctx.job_id)
+    places = save_sweep(settings, root, made, recipes, ds_layers)
+    entries, first = [], 0
+    for i, (cell, m, recipe) in enumerate(zip(cells, made, recipes, strict=True)):
+        entries.append(
+            dict(
+                job_id=ctx.job_id,
+                owner_id=ctx.owner_id,
+                ds_id=ds_id,
+                emb_id=emb_id,
+                p=cell,
+                recipe=recipe,
+                made=m,
+                folder=f"{root}/cell-{i:03d}",
+                sha=sha,
+                first_variation=first,
+                sweep=(int(p["sweep_id"]), i),
+                act_shard=root,
+                first_row=first,
+                **places[i],
+            )
+        )
+        first += len(m.seeds)
+    with ctx.session_factory.begin() as session:
+        recorded = record_many(session, entries)  # every cell's rows in one insert per table
+        out = [
+            {"cell": i, "samples": ids, "readout": m.readouts}
+            for i, (ids, m) in enumerate(zip(recorded, made, strict=True))
+        ]
+        sweep = session.get(Sweep, int(p["sweep_id"]))
+        sweep.job_id = ctx.job_id
+        result = {"sweep_id": sweep.id, "cells": out, "model_cache": model_cache.stats()}
+        ctx.complete(session, result)
+    return result
+
+
+def _cell_by_cell(ctx, model, reducer, cells, recipes, sigma_max, ds_layers, family, sampler) -> list:
+    """A family without per-row interventions: each cell is rendered as a generation of its own (cells
+    with the same seeds and conditioning share one natural twin)."""
     made, twins = [], {}
     for i, (cell, recipe) in enumerate(zip(cells, recipes, strict=True)):
         ctx.progress(0.05 + 0.85 * i / len(cells), f"cell {i + 1} of {len(cells)}")
@@ -159,40 +213,7 @@ def run_sweep(ctx: jobs.JobContext, model_cache, reducers: ReducerCache) -> dict
                 sampler=sampler,
             )
         )
-    project_all(reducer, made)
-    model_cache.assert_no_hooks()
-    ctx.check()
-    ctx.progress(0.9, "saving images and activations")
-    root = generated_dir(ds_id, ctx.job_id)
-    places = save_sweep(settings, root, made, recipes, ds_layers)
-    with ctx.session_factory.begin() as session:
-        out = []
-        first = 0
-        for i, (cell, m, recipe) in enumerate(zip(cells, made, recipes, strict=True)):
-            ids = record_made(
-                session,
-                job_id=ctx.job_id,
-                owner_id=ctx.owner_id,
-                ds_id=ds_id,
-                emb_id=emb_id,
-                p=cell,
-                recipe=recipe,
-                made=m,
-                folder=f"{root}/cell-{i:03d}",
-                sha=sha,
-                first_variation=first,
-                sweep=(int(p["sweep_id"]), i),
-                act_shard=root,
-                first_row=first,
-                **places[i],
-            )
-            first += len(ids)
-            out.append({"cell": i, "samples": ids, "readout": m.readouts})
-        sweep = session.get(Sweep, int(p["sweep_id"]))
-        sweep.job_id = ctx.job_id
-        result = {"sweep_id": sweep.id, "cells": out, "model_cache": model_cache.stats()}
-        ctx.complete(session, result)
-    return result
+    return made
 
 
 def save_sweep(settings: Settings, root: str, made: list, recipes: list, ds_layers) -> list[dict[str, str]]:

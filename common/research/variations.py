@@ -111,6 +111,7 @@ class Made:
     device: str = "cpu"  # where the images were made (recorded: bit-identity holds per kind of device)
     threads: int = 1  # torch CPU threads (a batched convolution's bits may depend on them)
     text: dict[str, Any] = field(default_factory=dict)  # a diffusers sampler's settings (text_diagnostics)
+    packing: list[dict[str, int]] | None = None  # per variation: a packed sweep's call and row (packing.py)
 
 
 def make_variations(
@@ -226,44 +227,74 @@ def record_made(
 
     Files as ``save_made`` lays them out under ``folder``, unless a sweep shares them: activations in
     ``act_shard`` from row ``first_row``, twins in ``twin_dir``, target tensors in ``mask_dir``."""
-    act_shard, twin_dir, mask_dir = act_shard or folder, twin_dir or folder, mask_dir or folder
+    return record_many(session, [{k: v for k, v in locals().items() if k != "session"}])[0]
+
+
+def record_many(session: Session, entries: list[dict[str, Any]]) -> list[list[int]]:
+    """``record_made`` for several ``made`` at once (a sweep's cells): each entry is ``record_made``'s
+    keyword arguments; one insert per table for all of them. Returns each entry's sample ids."""
     now = jobs.now()
-    n = len(made.seeds)
-    insert_ignore(
-        session,
-        Sample.__table__,
-        [
+    samples = []
+    for e in entries:
+        made, recipe, folder = e["made"], e["recipe"], e["folder"]
+        act_shard, first = e.get("act_shard") or folder, e.get("first_variation", 0)
+        samples += [
             {
-                "dataset_id": ds_id,
+                "dataset_id": e["ds_id"],
                 "index": None,
                 "class_label": recipe.class_label,
                 "label_weights": recipe.label_weights,
                 "noise_seed": made.seeds[v],
                 "image_path": f"{folder}/{v:03d}.png",
                 "act_shard": act_shard,
-                "act_row": first_row + v,
+                "act_row": e.get("first_row", 0) + v,
                 "origin": "generated",
-                "job_id": job_id,
-                "variation": first_variation + v,
-                "created_by_id": owner_id,
+                "job_id": e["job_id"],
+                "variation": first + v,
+                "created_by_id": e["owner_id"],
                 "created_at": now,
             }
-            for v in range(n)
-        ],
-    )
-    by_variation = dict(
-        session.execute(
-            select(Sample.variation, Sample.id).where(Sample.job_id == job_id, Sample.origin == "generated")
+            for v in range(len(made.seeds))
+        ]
+    insert_ignore(session, Sample.__table__, samples)
+    job_ids = sorted({e["job_id"] for e in entries})
+    by_variation = {
+        (job, variation): sid
+        for job, variation, sid in session.execute(
+            select(Sample.job_id, Sample.variation, Sample.id).where(
+                Sample.job_id.in_(job_ids), Sample.origin == "generated"
+            )
         ).all()
-    )
-    ids = [by_variation[first_variation + v] for v in range(n)]
+    }
+    out, gens, lineage, points = [], [], [], []
+    placed: dict[int, int] = {}
+    for e in entries:
+        first, n = e.get("first_variation", 0), len(e["made"].seeds)
+        ids = [by_variation[(e["job_id"], first + v)] for v in range(n)]
+        _generation_rows(e, ids, now, gens, lineage, points)
+        placed[e["emb_id"]] = placed.get(e["emb_id"], 0) + n
+        out.append(ids)
+    insert_ignore(session, Generation.__table__, gens)
+    insert_ignore(session, Lineage.__table__, lineage)
+    insert_ignore(session, EmbeddingPoint.__table__, points)
+    for emb_id, n in placed.items():
+        emb = session.get(Embedding, emb_id)
+        emb.num_points = emb.num_points + n
+    return out
+
+
+def _generation_rows(e: dict[str, Any], ids: list[int], now, gens: list, lineage: list, points: list) -> None:
+    """Append the generation, lineage and map-point rows of entry ``e`` (``record_made``'s arguments)."""
+    p, recipe, made, folder, sweep = e["p"], e["recipe"], e["made"], e["folder"], e.get("sweep")
+    twin_dir, mask_dir = e.get("twin_dir") or folder, e.get("mask_dir") or folder
+    job_id, owner_id, emb_id, n = e["job_id"], e["owner_id"], e["emb_id"], len(made.seeds)
+    sha = e["sha"]
     options = render_options(p)
     intervention = {
         "layer_strength": options["layer_strength"],
         "alpha": options["alpha"] if p["mode"] == "direction" else None,
         "normalize": options["normalize"],
     }
-    gens, lineage, points = [], [], []
     for v, sid in enumerate(ids):
         ax, ay = float(made.actual[v, 0]), float(made.actual[v, 1])
         read = made.readouts[v]
@@ -306,6 +337,7 @@ def record_made(
                     "variations": n,
                     "recipe_seed": int(p["seed"]),
                     "micro_batch": made.micro_batch,
+                    **({"packing": made.packing[v]} if made.packing is not None else {}),
                     "mask_dir": mask_dir,
                     "device": made.device,
                     "threads": made.threads,
@@ -329,9 +361,3 @@ def record_made(
             for nb in negative
         ]
         points.append({"embedding_id": emb_id, "sample_id": sid, "x": ax, "y": ay, "projected": True})
-    insert_ignore(session, Generation.__table__, gens)
-    insert_ignore(session, Lineage.__table__, lineage)
-    insert_ignore(session, EmbeddingPoint.__table__, points)
-    emb = session.get(Embedding, emb_id)
-    emb.num_points = emb.num_points + len(points)
-    return ids

@@ -177,6 +177,22 @@ def test_text_to_image_loop_over_the_api(env, sessions):
         assert s.scalar(select(func.count()).select_from(Generation)) == 4
     cache.assert_no_hooks()
 
+    # -- a sweep: diffusers takes no per-row interventions, so its cells run one by one (not packed) ---------
+    job = wait_job(
+        client, alice, submit(client, alice, "/api/v1/sweeps", {**gen, "grid": {"strength": [0, 1]}})["id"]
+    )
+    cells = [c["samples"][0] for c in job["result"]["cells"]]
+    zero, one = (client.get(f"/api/v1/samples/{sid}", headers=alice).json["generation"] for sid in cells)
+    assert "packing" not in zero["diagnostics"] and zero["diagnostics"]["micro_batch"] == 1
+    twin = client.get(zero["twin"]["image_url"], headers=alice).data
+    assert client.get(f"/api/v1/samples/{cells[0]}/image", headers=alice).data == twin  # strength 0: the twin
+    assert one["image_change"] > 0
+    with sessions() as s:
+        image, stored = replay(settings, s, cells[1], cache, ReducerCache())
+        with Image.open(io.BytesIO(stored)) as im:
+            assert np.array_equal(np.asarray(im), image)
+    cache.assert_no_hooks()
+
 
 @pytest.fixture
 def shipped_env(settings, sessions, tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from common.models import Generation, Job, Lineage, Sample
+from common.research.bundles import replay_bundle
 from common.research.embeddings import ReducerCache
 from common.research.generations import replay
 from common.research.modelcache import ModelCache
@@ -165,6 +166,20 @@ def test_interventions_twins_readouts_sweeps_bundles_and_refusals(env, sessions,
     assert [c["effect"] == 0 for c in sweep["cells"]] == [True, True, False, False]
     rows = client.get(f"/api/v1/history?sweep={sweep['id']}", headers=alice).json["generations"]
     assert sorted(r["sweep_cell"] for r in rows) == [0, 1, 2, 3]
+    # the cells and their one twin were packed into one model call of 8 rows (recorded per cell); a
+    # strength-0 cell is exactly the twin, and every packed cell replays bit-for-bit from its record
+    cell_ids = [c["samples"][0] for c in sweep["cells"]]
+    with sessions() as s:
+        diags = [s.scalar(select(Generation).where(Generation.sample_id == i)).diagnostics for i in cell_ids]
+    assert [d["micro_batch"] for d in diags] == [4] * 4
+    assert [d["packing"] for d in diags] == [{"call": 0, "row": r} for r in range(4)]
+    cell0 = client.get(f"/api/v1/samples/{cell_ids[0]}", headers=alice).json["generation"]
+    cell_twin = _png(client.get(cell0["twin"]["image_url"], headers=alice))
+    assert np.array_equal(_png(client.get(f"/api/v1/samples/{cell_ids[0]}/image", headers=alice)), cell_twin)
+    with sessions() as s:
+        for sid in cell_ids:
+            image, stored = replay(settings, s, sid, cache, reducers)
+            assert np.array_equal(image, np.asarray(Image.open(io.BytesIO(stored)))), sid
     sheet = _png(
         client.get(f"/api/v1/sweeps/{sweep['id']}/sheet.png?rows=layers&cols=strength", headers=alice)
     )
@@ -236,6 +251,10 @@ def test_interventions_twins_readouts_sweeps_bundles_and_refusals(env, sessions,
     engine.dispose()
     out = cli(fresh, "replay", "--bundle", str(bundle))
     assert "bit-identical" in out.stdout
+    res = client.get(f"/api/v1/samples/{cell_ids[3]}/bundle", headers=alice)  # a packed sweep cell
+    (tmp_path / "cell.zip").write_bytes(res.data)
+    report = replay_bundle(fresh, tmp_path / "cell.zip", cache)
+    assert report.identical, report.summary
     tampered = tmp_path / "tampered.zip"
     with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(tampered, "w") as dst:
         for item in src.namelist():
