@@ -317,7 +317,7 @@ def fit_reducer(
                 lambda: fit_map(zz, pp, between_epochs, **kw), heartbeat if check else None
             )
 
-        mp, xl, backend, note = lm.fit_landmark_map(
+        mp, xl, backend, note, index = lm.fit_landmark_map(
             zl,
             params,
             report,
@@ -325,6 +325,8 @@ def fit_reducer(
             guarded_fit,
         )
         red = Reducer(list(params.layers), dim, mean, scale, pca_mean, components, mp, zl, backend, info)
+        if index is not None:  # the placement searches the index the graph was built with
+            red._cache[f"ivf:{params.metric}"] = index
         rest = np.ones(n, dtype=bool)
         rest[rows] = False
         xy = np.empty((n, 2), dtype=np.float32)

@@ -231,11 +231,27 @@ class Reducer:
         return np.asarray(xy, dtype=np.float32)
 
     def neighbors(self, zq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest training rows of each query row under the map's metric: ([m, k] int64,
-        [m, k] float32 distances, nearest first). See ``exact_neighbors``."""
+        """The k nearest training rows of each query row under the map's metric: ([m, k] int64,
+        [m, k] float32 distances, nearest first). Exact (``exact_neighbors``) up to
+        ``common.maps.ivf.INDEX_ROWS`` training rows; above, through the map's IVF index (built from the
+        training rows on first use, the same index whenever the map is loaded)."""
+        from common.maps import ivf
+
         metric = self.map.metric
         prepared = None if metric == "manhattan" else self._prepared_train(metric)
+        if ivf.use_index(self.z.shape[0], metric):
+            return self.index().search(zq, self.z, k, prepared)
         return exact_neighbors(zq, self.z, k, metric, prepared)
+
+    def index(self):
+        """The training rows' ``common.maps.ivf.IvfIndex`` under the map's metric (kept after first use)."""
+        from common.maps.ivf import IvfIndex
+
+        key = f"ivf:{self.map.metric}"
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = IvfIndex.build(self.z, self.map.metric)
+        return got
 
     def _prepared_train(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         key = f"train:{metric}"
