@@ -187,7 +187,7 @@ def placement_quality(red, x: np.ndarray, k: int = 15) -> None:
     a sample's k nearest training rows in z that are among its k nearest training points on the map."""
     from scipy.spatial import cKDTree
 
-    from common.maps import ivf
+    from common.maps import neighbors as nb
     from common.maps.transform import Reducer, exact_neighbors
 
     zq = red.to_z(x)
@@ -197,18 +197,18 @@ def placement_quality(red, x: np.ndarray, k: int = 15) -> None:
     kept = {}
     for name, r in [("the map's search", red), ("exact search", None)]:
         if r is None:
-            limit, ivf.INDEX_ROWS = ivf.INDEX_ROWS, 10**12
+            limit, nb.INDEX_ROWS = nb.INDEX_ROWS, 10**12
             r = Reducer(
                 red.layers, red.dim, red.mean, red.scale, red.pca_mean, red.components, red.map, red.z
             )
         xy = r.transform_z(zq)
         if name == "exact search":
-            ivf.INDEX_ROWS = limit
+            nb.INDEX_ROWS = limit
         _, on_map = tree.query(xy, k)
         kept[name] = recall(on_map, truth)
     line(
         f"neighbours and placement of {len(x):,} dataset rows, among {red.z.shape[0]:,} training rows",
-        index=ivf.use_index(red.z.shape[0], red.map.metric),
+        index=nb.use_index(red.z.shape[0], red.map.metric),
         recall_at_15=recall(got, truth),
         knn_kept_map_search=kept["the map's search"],
         knn_kept_exact_search=kept["exact search"],
@@ -220,9 +220,9 @@ def transform_only(rows: int, dims: int = 256) -> None:
     landmarks), without fitting one: training rows like a fitted map's (the synthetic activations through
     the scaler and a 256-dim PCA) and random map positions; the work per new sample (neighbours among the
     rows, then the transform epochs) does not depend on the map's quality. The indexed search
-    (``common.maps.ivf``, what maps of more than ``INDEX_ROWS`` rows use) against the exact search in the
-    same run, with the recall@k of the indexed neighbours."""
-    from common.maps import ivf
+    (``common.maps.neighbors``, what maps of more than ``INDEX_ROWS`` rows use) against the exact search
+    in the same run, with the recall@k of the indexed neighbours."""
+    from common.maps import neighbors as nb
     from common.maps.transform import Reducer, UmapMap
 
     z = pca_rows(rows + 1024, dims)
@@ -238,7 +238,7 @@ def transform_only(rows: int, dims: int = 256) -> None:
     )
     found = {}
     for name, limit in [("exact search", 10**12), ("IVF index", 0)]:
-        ivf.INDEX_ROWS = limit
+        nb.INDEX_ROWS = limit
         red = Reducer(["x"], dims, None, None, None, None, mp, train)
         _, t_build, _ = measure(red.transform_z, q[:1])  # warm: compile, prepared rows, the index
         ones = [measure(red.transform_z, q[i : i + 1])[1] for i in range(20)]
@@ -284,16 +284,19 @@ def main() -> None:
         "--landmarks", type=int, default=None, help="LATENTLAB_MAP_LANDMARKS (default: the product's)"
     )
     ap.add_argument(
-        "--index-rows", type=int, default=None, help="common.maps.ivf.INDEX_ROWS (default: the module's)"
+        "--index-rows",
+        type=int,
+        default=None,
+        help="common.maps.neighbors.INDEX_ROWS (default: the module's)",
     )
     ap.add_argument(
         "--transform-only", type=int, default=0, help="only time transform into a map of this many rows"
     )
     args = ap.parse_args()
     if args.index_rows is not None:
-        from common.maps import ivf
+        from common.maps import neighbors as nb
 
-        ivf.INDEX_ROWS = args.index_rows
+        nb.INDEX_ROWS = args.index_rows
     if args.transform_only:
         transform_only(args.transform_only)
         return
@@ -312,9 +315,9 @@ def main() -> None:
         f"# map at {args.samples:,} synthetic samples, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
         f"landmarks {settings.map_landmarks:,}"
     )
-    from common.maps import ivf
+    from common.maps import neighbors as nb
 
-    print(f"# IVF index above {ivf.INDEX_ROWS:,} training rows: √n cells, {ivf.PROBE} probed", flush=True)
+    print(f"# IVF index above {nb.INDEX_ROWS:,} training rows: √n cells, {nb.PROBE} probed", flush=True)
     ds_id = write_synthetic_dataset(settings, sessions, args.samples, args.root)
     fit(settings, sessions, ds_id)
 

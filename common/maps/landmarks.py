@@ -7,22 +7,24 @@ of 256 PCA dims it would run for hours on a 2-core machine with no progress insi
 ``landmarks`` rows (``LATENTLAB_MAP_LANDMARKS``, default 100,000) the fit instead:
 
 1. picks ``landmarks`` rows: ``sorted(default_rng(seed).choice(n, landmarks, replace=False))``;
-2. finds their exact k nearest landmarks by matrix products in chunks (``exact_neighbors``, the same
-   search transform uses; progress and a cancel check between chunks) and hands that graph to umap-learn
-   (``precomputed_knn``), which fits the layout of the landmarks (its epochs report progress);
-3. places every other row with the fitted map's own ``transform`` (exact neighbours among the landmarks,
-   then umap-learn's transform epochs), in batches of ``PLACE_BATCH`` with progress and a check between
-   batches.
+2. finds their k nearest landmarks in chunks (``landmark_graph``; progress and a cancel check between
+   chunks) and hands that graph to umap-learn (``precomputed_knn``), which fits the layout of the
+   landmarks (its epochs report progress). Above ``common.maps.neighbors.INDEX_ROWS`` landmarks (50,000) the
+   search goes through a seeded IVF index of the landmarks (``common.maps.neighbors``: recall@15 about 0.99,
+   exact distances); at or below it, the exact search by matrix products that transform used to use;
+3. places every other row with the fitted map's own ``transform`` (the same search among the landmarks,
+   through the same index, then umap-learn's transform epochs), in batches of ``PLACE_BATCH`` with
+   progress and a check between batches.
 
 The saved map is the landmarks' map (its training rows are the landmarks; the map records ``landmarks``
 and ``placed`` in its info): transforming a new sample into a map of a million points costs what it costs
-in a map of ``landmarks`` points. At or below ``landmarks`` rows nothing of this runs and the fit is the
-plain umap-learn fit, bit for bit.
+in a map of ``landmarks`` points, and the loaded map rebuilds the same index from its training rows. At or
+below ``landmarks`` rows nothing of this runs and the fit is the plain umap-learn fit, bit for bit.
 
 Usage (``common.maps.reducer.fit_reducer`` calls it)::
 
     rows = landmark_rows(n, landmarks, seed)
-    mp, xy_rows = fit_landmark_map(z[rows], params, report, check)
+    mp, xy_rows, backend, note, index = fit_landmark_map(z[rows], params, report, check, fit_map)
     xy_rest = place_rows(reducer_of_landmarks, z_rest, report, check)
 """
 
@@ -33,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from common.maps import ivf
-from common.maps.transform import Reducer, UmapMap, exact_neighbors, prepare_train
+from common.maps import neighbors as nb
+from common.maps.neighbors import exact_neighbors, prepare_train
+from common.maps.transform import Reducer, UmapMap
 
 LANDMARKS = 100_000  # the default: maps of more rows fit UMAP on this many landmark rows
 KNN_CHUNK = 1024  # landmark rows per chunk of the exact neighbour search
-INDEX_CHUNK = 8192  # landmark rows per chunk of the indexed search (``common.maps.ivf``)
+INDEX_CHUNK = 8192  # landmark rows per chunk of the indexed search (``common.maps.neighbors``)
 PLACE_BATCH = 4096  # rows per transform batch when placing the rest (≤ 10,000: the same epochs as a click)
 
 Report = Callable[..., None]  # (fraction, message, force=False)
@@ -54,14 +57,14 @@ def landmark_graph(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest rows of ``z`` to each of its rows (itself first, at distance 0), in chunks:
     ([n, k] int64, [n, k] float32), and the IVF index it searched (None: the exact search, at or below
-    ``ivf.INDEX_ROWS`` rows). The map's transform searches the same way (``Reducer.neighbors``)."""
+    ``nb.INDEX_ROWS`` rows). The map's transform searches the same way (``Reducer.neighbors``)."""
     n = z.shape[0]
     prepared = None if metric == "manhattan" else prepare_train(z, metric)
     index = None
     chunk = KNN_CHUNK
-    if ivf.use_index(n, metric):
+    if nb.use_index(n, metric):
         report(span[0], f"UMAP: neighbour index of {n:,} landmarks", force=True)
-        index = ivf.IvfIndex.build(z, metric, check=check)
+        index = nb.IvfIndex.build(z, metric, check=check)
         chunk = INDEX_CHUNK
     idx = np.empty((n, k), dtype=np.int64)
     dists = np.empty((n, k), dtype=np.float32)
@@ -83,7 +86,7 @@ def fit_landmark_map(
     report: Report,
     check: Callable[[], None] | None,
     fit_map: Callable[..., tuple[UmapMap, np.ndarray, str, str | None]],
-) -> tuple[UmapMap, np.ndarray, str, str | None, ivf.IvfIndex | None]:
+) -> tuple[UmapMap, np.ndarray, str, str | None, nb.IvfIndex | None]:
     """UMAP over the landmark rows ``z`` with a neighbour graph found here (with progress); the last
     item is the index the graph was searched with (for the placement), or None."""
     k = min(params.n_neighbors, z.shape[0] - 1)

@@ -1,7 +1,8 @@
-"""A seeded inverted-file (IVF) neighbour index for maps of many training rows: the training rows are
-split into cells by k-means, a query is compared only with the rows of its ``probe`` nearest cells.
+"""Neighbour search among a map's training rows: exact (``exact_neighbors``) and, for maps of many
+training rows, a seeded inverted-file (IVF) index (``IvfIndex``): the training rows are split into cells
+by k-means, a query is compared only with the rows of its ``probe`` nearest cells.
 
-Why: the exact search (``common.maps.transform.exact_neighbors``) compares every query with every
+Why: the exact search (``exact_neighbors``) compares every query with every
 training row. With 100,000 landmark rows that is 100,000 × 256 multiply-adds and a partition of 100,000
 scores per query: the landmark graph of a million-row map took 25 min at load 13 and placing the other
 900,000 rows would take hours; one new sample read the whole 100 MB training matrix (315 ms). Through the
@@ -9,7 +10,7 @@ index a query sees ``probe`` cells of about √n rows each (about 5 % of the row
 matrix-shaped: the queries are grouped by their nearest cell, and each group is one matrix product
 against the rows of the cells its queries probe (a row outside a query's own ``probe`` cells is masked,
 so a query's neighbours do not depend on the other queries of the call). The candidates' exact distances
-are then computed as the exact search computes them (umap-learn's metric functions), so the distances
+are then computed as ``exact_neighbors`` computes them (umap-learn's metric functions), so the distances
 are exact and only a missed neighbour can differ; bench/map_scale.py reports recall@k against the exact
 search.
 
@@ -76,8 +77,6 @@ class IvfIndex:
 
     @classmethod
     def _build(cls, z, metric, cells, probe, check) -> IvfIndex:
-        from common.maps.transform import prepare_train
-
         train, _ = prepare_train(z, metric)
         n = train.shape[0]
         cells = int(cells or max(1, round(CELLS_PER_ROOT * math.sqrt(n))))
@@ -120,7 +119,6 @@ class IvfIndex:
 
     def _search(self, zq, z, k, prepared) -> tuple[np.ndarray, np.ndarray]:
         from common.maps import umap_kernels as kern
-        from common.maps.transform import _prepare, exact_neighbors
 
         metric = self.metric
         train, sq = self._sorted(prepared)
@@ -173,6 +171,59 @@ class IvfIndex:
             rows = np.ascontiguousarray(train[self.order])
             self._rows = (rows, sq[self.order] if self.metric == "euclidean" else sq)
         return self._rows
+
+
+def _prepare(a: np.ndarray, metric: str) -> np.ndarray:
+    """Rows ready for a matrix-product neighbour search (float32)."""
+    a = np.asarray(a, dtype=np.float32)
+    if metric == "correlation":
+        a = a - a.mean(axis=1, keepdims=True)
+    if metric in ("cosine", "correlation"):
+        norm = np.linalg.norm(a, axis=1, keepdims=True)
+        a = a / np.where(norm > 0, norm, 1.0)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def exact_neighbors(
+    zq: np.ndarray, z: np.ndarray, k: int, metric: str, prepared: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``z`` [n, d] to each row of ``zq`` [m, d] under ``metric``: ([m, k] int64,
+    [m, k] float32 distances, nearest first). Candidates from a float32 matrix product, their distances
+    then computed as umap-learn's metric functions compute them. ``prepared``: ``prepare_train(z, metric)``
+    when the caller keeps it between calls (not used for manhattan)."""
+    from common.maps import umap_kernels as kern
+
+    m, n = zq.shape[0], z.shape[0]
+    kc = min(n, k + 8)
+    out_i = np.empty((m, k), dtype=np.int64)
+    out_d = np.empty((m, k), dtype=np.float32)
+    step = max(1, (64 * 2**20) // (8 * n))
+    for a in range(0, m, step):
+        q = np.ascontiguousarray(zq[a : a + step], dtype=np.float32)
+        if kc < n:
+            if metric == "manhattan":
+                from scipy.spatial.distance import cdist
+
+                score = cdist(q, z, "cityblock")
+            else:
+                train, sq = prepared if prepared is not None else prepare_train(z, metric)
+                s = _prepare(q, metric) @ train.T  # [c, n]
+                score = sq[None, :] - 2.0 * s if metric == "euclidean" else -s
+            cand = np.argpartition(score, kc - 1, axis=1)[:, :kc].astype(np.int64)
+        else:
+            cand = np.tile(np.arange(n, dtype=np.int64), (len(q), 1))
+        exact = kern.candidate_distances(q, z, np.ascontiguousarray(cand), kern.METRICS[metric])
+        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        out_i[a : a + len(q)] = np.take_along_axis(cand, order, axis=1)
+        out_d[a : a + len(q)] = np.take_along_axis(exact, order, axis=1)
+    return out_i, np.ascontiguousarray(out_d)
+
+
+def prepare_train(z: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows ready for ``exact_neighbors``: (rows, squared norms for euclidean)."""
+    train = _prepare(z, metric)
+    sq = np.einsum("ij,ij->i", train, train) if metric == "euclidean" else np.zeros(0, np.float32)
+    return train, sq
 
 
 def _nearest(x: np.ndarray, cent: np.ndarray, check: Callable[[], None] | None = None) -> np.ndarray:
