@@ -1,17 +1,21 @@
 """Maps at scale: the real ``fit_embedding`` job over N synthetic samples of the digits demo's activation
-width (encoder_bottleneck + midblock of ``digits16``: 2,048 floats), written in the product's layout
-(1,024-sample chunks, one ``.npy`` shard per layer, a ``samples`` row each) so the fit reads them through
-the product's shard reader (``iter_activation_batches``); then the cost of transforming new samples into
-that map (a reprojection: ``Reducer.transform``, one sample and a batch of 1,024).
+width (encoder_bottleneck + midblock of ``digits16``: 2,048 floats; 10 class clusters on one curved
+manifold, the same distribution in every chunk), written in the product's layout (1,024-sample chunks,
+one ``.npy`` shard per layer, a ``samples`` row each) so the fit reads them through the product's shard
+reader (``iter_activation_batches``); then the map's neighbour search and placement against the exact
+search on 1,024 dataset rows (recall@15, kNN kept on the map), and the cost of transforming new samples
+into that map (a reprojection: ``Reducer.transform``, one sample and a batch of 1,024).
 
 Figures: fit seconds, peak resident memory, the longest wait between two progress changes of the job
 (the job row, polled every second), transform ms per new sample. The goal at 1,000,000 rows is ≤ 45 min,
-≤ 16 GB, progress at least every 30 s, ≤ 50 ms per new sample; on the shared 2-core box run it at
-100,000–200,000 and extrapolate with care (UMAP's neighbour search grows a little faster than N).
+≤ 16 GB, progress at least every 30 s, ≤ 50 ms per new sample (about 20 min at 1M on the shared 2-core
+box at load 5–7, plus 7 min to write the synthetic dataset once). ``--transform-only`` times the
+transform into a map of that many training rows, the IVF index against the exact search.
 
 Run::
 
-    .venv/bin/python bench/map_scale.py --samples 200000 --root /tmp/ll-map-scale
+    .venv/bin/python bench/map_scale.py --samples 1000000 --root /tmp/ll-map-scale
+    .venv/bin/python bench/map_scale.py --transform-only 100000
 """
 
 from __future__ import annotations
