@@ -2,25 +2,25 @@
 training rows, a seeded inverted-file (IVF) index (``IvfIndex``): the training rows are split into cells
 by k-means, a query is compared only with the rows of its ``probe`` nearest cells.
 
-Why: the exact search (``exact_neighbors``) compares every query with every
-training row. With 100,000 landmark rows that is 100,000 × 256 multiply-adds and a partition of 100,000
-scores per query: the landmark graph of a million-row map took 25 min at load 13 and placing the other
-900,000 rows would take hours; one new sample read the whole 100 MB training matrix (315 ms). Through the
-index a query sees ``probe`` cells of about √n rows each (about 5 % of the rows), and the work stays
-matrix-shaped: the queries are grouped by their nearest cell, and each group is one matrix product
-against the rows of the cells its queries probe (a row outside a query's own ``probe`` cells is masked,
-so a query's neighbours do not depend on the other queries of the call). The candidates' exact distances
-are then computed as ``exact_neighbors`` computes them (umap-learn's metric functions), so the distances
-are exact and only a missed neighbour can differ; bench/map_scale.py reports recall@k against the exact
-search.
+Why: the exact search compares every query with every training row. With 100,000 landmark rows that is
+100,000 × 256 multiply-adds and a partition of 100,000 scores per query: the landmark graph of a
+million-row map took 25 min at load 13 and placing the other 900,000 rows would have taken hours; one new
+sample read the whole 100 MB training matrix (315 ms). Through the index a query sees ``probe`` cells of
+about √n rows each (about 5 % of the rows at 100,000), and the work stays matrix-shaped: cell by cell,
+the rows of the cell (contiguous: the index keeps the rows in cell order) against every query that probes
+it, in one matrix product; each query keeps its k + 8 best candidates over its cells, whose exact
+distances are then computed as ``exact_neighbors`` computes them (umap-learn's metric functions). So the
+distances are exact and only a missed neighbour can differ (bench/map_scale.py reports recall@15 against
+the exact search), and a query's neighbours do not depend on the other queries of the call.
 
 Deterministic: the cells come from a fixed-seed k-means over a fixed sample of the rows, so the same
 training rows give the same index, at fit time and whenever a saved map is loaded (nothing is saved).
 
 Usage::
 
-    index = IvfIndex.build(z, "euclidean")            # z: [n, d] float32
-    idx, dists = index.search(zq, z, 15)               # [m, 15] int64, [m, 15] float32, nearest first
+    index = IvfIndex.build(z, "euclidean")                          # z: [n, d] float32
+    idx, dists = index.search(zq, z, 15, prepare_train(z, "euclidean"))
+    # [m, 15] int64, [m, 15] float32, nearest first
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class IvfIndex:
     metric: str
     centroids: np.ndarray  # [c, d] float32, in the prepared space (normalised rows for cosine/correlation)
     centroid_sq: np.ndarray  # [c] float32
-    order: np.ndarray  # [n] int64, the training rows sorted by cell
+    order: np.ndarray  # [n] int64, the training rows sorted by cell (a copy of the rows in this order is
+    # kept after the first search: one more training matrix in memory, 100 MB at 100,000 × 256)
     starts: np.ndarray  # [c + 1] int64, cell j holds order[starts[j]:starts[j + 1]]
     probe: int
     _rows: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
