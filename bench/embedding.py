@@ -78,13 +78,22 @@ def median_time(fn, repeat: int) -> float:
     return statistics.median(measure(fn)[1] for _ in range(repeat))
 
 
-def synthetic(n: int, dim: int, seed: int = 0, chunk: int = 1000) -> np.ndarray:
-    """[n, dim] float32 activations: 10 clusters on a curved 16-d manifold, ReLU-like, with noise."""
+def synthetic(n: int, dim: int, seed: int = 0, chunk: int = 1000, rows_seed: int | None = None) -> np.ndarray:
+    """[n, dim] float32 activations: 10 clusters on a curved 16-d manifold, ReLU-like, with noise.
+
+    ``rows_seed``: None draws the manifold and the rows from ``seed`` together (each seed its own
+    manifold); a number draws only the rows from it, on the manifold of ``seed``, so the parts of a large
+    dataset written piece by piece are samples of one distribution (one set of class clusters, as in a
+    dataset of the demo)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(10, 16)) * 3
-    t = (centers[rng.integers(0, 10, n)] + rng.normal(size=(n, 16))).astype(np.float32)
+    if rows_seed is None:
+        t = (centers[rng.integers(0, 10, n)] + rng.normal(size=(n, 16))).astype(np.float32)
     w1 = rng.normal(size=(16, 64)).astype(np.float32) / 4
     w2 = rng.normal(size=(64, dim)).astype(np.float32) / 8
+    if rows_seed is not None:
+        rng = np.random.default_rng([seed, rows_seed])
+        t = (centers[rng.integers(0, 10, n)] + rng.normal(size=(n, 16))).astype(np.float32)
     out = np.empty((n, dim), dtype=np.float32)
     for a in range(0, n, chunk):
         h = np.tanh(t[a : a + chunk] @ w1)

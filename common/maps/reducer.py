@@ -11,9 +11,10 @@ their fuzzy-set bandwidths (sigma, rho) and the training matrix ``z``. That is e
 and inverse read, whichever library fitted the map (umap-learn on CPU, cuML on a GPU), and it carries no
 nearest-neighbour search index, no ``graph_`` and no second copy of the data.
 
-* ``transform``: umap-learn's algorithm (its small-data path) for every map size: exact neighbours in
-  ``z`` (a matrix product, then exact distances of the candidates), then umap-learn's own fuzzy-set and
-  layout kernels (vendored in ``common.maps.umap_kernels``: serving never imports umap-learn).
+* ``transform``: umap-learn's algorithm (its small-data path) for every map size: neighbours in ``z``
+  (exact: a matrix product, then exact distances of the candidates; above 50,000 training rows through
+  a seeded IVF index, ``common.maps.neighbors``), then umap-learn's own fuzzy-set and layout kernels (vendored
+  in ``common.maps.umap_kernels``: serving never imports umap-learn).
 * ``inverse``: umap-learn's inverse restricted to the k nearest training points on the map: the
   membership-weighted mean of their ``z`` as the start, then the same fuzzy-set cross entropy (the input-
   space memberships exp(-(d - rho)/sigma) should equal the map's 1/(1 + a·r^2b)) lowered over convex
@@ -317,7 +318,7 @@ def fit_reducer(
                 lambda: fit_map(zz, pp, between_epochs, **kw), heartbeat if check else None
             )
 
-        mp, xl, backend, note = lm.fit_landmark_map(
+        mp, xl, backend, note, index = lm.fit_landmark_map(
             zl,
             params,
             report,
@@ -325,6 +326,8 @@ def fit_reducer(
             guarded_fit,
         )
         red = Reducer(list(params.layers), dim, mean, scale, pca_mean, components, mp, zl, backend, info)
+        if index is not None:  # the placement searches the index the graph was built with
+            red._cache[f"ivf:{params.metric}"] = index
         rest = np.ones(n, dtype=bool)
         rest[rows] = False
         xy = np.empty((n, 2), dtype=np.float32)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from common.maps.neighbors import exact_neighbors, prepare_train
+
 INT32_MIN = np.iinfo(np.int32).min + 1
 INT32_MAX = np.iinfo(np.int32).max - 1
 
@@ -231,11 +233,27 @@ class Reducer:
         return np.asarray(xy, dtype=np.float32)
 
     def neighbors(self, zq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest training rows of each query row under the map's metric: ([m, k] int64,
-        [m, k] float32 distances, nearest first). See ``exact_neighbors``."""
+        """The k nearest training rows of each query row under the map's metric: ([m, k] int64,
+        [m, k] float32 distances, nearest first). Exact (``exact_neighbors``) up to
+        ``common.maps.neighbors.INDEX_ROWS`` training rows; above, through the map's IVF index (built from the
+        training rows on first use, the same index whenever the map is loaded)."""
+        from common.maps import neighbors as nb
+
         metric = self.map.metric
         prepared = None if metric == "manhattan" else self._prepared_train(metric)
+        if nb.use_index(self.z.shape[0], metric):
+            return self.index().search(zq, self.z, k, prepared)
         return exact_neighbors(zq, self.z, k, metric, prepared)
+
+    def index(self):
+        """The training rows' ``common.maps.neighbors.IvfIndex`` under its metric (kept after first use)."""
+        from common.maps.neighbors import IvfIndex
+
+        key = f"ivf:{self.map.metric}"
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = IvfIndex.build(self.z, self.map.metric)
+        return got
 
     def _prepared_train(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         key = f"train:{metric}"
@@ -320,59 +338,6 @@ class Reducer:
             out[p] = x
             near_in[p] = np.sqrt(np.square(zs - x).sum(axis=1).min())
         return out, {"nearest_sample_distance": dd[:, 0], "nearest_sample_input_distance": near_in}
-
-
-def _prepare(a: np.ndarray, metric: str) -> np.ndarray:
-    """Rows ready for a matrix-product neighbour search (float32)."""
-    a = np.asarray(a, dtype=np.float32)
-    if metric == "correlation":
-        a = a - a.mean(axis=1, keepdims=True)
-    if metric in ("cosine", "correlation"):
-        norm = np.linalg.norm(a, axis=1, keepdims=True)
-        a = a / np.where(norm > 0, norm, 1.0)
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def exact_neighbors(
-    zq: np.ndarray, z: np.ndarray, k: int, metric: str, prepared: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest rows of ``z`` [n, d] to each row of ``zq`` [m, d] under ``metric``: ([m, k] int64,
-    [m, k] float32 distances, nearest first). Candidates from a float32 matrix product, their distances
-    then computed as umap-learn's metric functions compute them. ``prepared``: ``prepare_train(z, metric)``
-    when the caller keeps it between calls (not used for manhattan)."""
-    from common.maps import umap_kernels as kern
-
-    m, n = zq.shape[0], z.shape[0]
-    kc = min(n, k + 8)
-    out_i = np.empty((m, k), dtype=np.int64)
-    out_d = np.empty((m, k), dtype=np.float32)
-    step = max(1, (64 * 2**20) // (8 * n))
-    for a in range(0, m, step):
-        q = np.ascontiguousarray(zq[a : a + step], dtype=np.float32)
-        if kc < n:
-            if metric == "manhattan":
-                from scipy.spatial.distance import cdist
-
-                score = cdist(q, z, "cityblock")
-            else:
-                train, sq = prepared if prepared is not None else prepare_train(z, metric)
-                s = _prepare(q, metric) @ train.T  # [c, n]
-                score = sq[None, :] - 2.0 * s if metric == "euclidean" else -s
-            cand = np.argpartition(score, kc - 1, axis=1)[:, :kc].astype(np.int64)
-        else:
-            cand = np.tile(np.arange(n, dtype=np.int64), (len(q), 1))
-        exact = kern.candidate_distances(q, z, np.ascontiguousarray(cand), kern.METRICS[metric])
-        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
-        out_i[a : a + len(q)] = np.take_along_axis(cand, order, axis=1)
-        out_d[a : a + len(q)] = np.take_along_axis(exact, order, axis=1)
-    return out_i, np.ascontiguousarray(out_d)
-
-
-def prepare_train(z: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The training rows ready for ``exact_neighbors``: (rows, squared norms for euclidean)."""
-    train = _prepare(z, metric)
-    sq = np.einsum("ij,ij->i", train, train) if metric == "euclidean" else np.zeros(0, np.float32)
-    return train, sq
 
 
 def _fuzzy_weights(

@@ -203,6 +203,7 @@ def run_fit_embedding(ctx: jobs.JobContext) -> dict[str, Any]:
         }
         for i, (a, b), f in zip(ids, xy, fitted, strict=True)
     ]
+    ctx.progress(0.95, f"saving {len(points):,} map points")  # a million take about 20 s to insert
     with ctx.session_factory.begin() as session:
         ctx.lease.fence(session)
         insert_ignore(session, EmbeddingPoint.__table__, points)
