@@ -61,8 +61,8 @@ function layoutFor(emb) {
       bgcolor: "rgba(255,255,255,0.88)",
       bordercolor: "#d9dde3",
       borderwidth: 1,
-      x: 1,
-      xanchor: "right",
+      x: 1.01, // outside the axes, on their right: a legend over the map hid the points under it
+      xanchor: "left",
       y: 1,
       font: { size: 12 },
     },
