@@ -166,12 +166,18 @@ def weights_sha256(
 
 def _check_folder(folder: Path, field: str = "diffusers") -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "model_index.json").is_file():
+        if field == "config":
+            hint = (
+                "give, with --config, the folder a pipeline of the same architecture was saved to with "
+                "save_pretrained (its configs alone are enough for an original-layout file)."
+            )
+        else:
+            hint = (
+                "give the folder a pipeline was saved to with save_pretrained, or a single .safetensors "
+                "file with --config FOLDER."
+            )
         what = "config folder" if field == "config" else "pipeline folder"
-        raise UserError(
-            f"{folder} is not a diffusers {what} (no model_index.json); give the folder a pipeline "
-            "was saved to with save_pretrained, or a single .safetensors file with --config FOLDER.",
-            field=field,
-        )
+        raise UserError(f"{folder} is not a diffusers {what} (no model_index.json); {hint}", field=field)
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError) as exc:
