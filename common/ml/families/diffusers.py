@@ -273,16 +273,11 @@ def _load_unet_weights(unet: nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except Exception as exc:  # a truncated or foreign file: safetensors raises its own error types
         raise UserError(f"{path} is not a readable safetensors file: {exc}", field="diffusers") from None
+    from common.ml.families.diffusers_single_file import state_mismatch
+
     own = unet.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or shaped:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shaped))
-            if keys
-        )
+    detail = state_mismatch(own, state)
+    if detail:
         raise UserError(
             f"The UNet weights in {path} do not fit the pipeline's UNet ({detail}).", field="diffusers"
         )

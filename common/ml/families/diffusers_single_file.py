@@ -153,17 +153,24 @@ def folder_parts(path: Path, folder: Path, index: Mapping[str, Any], layout: str
     return parts
 
 
+def state_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], ignored: tuple[str, ...] = ()) -> str:
+    """What keeps ``state`` from loading strictly into a module whose ``state_dict()`` is ``own``: "" when
+    it fits, else the first offenders ("missing: …; unexpected: …; wrong shape: …"). Keys ending in one of
+    ``ignored`` may be extra."""
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own and not (ignored and k.endswith(ignored))]
+    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return "; ".join(
+        f"{what}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shaped))
+        if keys
+    )
+
+
 def _strict(component: str, module: Any, state: dict[str, Any], path: Path) -> None:
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own and not k.endswith("position_ids")]
-    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or shaped:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shaped))
-            if keys
-        )
+    detail = state_mismatch(own, state, ignored=("position_ids",))
+    if detail:
         raise UserError(
             f"The {component} weights in {path} do not fit the config folder's {component} ({detail}); give "
             "the config folder of the checkpoint's architecture.",
