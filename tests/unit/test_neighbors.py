@@ -5,15 +5,14 @@ transform), with the landmark fit's progress and cancel checks kept."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
 from common.maps import neighbors as nb
 from common.maps.neighbors import exact_neighbors, prepare_train
-from common.maps.reducer import FitParams, fit_reducer, load_reducer, save_reducer
-from tests.unit.test_reducer import batches_of, clustered
+from common.maps.reducer import load_reducer, save_reducer
+from tests.unit.test_landmarks import fit as fit_landmark_map
+from tests.unit.test_reducer import clustered
 
 K = 15
 
@@ -75,22 +74,10 @@ def test_queries_whose_probed_cells_are_too_small_get_the_exact_search(rows):
 
 
 N, DIM, LANDMARKS = 1200, 40, 600
-PARAMS = FitParams(["a"], n_neighbors=8, seed=5)
 
 
 def fit(x, progress=None, check=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fit_reducer(
-            batches_of(x),
-            len(x),
-            x.shape[1],
-            PARAMS,
-            progress=progress,
-            check=check,
-            landmarks=LANDMARKS,
-            progress_every=0.0,
-        )
+    return fit_landmark_map(x, LANDMARKS, progress=progress, check=check)
 
 
 @pytest.fixture(scope="module")
