@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from common.research.interventions import readout, render_options
+from common.research.interventions import render_options
 from common.research.recipe import Recipe, labels_for
-from common.research.variations import Made, variation_seeds
+from common.research.variations import Made, twin_readout, variation_seeds
 
 
 def packable(family: str) -> bool:
@@ -126,13 +126,7 @@ def make_packed(
             rows, recipe = cell_rows[i], recipes[i]
             res = _take(results, rows, list(recipe.masks))
             twin = twins.get(twin_of.get(i))
-            reads = readout(
-                res.intervention,
-                res.activations,
-                twin.activations if twin else None,
-                res.images,
-                twin.images if twin else None,
-            )
+            reads = twin_readout(res, twin)
             m = Made(
                 list(seeds[r] for r in rows), K, res, twin, np.zeros((0, 2)), None, reads, device, threads
             )

@@ -157,13 +157,7 @@ def make_variations(
             )
             if twins is not None:
                 twins[key] = twin
-    reads = readout(
-        res.intervention,
-        res.activations,
-        twin.activations if twin else None,
-        res.images,
-        twin.images if twin else None,
-    )
+    reads = twin_readout(res, twin)
     from common.ml.device import current_threads
 
     device = str(next(model.parameters()).device)
@@ -172,6 +166,17 @@ def make_variations(
     if project:
         project_all(reducer, [made])
     return made
+
+
+def twin_readout(res, twin) -> list[dict]:
+    """``readout`` of an intervened render ``res`` against its natural ``twin`` (None: no twin)."""
+    return readout(
+        res.intervention,
+        res.activations,
+        twin.activations if twin else None,
+        res.images,
+        twin.images if twin else None,
+    )
 
 
 def project_all(reducer, made: list[Made]) -> None:
